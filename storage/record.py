@@ -1,0 +1,243 @@
+"""The commit-log record format.
+
+    size u32 | magic u32 | crc u32 | queue_id u32 | flag u32 | queue_offset u64 |
+    physical_offset u64 | sys_flag u32 | born_timestamp_ms u64 | store_timestamp_ms u64 |
+    reconsume_times u32 | topic_len u8 | properties_len u16 | body_len u32 |
+    topic | properties | body
+
+All integers big-endian. `crc` is CRC32 over every byte of the record except the crc field
+itself (size and magic first, then everything after crc), so a flipped bit anywhere — body,
+topic, properties or a header field — is caught, not only in the body. `physical_offset` is
+the record's own position: a record found at another position is stale or misplaced.
+Properties use RocketMQ's encoding: name \\x01 value \\x02 ...
+
+A segment ends with a blank filler (size u32 | BLANK_MAGIC u32 | zeros) when the next record
+does not fit, so records never span segments.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+MESSAGE_MAGIC = 0xDA_A3_20_A7
+BLANK_MAGIC = 0xCB_D4_31_94
+HEADER = struct.Struct(">IIIIIQQIQQIBHI")
+HEADER_BYTES = HEADER.size
+BLANK_HEADER = struct.Struct(">II")
+MIN_BLANK_BYTES = BLANK_HEADER.size
+MAX_TOPIC_BYTES = 127
+MAX_PROPERTIES_BYTES = 32767
+MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_QUEUE_ID = 1023
+TOPIC_PATTERN = re.compile(r"[A-Za-z0-9_%|-]{1,127}")
+PROPERTY_KEYS = "KEYS"
+PROPERTY_TAGS = "TAGS"
+NAME_SEPARATOR = "\x01"
+PROPERTY_SEPARATOR = "\x02"
+
+assert HEADER_BYTES == 67, HEADER_BYTES
+assert MIN_BLANK_BYTES == 8
+assert MAX_PROPERTIES_BYTES < 1 << 16 and MAX_TOPIC_BYTES < 1 << 8
+
+
+class RecordError(ValueError):
+    """A record (or a message to be written) is malformed; the text says how."""
+
+
+@dataclass(slots=True)
+class Message:
+    """A message as a producer hands it to the store."""
+
+    topic: str
+    body: bytes
+    queue_id: int = 0
+    flag: int = 0
+    properties: dict[str, str] = field(default_factory=dict)
+    born_timestamp_ms: int = 0
+    sys_flag: int = 0
+    reconsume_times: int = 0
+
+    @property
+    def tags(self) -> str | None:
+        return self.properties.get(PROPERTY_TAGS)
+
+
+@dataclass(slots=True)
+class StoredMessage:
+    """A message read back from the commit log."""
+
+    topic: str
+    body: bytes
+    queue_id: int
+    flag: int
+    properties: dict[str, str]
+    queue_offset: int
+    physical_offset: int
+    size: int
+    sys_flag: int
+    born_timestamp_ms: int
+    store_timestamp_ms: int
+    reconsume_times: int
+
+    @property
+    def tags(self) -> str | None:
+        return self.properties.get(PROPERTY_TAGS)
+
+    @property
+    def keys(self) -> str | None:
+        return self.properties.get(PROPERTY_KEYS)
+
+
+@dataclass(slots=True)
+class RecordMeta:
+    """What the dispatcher needs from a record, without decoding the body or properties."""
+
+    topic: str
+    queue_id: int
+    queue_offset: int
+    physical_offset: int
+    size: int
+    tag_hash: int
+    store_timestamp_ms: int
+
+
+def tag_hash(tags: str | None) -> int:
+    return zlib.crc32(tags.encode()) if tags else 0
+
+
+def encode_properties(props: dict[str, str]) -> bytes:
+    parts = []
+    for k, v in props.items():
+        if not isinstance(k, str) or not isinstance(v, str) or not k:
+            raise RecordError("property names and values must be strings (names non-empty)")
+        if any(c in k or c in v for c in (NAME_SEPARATOR, PROPERTY_SEPARATOR)):
+            raise RecordError(f"property {k!r} holds a reserved separator character")
+        parts.append(f"{k}{NAME_SEPARATOR}{v}{PROPERTY_SEPARATOR}")
+    data = "".join(parts).encode()
+    if len(data) > MAX_PROPERTIES_BYTES:
+        raise RecordError(f"properties take {len(data)} bytes, limit {MAX_PROPERTIES_BYTES}")
+    return data
+
+
+def decode_properties(data: bytes) -> dict[str, str]:
+    if not data:
+        return {}
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        raise RecordError("properties are not UTF-8") from exc
+    if not text.endswith(PROPERTY_SEPARATOR):
+        raise RecordError("properties not terminated")
+    props = {}
+    for item in text[:-1].split(PROPERTY_SEPARATOR):
+        name, sep, value = item.partition(NAME_SEPARATOR)
+        if not sep or not name:
+            raise RecordError("malformed property entry")
+        props[name] = value
+    return props
+
+
+def validate_topic(topic: str) -> bytes:
+    if not isinstance(topic, str) or not TOPIC_PATTERN.fullmatch(topic):
+        raise RecordError(f"bad topic name {topic!r}: 1-127 chars of A-Z a-z 0-9 _ - % |")
+    return topic.encode()
+
+
+def encoded_size(topic_bytes: bytes, props_bytes: bytes, body: bytes) -> int:
+    return HEADER_BYTES + len(topic_bytes) + len(props_bytes) + len(body)
+
+
+def encode_record(msg: Message, queue_offset: int, physical_offset: int, store_timestamp_ms: int,
+                  topic_bytes: bytes, props_bytes: bytes) -> bytes:
+    body = msg.body
+    size = encoded_size(topic_bytes, props_bytes, body)
+    head = HEADER.pack(
+        size, MESSAGE_MAGIC, 0, msg.queue_id, msg.flag, queue_offset, physical_offset,
+        msg.sys_flag, msg.born_timestamp_ms, store_timestamp_ms, msg.reconsume_times,
+        len(topic_bytes), len(props_bytes), len(body),
+    )
+    crc = _crc(head, topic_bytes, props_bytes, body)
+    return b"".join((head[:8], crc.to_bytes(4, "big"), head[12:], topic_bytes, props_bytes, body))
+
+
+def _crc(head: bytes | memoryview, topic: bytes | memoryview, props: bytes | memoryview,
+         body: bytes | memoryview) -> int:
+    crc = zlib.crc32(head[:8])
+    crc = zlib.crc32(head[12:], crc)
+    crc = zlib.crc32(topic, crc)
+    crc = zlib.crc32(props, crc)
+    return zlib.crc32(body, crc)
+
+
+def encode_blank(size: int) -> bytes:
+    assert size >= MIN_BLANK_BYTES, size
+    return BLANK_HEADER.pack(size, BLANK_MAGIC) + bytes(size - MIN_BLANK_BYTES)
+
+
+# ---- decoding ---------------------------------------------------------------------------
+
+BLANK = "blank"
+RECORD = "record"
+
+
+def peek_kind(buf: bytes | memoryview, pos: int) -> tuple[str, int]:
+    """(BLANK|RECORD, size) of the entry at pos; RecordError when neither."""
+    if len(buf) - pos < MIN_BLANK_BYTES:
+        raise RecordError("truncated entry header")
+    size, magic = BLANK_HEADER.unpack_from(buf, pos)
+    if magic == BLANK_MAGIC:
+        if size < MIN_BLANK_BYTES:
+            raise RecordError(f"blank filler of impossible size {size}")
+        return BLANK, size
+    if magic != MESSAGE_MAGIC:
+        raise RecordError(f"bad magic 0x{magic:08x}" if size or magic else "zeros (end of data)")
+    return RECORD, size
+
+
+def check_record(buf: bytes | memoryview, pos: int, expected_offset: int) -> RecordMeta:
+    """Verify the record at pos (lengths, CRC, its own offset) and return its metadata."""
+    if len(buf) - pos < HEADER_BYTES:
+        raise RecordError("truncated record header")
+    (size, magic, crc, queue_id, _flag, queue_offset, physical_offset, _sys, _born, store_ts,
+     _recon, topic_len, props_len, body_len) = HEADER.unpack_from(buf, pos)
+    if magic != MESSAGE_MAGIC:
+        raise RecordError(f"bad magic 0x{magic:08x}")
+    if size != HEADER_BYTES + topic_len + props_len + body_len:
+        raise RecordError(f"size {size} disagrees with field lengths")
+    if len(buf) - pos < size:
+        raise RecordError(f"truncated record: {len(buf) - pos} of {size} bytes")
+    view = memoryview(buf)[pos:pos + size]
+    t_end = HEADER_BYTES + topic_len
+    p_end = t_end + props_len
+    if _crc(view[:HEADER_BYTES], view[HEADER_BYTES:t_end], view[t_end:p_end], view[p_end:]) != crc:
+        raise RecordError("CRC mismatch")
+    if physical_offset != expected_offset:
+        raise RecordError(f"record claims offset {physical_offset}")
+    try:
+        topic = bytes(view[HEADER_BYTES:t_end]).decode()
+    except UnicodeDecodeError as exc:
+        raise RecordError("topic is not UTF-8") from exc
+    tags = _tags_of(bytes(view[t_end:p_end]))
+    return RecordMeta(topic, queue_id, queue_offset, physical_offset, size, tag_hash(tags), store_ts)
+
+
+def _tags_of(props: bytes) -> str | None:
+    return decode_properties(props).get(PROPERTY_TAGS) if props else None
+
+
+def decode_record(buf: bytes | memoryview, pos: int, expected_offset: int) -> StoredMessage:
+    """Verify and fully decode the record at pos."""
+    meta = check_record(buf, pos, expected_offset)
+    (size, _m, _c, queue_id, flag, queue_offset, physical_offset, sys_flag, born, store_ts,
+     recon, topic_len, props_len, _body_len) = HEADER.unpack_from(buf, pos)
+    t_end = pos + HEADER_BYTES + topic_len
+    p_end = t_end + props_len
+    return StoredMessage(
+        topic=meta.topic, body=bytes(buf[p_end:pos + size]), queue_id=queue_id, flag=flag,
+        properties=decode_properties(bytes(buf[t_end:p_end])), queue_offset=queue_offset,
+        physical_offset=physical_offset, size=size, sys_flag=sys_flag, born_timestamp_ms=born,
+        store_timestamp_ms=store_ts, reconsume_times=recon,
+    )

@@ -1,0 +1,61 @@
+import pytest
+
+from rmqz.storage import record as rec
+
+
+def encode(msg, q_off=7, phys=0, ts=123):
+    return rec.encode_record(msg, q_off, phys, ts, rec.validate_topic(msg.topic), rec.encode_properties(msg.properties))
+
+
+def test_record_round_trips_every_field():
+    msg = rec.Message("Orders", b"\x00body\xff", queue_id=3, flag=9, properties={"KEYS": "k1", "TAGS": "tagA", "x": "y"},
+                      born_timestamp_ms=55, sys_flag=2, reconsume_times=4)
+    data = encode(msg, q_off=42, phys=4096, ts=99)
+    out = rec.decode_record(data, 0, 4096)
+    assert (out.topic, out.body, out.queue_id, out.flag, out.properties) == (msg.topic, msg.body, 3, 9, msg.properties)
+    assert (out.queue_offset, out.physical_offset, out.size) == (42, 4096, len(data))
+    assert (out.born_timestamp_ms, out.store_timestamp_ms, out.sys_flag, out.reconsume_times) == (55, 99, 2, 4)
+    assert out.tags == "tagA" and out.keys == "k1"
+    assert rec.check_record(data, 0, 4096).tag_hash == rec.tag_hash("tagA") != 0
+
+
+def test_any_flipped_byte_is_detected():
+    data = bytearray(encode(rec.Message("T", b"hello", properties={"TAGS": "a"})))
+    for i in range(len(data)):
+        for bit in (0x01, 0x80):
+            data[i] ^= bit
+            with pytest.raises(rec.RecordError):
+                rec.check_record(bytes(data), 0, 0)
+            data[i] ^= bit
+
+
+def test_record_at_the_wrong_position_is_rejected():
+    data = encode(rec.Message("T", b"x"), phys=100)
+    with pytest.raises(rec.RecordError, match="claims offset 100"):
+        rec.check_record(data, 0, 200)
+
+
+def test_truncated_record_is_rejected():
+    data = encode(rec.Message("T", b"0123456789"))
+    for cut in (0, 7, rec.HEADER_BYTES - 1, len(data) - 1):
+        with pytest.raises(rec.RecordError):
+            rec.check_record(data[:cut], 0, 0)
+
+
+@pytest.mark.parametrize("topic", ["", "a b", "x" * 128, "t/../etc", "é"])
+def test_bad_topic_names_are_refused(topic):
+    with pytest.raises(rec.RecordError, match="bad topic name"):
+        rec.validate_topic(topic)
+
+
+def test_property_separators_and_oversize_properties_are_refused():
+    with pytest.raises(rec.RecordError, match="separator"):
+        rec.encode_properties({"a\x01": "b"})
+    with pytest.raises(rec.RecordError, match="limit"):
+        rec.encode_properties({"big": "v" * (rec.MAX_PROPERTIES_BYTES + 1)})
+
+
+def test_zeros_read_as_end_of_data_and_blank_filler_is_recognised():
+    with pytest.raises(rec.RecordError, match="zeros"):
+        rec.peek_kind(bytes(16), 0)
+    assert rec.peek_kind(rec.encode_blank(64), 0) == (rec.BLANK, 64)
