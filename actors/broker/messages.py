@@ -1,0 +1,277 @@
+"""The broker's wire protocol: request types, their bodies, result statuses and error codes.
+
+Pure (stdlib only). Bodies travel as msgpack maps (transport.envelope.pack_body); this module
+validates the decoded maps strictly and turns them into dataclasses, so a malformed request is
+a clean `ProtocolError` (answered as BAD_REQUEST), never a crash. Message bodies stay bytes.
+
+Every request goes to the actor named BROKER ("broker") with `kind="request"`; the reply is
+`kind="reply"` with `type=<request type>` and the same cid, or `kind="error"` with a body
+{"code": <one of the codes below>, "reason": str}.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+BROKER = "broker"
+
+# Request types.
+SEND_MESSAGE = "SendMessage"
+PULL_MESSAGE = "PullMessage"
+CREATE_TOPIC = "CreateTopic"
+COMMIT_OFFSET = "CommitOffset"
+QUERY_OFFSET = "QueryOffset"
+BROKER_STATUS = "GetBrokerStatus"
+TOPIC_STATUS = "GetTopicStatus"
+REQUEST_TYPES = frozenset({SEND_MESSAGE, PULL_MESSAGE, CREATE_TOPIC, COMMIT_OFFSET, QUERY_OFFSET,
+                           BROKER_STATUS, TOPIC_STATUS})
+
+# SendResult statuses (RocketMQ's SendStatus).
+SEND_OK = "SEND_OK"
+FLUSH_DISK_TIMEOUT = "FLUSH_DISK_TIMEOUT"
+FLUSH_SLAVE_TIMEOUT = "FLUSH_SLAVE_TIMEOUT"
+SLAVE_NOT_AVAILABLE = "SLAVE_NOT_AVAILABLE"
+
+# PullResult statuses (RocketMQ's PullStatus).
+FOUND = "FOUND"
+NO_NEW_MSG = "NO_NEW_MSG"
+OFFSET_ILLEGAL = "OFFSET_ILLEGAL"
+
+# Error codes (kind="error").
+BAD_REQUEST = "BAD_REQUEST"
+TOPIC_NOT_EXIST = "TOPIC_NOT_EXIST"
+MESSAGE_ILLEGAL = "MESSAGE_ILLEGAL"
+NOT_MASTER = "NOT_MASTER"
+NO_PERMISSION = "NO_PERMISSION"
+SYSTEM_BUSY = "SYSTEM_BUSY"
+SYSTEM_ERROR = "SYSTEM_ERROR"
+
+MAX_BATCH_MESSAGES = 1024
+MAX_PULL_MESSAGES = 1024
+MAX_SUSPEND_MS = 60_000
+MAX_NAME_CHARS = 255
+MAX_QUEUE_ID = 1023
+GROUP_PATTERN = re.compile(r"[A-Za-z0-9_%|-]{1,255}")
+TOPIC_PATTERN = re.compile(r"[A-Za-z0-9_%|-]{1,127}")
+assert MAX_PULL_MESSAGES <= 4096 and MAX_BATCH_MESSAGES <= 10_000
+
+
+class ProtocolError(ValueError):
+    """A request body that does not match its schema. The text says what is wrong."""
+
+
+def _get(d: dict, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+    if key not in d:
+        if default is ...:
+            raise ProtocolError(f"missing field {key!r}")
+        return default
+    value = d[key]
+    if isinstance(value, bool) and kind is int:
+        raise ProtocolError(f"field {key!r} must be an integer")
+    if not isinstance(value, kind):
+        raise ProtocolError(f"field {key!r} has the wrong type")
+    return value
+
+
+def _int(d: dict, key: str, lo: int, hi: int, default: Any = ...) -> int:
+    value = _get(d, key, int, default)
+    if not lo <= value <= hi:
+        raise ProtocolError(f"field {key!r}={value} outside {lo}..{hi}")
+    return value
+
+
+def _topic(d: dict, key: str = "topic") -> str:
+    topic = _get(d, key, str)
+    if not TOPIC_PATTERN.fullmatch(topic):
+        raise ProtocolError(f"bad topic name {topic!r}: 1-127 chars of A-Z a-z 0-9 _ - % |")
+    return topic
+
+
+def _group(d: dict) -> str:
+    group = _get(d, "group", str)
+    if not GROUP_PATTERN.fullmatch(group):
+        raise ProtocolError(f"bad group name {group!r}")
+    return group
+
+
+def _props(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ProtocolError("properties must map strings to strings")
+    return value
+
+
+def _map(body: Any) -> dict:
+    if not isinstance(body, dict):
+        raise ProtocolError("request body must be a map")
+    return body
+
+
+@dataclass(slots=True)
+class OutMessage:
+    body: bytes
+    properties: dict[str, str] = field(default_factory=dict)
+    flag: int = 0
+    born_timestamp_ms: int = 0
+
+    def to_dict(self) -> dict:
+        return {"body": self.body, "properties": self.properties, "flag": self.flag, "born_ms": self.born_timestamp_ms}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> OutMessage:
+        d = _map(d)
+        return cls(_get(d, "body", bytes), _props(d.get("properties", {})), _int(d, "flag", 0, 2**31 - 1, 0),
+                   _int(d, "born_ms", 0, 2**63 - 1, 0))
+
+
+@dataclass(slots=True)
+class SendMessage:
+    """One batch for one queue of one topic. queue_id -1 lets the broker pick."""
+
+    topic: str
+    queue_id: int
+    messages: list[OutMessage]
+
+    def to_dict(self) -> dict:
+        return {"topic": self.topic, "queue_id": self.queue_id, "messages": [m.to_dict() for m in self.messages]}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> SendMessage:
+        d = _map(d)
+        raw = _get(d, "messages", list)
+        if not 1 <= len(raw) <= MAX_BATCH_MESSAGES:
+            raise ProtocolError(f"a batch holds 1..{MAX_BATCH_MESSAGES} messages, got {len(raw)}")
+        return cls(_topic(d), _int(d, "queue_id", -1, MAX_QUEUE_ID), [OutMessage.from_dict(m) for m in raw])
+
+
+@dataclass(slots=True)
+class PullMessage:
+    group: str
+    topic: str
+    queue_id: int
+    offset: int
+    max_messages: int = 32
+    max_bytes: int = 4 * 1024 * 1024
+    suspend_ms: int = 0  # long polling: hold the request this long when there is nothing new
+
+    def to_dict(self) -> dict:
+        return {"group": self.group, "topic": self.topic, "queue_id": self.queue_id, "offset": self.offset,
+                "max_messages": self.max_messages, "max_bytes": self.max_bytes, "suspend_ms": self.suspend_ms}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> PullMessage:
+        d = _map(d)
+        return cls(_group(d), _topic(d), _int(d, "queue_id", 0, MAX_QUEUE_ID), _int(d, "offset", 0, 2**63 - 1),
+                   _int(d, "max_messages", 1, MAX_PULL_MESSAGES, 32), _int(d, "max_bytes", 1, 64 * 1024 * 1024, 4 * 1024 * 1024),
+                   _int(d, "suspend_ms", 0, MAX_SUSPEND_MS, 0))
+
+
+@dataclass(slots=True)
+class CreateTopic:
+    topic: str
+    read_queues: int = 8
+    write_queues: int = 8
+    perm: int = 6
+    auto: bool = False  # true when a producer asks: refused unless autoCreateTopicEnable
+
+    def to_dict(self) -> dict:
+        return {"topic": self.topic, "read_queues": self.read_queues, "write_queues": self.write_queues,
+                "perm": self.perm, "auto": self.auto}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> CreateTopic:
+        d = _map(d)
+        return cls(_topic(d), _int(d, "read_queues", 1, MAX_QUEUE_ID + 1, 8), _int(d, "write_queues", 1, MAX_QUEUE_ID + 1, 8),
+                   _int(d, "perm", 0, 7, 6), _get(d, "auto", bool, False))
+
+
+@dataclass(slots=True)
+class CommitOffset:
+    group: str
+    topic: str
+    queue_id: int
+    offset: int
+
+    def to_dict(self) -> dict:
+        return {"group": self.group, "topic": self.topic, "queue_id": self.queue_id, "offset": self.offset}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> CommitOffset:
+        d = _map(d)
+        return cls(_group(d), _topic(d), _int(d, "queue_id", 0, MAX_QUEUE_ID), _int(d, "offset", 0, 2**63 - 1))
+
+
+@dataclass(slots=True)
+class QueryOffset:
+    group: str
+    topic: str
+    queue_id: int
+
+    def to_dict(self) -> dict:
+        return {"group": self.group, "topic": self.topic, "queue_id": self.queue_id}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> QueryOffset:
+        d = _map(d)
+        return cls(_group(d), _topic(d), _int(d, "queue_id", 0, MAX_QUEUE_ID))
+
+
+@dataclass(slots=True)
+class GetTopicStatus:
+    topic: str
+
+    def to_dict(self) -> dict:
+        return {"topic": self.topic}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> GetTopicStatus:
+        return cls(_topic(_map(d)))
+
+
+@dataclass(slots=True)
+class GetBrokerStatus:
+    def to_dict(self) -> dict:
+        return {}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> GetBrokerStatus:
+        _map(d)
+        return cls()
+
+
+REQUESTS: dict[str, type] = {
+    SEND_MESSAGE: SendMessage, PULL_MESSAGE: PullMessage, CREATE_TOPIC: CreateTopic,
+    COMMIT_OFFSET: CommitOffset, QUERY_OFFSET: QueryOffset, TOPIC_STATUS: GetTopicStatus,
+    BROKER_STATUS: GetBrokerStatus,
+}
+assert set(REQUESTS) == REQUEST_TYPES
+
+
+def decode_request(type_name: str, body: Any) -> Any:
+    cls = REQUESTS.get(type_name)
+    if cls is None:
+        raise ProtocolError(f"unknown request type {type_name!r}")
+    return cls.from_dict(body)
+
+
+# ---- replies (maps built by the broker; documented here so clients agree) ----------------
+#
+# SendMessage   -> {"status": SEND_OK|FLUSH_DISK_TIMEOUT|..., "broker_name": str,
+#                   "queue_id": int, "results": [{"msg_id": str, "queue_offset": int}]}
+# PullMessage   -> {"status": FOUND|NO_NEW_MSG|OFFSET_ILLEGAL, "next_offset": int,
+#                   "min_offset": int, "max_offset": int, "suggest_which_broker_id": int,
+#                   "messages": [{"msg_id", "queue_offset", "physical_offset", "body",
+#                                 "properties", "born_ms", "store_ms", "reconsume_times"}]}
+# CreateTopic   -> {"topic": str, "created": bool}
+# CommitOffset  -> {}
+# QueryOffset   -> {"offset": int}   (-1 when the group never committed on this queue)
+# GetTopicStatus-> {"topic": str, "queues": [{"queue_id", "min_offset", "max_offset"}]}
+# GetBrokerStatus -> {"cluster", "broker_name", "broker_id", "role", "address", "pid",
+#                     "flush_disk_type", "commit_log": {"min", "max", "flushed"},
+#                     "topics": int, "stats": {...}}
+
+
+def msg_id(broker_name: str, physical_offset: int) -> str:
+    """Stable across restarts and (with DLedger) across leaders of the same group."""
+    return f"{physical_offset:016X}@{broker_name}"

@@ -1,0 +1,57 @@
+"""The `rmqz` command. Subcommands live in cli/cmd_*.py; this file only assembles them.
+
+User mistakes end with one clear line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from .. import __version__
+
+# (module, attribute) of each subcommand; a module that does not exist yet is skipped so the
+# tool keeps working while features land one by one.
+COMMANDS = [
+    ("rmqz.cli.cmd_namesrv", "namesrv"),
+    ("rmqz.cli.cmd_broker", "broker"),
+    ("rmqz.cli.cmd_up", "up"),
+    ("rmqz.cli.cmd_send", "send"),
+    ("rmqz.cli.cmd_consume", "consume"),
+    ("rmqz.cli.cmd_admin", "admin"),
+    ("rmqz.cli.cmd_bench", "bench"),
+]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="rmqz")
+def cli() -> None:
+    """rmqz: a RocketMQ-style message broker (NameServer, brokers, HA, DLedger)."""
+
+
+def _register() -> None:
+    for module_name, attr in COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue
+            raise
+        cli.add_command(getattr(module, attr))
+
+
+_register()
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
