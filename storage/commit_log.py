@@ -114,6 +114,18 @@ class CommitLog:
         self._guard(self.files.sync)
         return self.files.flushed_offset
 
+    def begin_flush(self) -> tuple[int, list]:
+        """For a FlushService thread: (offset, files to fdatasync). See MappedFileQueue.begin_sync."""
+        self._check()
+        return self._guard(self.files.begin_sync)
+
+    def end_flush(self, offset: int) -> None:
+        self.files.end_sync(offset)
+
+    def fail(self, exc: BaseException) -> None:
+        """An fsync done elsewhere failed: refuse all further work."""
+        self._failed = exc
+
     def truncate(self, offset: int) -> None:
         """Drop every record at or after offset (replication divergence, Raft conflicts)."""
         self._check()

@@ -123,12 +123,21 @@ class MappedFileQueue:
 
     def sync(self) -> None:
         """commit + fdatasync every segment written since the last sync."""
+        offset, files = self.begin_sync()
+        for f in files:
+            f.sync()
+        self.end_sync(offset)
+
+    def begin_sync(self) -> tuple[int, list[SegmentFile]]:
+        """Split sync for a flush thread: commit here, fdatasync the returned files elsewhere
+        (fsync of an fd is safe beside pwrites from this thread), then end_sync(offset)."""
         self.commit()
-        for seg in self.segments:
-            if seg.start in self._dirty:
-                seg.file.sync()
+        files = [seg.file for seg in self.segments if seg.start in self._dirty]
         self._dirty.clear()
-        self.flushed_offset = self.committed_offset
+        return self.committed_offset, files
+
+    def end_sync(self, offset: int) -> None:
+        self.flushed_offset = max(self.flushed_offset, min(offset, self.committed_offset))
 
     def _segment_for_write(self, offset: int) -> Segment:
         if self.segments and self.segments[-1].start <= offset < self.segments[-1].start + self.segment_bytes:

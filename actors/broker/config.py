@@ -1,0 +1,139 @@
+"""Broker configuration with RocketMQ's key names (DESIGN.md §8). Pure: parses text given to it.
+
+broker.conf is Java-properties style: `key=value` lines, `#` or `!` comments. Keys may be
+camelCase as in RocketMQ or snake_case. Unknown keys are an error (a typo must not silently
+fall back to a default), and so is every bad value, with the key named.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+ROLES = ("ASYNC_MASTER", "SYNC_MASTER", "SLAVE")
+FLUSH_TYPES = ("ASYNC_FLUSH", "SYNC_FLUSH")
+MAX_CONF_BYTES = 1024 * 1024
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+ADDR_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,253}:\d{1,5}")
+MIN_SEGMENT_BYTES = 64 * 1024
+MAX_SEGMENT_BYTES = 1 << 31
+assert MIN_SEGMENT_BYTES < MAX_SEGMENT_BYTES
+
+
+class ConfigError(ValueError):
+    """A broker.conf problem; the message names the key."""
+
+
+@dataclass(slots=True)
+class BrokerConfig:
+    broker_cluster_name: str = "DefaultCluster"
+    broker_name: str = "broker-a"
+    broker_id: int = 0
+    broker_role: str = "ASYNC_MASTER"
+    flush_disk_type: str = "ASYNC_FLUSH"
+    namesrv_addr: list[str] = field(default_factory=lambda: ["127.0.0.1:9876"])
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 10911
+    store_path_root_dir: str = "store"
+    auto_create_topic_enable: bool = True
+    default_topic_queue_nums: int = 8
+    mapped_file_size_commit_log: int = 1 << 30
+    max_message_size: int = 4 * 1024 * 1024
+    register_broker_interval_ms: int = 30_000
+    flush_interval_commit_log_ms: int = 500
+    sync_flush_timeout_ms: int = 5_000
+    checkpoint_interval_ms: int = 1_000
+    flush_consumer_offset_interval_ms: int = 5_000
+    long_polling_check_interval_ms: int = 100
+    slave_read_enable: bool = False
+
+    @property
+    def address(self) -> str:
+        return f"{self.listen_host}:{self.listen_port}"
+
+    @property
+    def is_master(self) -> bool:
+        return self.broker_role != "SLAVE"
+
+
+# camelCase (RocketMQ) -> field name, for the keys whose snake form is not a plain conversion.
+ALIASES = {
+    "flushIntervalCommitLog": "flush_interval_commit_log_ms",
+    "registerBrokerTimeoutMills": "register_broker_interval_ms",
+    "syncFlushTimeout": "sync_flush_timeout_ms",
+    "flushConsumerOffsetInterval": "flush_consumer_offset_interval_ms",
+    "defaultTopicQueueNums": "default_topic_queue_nums",
+}
+INT_LIMITS = {
+    "broker_id": (0, 1023), "listen_port": (1, 65535), "default_topic_queue_nums": (1, 1024),
+    "mapped_file_size_commit_log": (MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES),
+    "max_message_size": (1, 64 * 1024 * 1024), "register_broker_interval_ms": (100, 600_000),
+    "flush_interval_commit_log_ms": (1, 60_000), "sync_flush_timeout_ms": (1, 600_000),
+    "checkpoint_interval_ms": (10, 600_000), "flush_consumer_offset_interval_ms": (10, 600_000),
+    "long_polling_check_interval_ms": (5, 10_000),
+}
+
+
+def snake(key: str) -> str:
+    return ALIASES.get(key) or re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", key).lower()
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    if len(text) > MAX_CONF_BYTES:
+        raise ConfigError(f"config larger than {MAX_CONF_BYTES} bytes")
+    out: dict[str, str] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line[0] in "#!":
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"line {n}: expected key=value, got {line[:60]!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def from_properties(props: dict[str, str]) -> BrokerConfig:
+    cfg = BrokerConfig()
+    fields = set(BrokerConfig.__dataclass_fields__)
+    for key, raw in props.items():
+        name = snake(key)
+        if name not in fields:
+            raise ConfigError(f"unknown key {key!r}")
+        setattr(cfg, name, _convert(key, name, raw))
+    _check(cfg)
+    return cfg
+
+
+def _convert(key: str, name: str, raw: str) -> object:
+    current = getattr(BrokerConfig(), name)
+    if isinstance(current, bool):
+        if raw.lower() not in ("true", "false"):
+            raise ConfigError(f"{key}: expected true or false, got {raw!r}")
+        return raw.lower() == "true"
+    if isinstance(current, int):
+        if not re.fullmatch(r"-?\d+", raw):
+            raise ConfigError(f"{key}: expected an integer, got {raw!r}")
+        lo, hi = INT_LIMITS.get(name, (0, 2**63 - 1))
+        if not lo <= int(raw) <= hi:
+            raise ConfigError(f"{key}: {raw} outside {lo}..{hi}")
+        return int(raw)
+    if isinstance(current, list):
+        return [a.strip() for a in raw.split(";") if a.strip()]
+    return raw
+
+
+def _check(cfg: BrokerConfig) -> None:
+    if cfg.broker_role not in ROLES:
+        raise ConfigError(f"brokerRole: expected one of {', '.join(ROLES)}, got {cfg.broker_role!r}")
+    if cfg.flush_disk_type not in FLUSH_TYPES:
+        raise ConfigError(f"flushDiskType: expected one of {', '.join(FLUSH_TYPES)}, got {cfg.flush_disk_type!r}")
+    if (cfg.broker_id == 0) != (cfg.broker_role != "SLAVE"):
+        raise ConfigError("brokerId 0 is the master: brokerRole must be a master role for id 0 and SLAVE otherwise")
+    for what, name in (("brokerClusterName", cfg.broker_cluster_name), ("brokerName", cfg.broker_name)):
+        if not NAME_PATTERN.fullmatch(name):
+            raise ConfigError(f"{what}: 1-64 chars of A-Z a-z 0-9 _ . -, got {name!r}")
+    if not cfg.namesrv_addr or not all(ADDR_PATTERN.fullmatch(a) for a in cfg.namesrv_addr):
+        raise ConfigError(f"namesrvAddr: expected host:port;host:port, got {';'.join(cfg.namesrv_addr)!r}")
+    if cfg.max_message_size + 4096 > cfg.mapped_file_size_commit_log:
+        raise ConfigError("mappedFileSizeCommitLog must exceed maxMessageSize by at least 4 KiB")

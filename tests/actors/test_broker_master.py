@@ -1,0 +1,237 @@
+"""BrokerMaster at the actor level: real pykka actor and store, a recording transport, a
+hand-driven flush service and clock. No sockets."""
+
+from __future__ import annotations
+
+import threading
+
+import pykka
+import pytest
+
+from rmqz.actors.base import ChildFailed, Ping
+from rmqz.actors.broker import messages as proto
+from rmqz.actors.broker.config import BrokerConfig
+from rmqz.actors.broker.flush import FlushFailed, Flushed, FlushRequest
+from rmqz.actors.broker.master import AgentReady, BrokerMaster
+from rmqz.actors.ticker import Tick
+from rmqz.storage.message_store import MessageStore, StoreConfig
+from rmqz.storage.metadata import ConsumerOffsetStore, TopicConfigStore
+from rmqz.transport.envelope import Header, Inbound, pack_body, unpack_body
+
+WAIT_S = 5.0
+
+
+class RecordingAgent:
+    """Stands in for TransportAgent: keeps replies and node-to-node sends."""
+
+    def __init__(self) -> None:
+        self.replies: dict[int, tuple[Header, dict]] = {}
+        self.sent: list[tuple[str, Header, dict]] = []
+        self.cond = threading.Condition()
+
+    def reply(self, token, header, body):
+        with self.cond:
+            self.replies[header.cid] = (header, unpack_body(body, 1 << 26))
+            self.cond.notify_all()
+
+    def send(self, endpoint, header, body):
+        with self.cond:
+            self.sent.append((endpoint, header, unpack_body(body, 1 << 26)))
+            self.cond.notify_all()
+
+    def wait_reply(self, cid, timeout=WAIT_S):
+        with self.cond:
+            assert self.cond.wait_for(lambda: cid in self.replies, timeout), f"no reply to {cid}"
+            return self.replies[cid]
+
+    def has_reply(self, cid):
+        with self.cond:
+            return cid in self.replies
+
+
+class RecordingRef:
+    def __init__(self) -> None:
+        self.messages = []
+        self.event = threading.Event()
+
+    def tell(self, msg):
+        self.messages.append(msg)
+        self.event.set()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now_ms = 1_000
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
+@pytest.fixture
+def broker(tmp_path):
+    made = []
+
+    def _make(**overrides):
+        config = BrokerConfig(**{"listen_port": 10911, "namesrv_addr": ["127.0.0.1:9876"], **overrides})
+        store = MessageStore(StoreConfig(str(tmp_path / "store"), commit_log_segment_bytes=1 << 20,
+                                         max_message_bytes=config.max_message_size if config.max_message_size < 1 << 19 else 1 << 19))
+        store.open()
+        topics = TopicConfigStore(store.fs, str(tmp_path / "config"))
+        offsets = ConsumerOffsetStore(store.fs, str(tmp_path / "config"))
+        agent, flush, watch, clock = RecordingAgent(), RecordingRef(), RecordingRef(), Clock()
+        ref = BrokerMaster.start(config, store, agent, flush, topics, offsets, clock, supervisor=watch)
+        made.append(ref)
+        return ref, agent, flush, watch, clock, store
+
+    yield _make
+    for ref in made:
+        if ref.is_alive():
+            ref.stop()
+
+
+_cid = iter(range(1, 1_000_000))
+
+
+def request(ref, type_name, body, raw=None):
+    cid = next(_cid)
+    header = Header(kind="request", src="client-1", dst="broker", type=type_name, cid=cid)
+    ref.tell(Inbound(header, raw if raw is not None else pack_body(body), b"token", None))
+    return cid
+
+
+def send(ref, topic="Orders", bodies=(b"hello",), queue_id=0):
+    msg = proto.SendMessage(topic, queue_id, [proto.OutMessage(b) for b in bodies])
+    return request(ref, proto.SEND_MESSAGE, msg.to_dict())
+
+
+def pull(ref, offset=0, suspend_ms=0, topic="Orders", queue_id=0):
+    return request(ref, proto.PULL_MESSAGE, proto.PullMessage("g1", topic, queue_id, offset, suspend_ms=suspend_ms).to_dict())
+
+
+def test_async_flush_send_is_acknowledged_and_readable(broker):
+    ref, agent, *_ = broker()
+    header, body = agent.wait_reply(send(ref, bodies=(b"a", b"b")))
+    assert header.kind == "reply" and body["status"] == proto.SEND_OK
+    assert [r["queue_offset"] for r in body["results"]] == [0, 1]
+    _, pulled = agent.wait_reply(pull(ref))
+    assert pulled["status"] == proto.FOUND and [m["body"] for m in pulled["messages"]] == [b"a", b"b"]
+
+
+def test_sync_flush_send_waits_for_fsync_and_one_fsync_answers_many(broker):
+    ref, agent, flush, *_ = broker(flush_disk_type="SYNC_FLUSH")
+    cids = [send(ref, bodies=(f"m{i}".encode(),)) for i in range(5)]
+    assert flush.event.wait(WAIT_S)
+    first = flush.messages[0]
+    assert isinstance(first, FlushRequest)
+    # Nothing is acknowledged before the fsync completes.
+    assert not any(agent.has_reply(c) for c in cids)
+    ref.tell(Flushed(first.offset))
+    agent.wait_reply(cids[0])
+    # Sends that arrived while the first fsync ran are covered by ONE more fsync.
+    pykka_wait(lambda: len(flush.messages) >= 2 or all(agent.has_reply(c) for c in cids))
+    if not all(agent.has_reply(c) for c in cids):
+        second = flush.messages[1]
+        ref.tell(Flushed(second.offset))
+    for c in cids:
+        assert agent.wait_reply(c)[1]["status"] == proto.SEND_OK
+    assert len(flush.messages) <= 2
+
+
+def test_sync_flush_timeout_answers_flush_disk_timeout(broker):
+    ref, agent, flush, _, clock, _ = broker(flush_disk_type="SYNC_FLUSH", sync_flush_timeout_ms=500)
+    cid = send(ref)
+    assert flush.event.wait(WAIT_S)
+    clock.now_ms += 600
+    ref.tell(Tick(clock.now_ms))
+    assert agent.wait_reply(cid)[1]["status"] == proto.FLUSH_DISK_TIMEOUT
+
+
+def test_fsync_failure_stops_the_broker_and_reports_to_its_supervisor(broker):
+    ref, agent, flush, watch, *_ = broker(flush_disk_type="SYNC_FLUSH")
+    cid = send(ref)
+    assert flush.event.wait(WAIT_S)
+    ref.tell(FlushFailed("fsync failed: EIO"))
+    header, body = agent.wait_reply(cid)
+    assert header.kind == "error" and body["code"] == proto.SYSTEM_ERROR
+    pykka_wait(lambda: any(isinstance(m, ChildFailed) for m in watch.messages))
+    assert not ref.is_alive()
+
+
+def test_long_poll_is_answered_as_soon_as_a_message_arrives(broker):
+    ref, agent, *_ = broker()
+    agent.wait_reply(send(ref, bodies=(b"first",)))
+    waiting = pull(ref, offset=1, suspend_ms=30_000)
+    ref.ask(Ping())
+    assert not agent.has_reply(waiting)
+    send(ref, bodies=(b"second",))
+    _, body = agent.wait_reply(waiting)
+    assert body["status"] == proto.FOUND and body["messages"][0]["body"] == b"second"
+
+
+def test_long_poll_expires_with_no_new_message(broker):
+    ref, agent, _, _, clock, _ = broker()
+    agent.wait_reply(send(ref))
+    waiting = pull(ref, offset=1, suspend_ms=1_000)
+    ref.ask(Ping())  # the pull is parked before the clock moves
+    assert not agent.has_reply(waiting)
+    clock.now_ms += 1_001
+    ref.tell(Tick(clock.now_ms))
+    assert agent.wait_reply(waiting)[1]["status"] == proto.NO_NEW_MSG
+
+
+def test_pull_of_an_offset_past_the_end_is_illegal_and_corrected(broker):
+    ref, agent, *_ = broker()
+    agent.wait_reply(send(ref, bodies=(b"a", b"b")))
+    _, body = agent.wait_reply(pull(ref, offset=99))
+    assert body["status"] == proto.OFFSET_ILLEGAL and body["next_offset"] == 2
+
+
+@pytest.mark.parametrize("raw", [b"\xc1garbage", pack_body([1, 2]), pack_body({"topic": "T"}),
+                                 pack_body({"topic": "bad topic!", "queue_id": 0, "messages": [{"body": b"x"}]})])
+def test_malformed_request_gets_bad_request_and_the_broker_keeps_serving(broker, raw):
+    ref, agent, *_ = broker()
+    header, body = agent.wait_reply(request(ref, proto.SEND_MESSAGE, None, raw=raw))
+    assert header.kind == "error" and body["code"] == proto.BAD_REQUEST
+    assert agent.wait_reply(send(ref))[1]["status"] == proto.SEND_OK
+
+
+def test_oversized_message_is_refused_as_illegal(broker):
+    ref, agent, *_ = broker(max_message_size=1024)
+    header, body = agent.wait_reply(send(ref, bodies=(b"x" * 2048,)))
+    assert header.kind == "error" and body["code"] == proto.MESSAGE_ILLEGAL
+
+
+def test_unknown_topic_with_auto_create_off_is_refused(broker):
+    ref, agent, *_ = broker(auto_create_topic_enable=False)
+    header, body = agent.wait_reply(send(ref, topic="Nope"))
+    assert header.kind == "error" and body["code"] == proto.TOPIC_NOT_EXIST
+    created = request(ref, proto.CREATE_TOPIC, proto.CreateTopic("Nope", 4, 4).to_dict())
+    assert agent.wait_reply(created)[1]["created"] is True
+    assert agent.wait_reply(send(ref, topic="Nope"))[1]["status"] == proto.SEND_OK
+
+
+def test_consumer_offsets_are_committed_and_queried(broker):
+    ref, agent, *_ = broker()
+    q = proto.QueryOffset("g1", "Orders", 3).to_dict()
+    assert agent.wait_reply(request(ref, proto.QUERY_OFFSET, q))[1]["offset"] == -1
+    agent.wait_reply(request(ref, proto.COMMIT_OFFSET, proto.CommitOffset("g1", "Orders", 3, 42).to_dict()))
+    assert agent.wait_reply(request(ref, proto.QUERY_OFFSET, q))[1]["offset"] == 42
+
+
+def test_broker_registers_with_every_namesrv_and_again_when_a_topic_is_created(broker):
+    ref, agent, *_ = broker(namesrv_addr=["127.0.0.1:1", "127.0.0.1:2"])
+    ref.tell(AgentReady())
+    agent.wait_reply(send(ref, topic="NewTopic"))
+    regs = [(e, b) for e, h, b in agent.sent if h.type == "RegisterBroker"]
+    assert {e for e, _ in regs} == {"tcp://127.0.0.1:1", "tcp://127.0.0.1:2"}
+    assert "NewTopic" in regs[-1][1]["topic_configs"]
+
+
+def pykka_wait(cond, timeout=WAIT_S):
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.01)
+    raise AssertionError("condition not reached")
