@@ -12,7 +12,8 @@ from loguru import logger
 
 from rmqz.actors.broker.config import BrokerConfig, ConfigError, from_properties, parse_properties
 from rmqz.actors.broker.flush import FlushService
-from rmqz.actors.broker.master import AgentReady, BrokerMaster, PrepareStop
+from rmqz.actors.broker.base import AgentReady, BrokerDeps, PrepareStop
+from rmqz.actors.broker.master import BrokerMaster
 from rmqz.actors.ticker import Ticker, monotonic_ms
 from rmqz.cli.process import EXIT_FAILURE, FailureWatch, NodeCommand, StopSignal, UserError, setup_logging
 from rmqz.storage.errors import StorageError
@@ -78,7 +79,8 @@ def run_broker(config: BrokerConfig, repair: bool = False) -> int:
     watch = FailureWatch(stop)
     agent = TransportAgent(f"{config.broker_name}-{config.broker_id}", f"tcp://{config.listen_host}:{config.listen_port}")
     flush = FlushService.start(name="flush", supervisor=watch)
-    node = BrokerMaster.start(config, store, agent, flush, topics, offsets, monotonic_ms, name="broker", supervisor=watch)
+    deps = BrokerDeps(config, store, agent, topics, offsets, monotonic_ms)
+    node = BrokerMaster.start(deps, flush, name="broker", supervisor=watch)
     ticker = Ticker()
     try:
         try:
@@ -98,8 +100,21 @@ def run_broker(config: BrokerConfig, repair: bool = False) -> int:
         agent.stop()
         node.stop(timeout=STOP_TIMEOUT_S) if node.is_alive() else None
         flush.stop(timeout=STOP_TIMEOUT_S) if flush.is_alive() else None
+        close_store(store, code)
         stop.restore()
     return code
+
+
+def close_store(store: MessageStore, code: int) -> None:
+    """The node owns the store (actors only borrow it, so a role swap keeps it open)."""
+    try:
+        if code == 0:
+            store.close()
+            logger.info("store closed cleanly")
+            return
+    except StorageError as exc:
+        logger.error("store could not close cleanly ({}); recovery runs at the next start", exc)
+    store.crash()
 
 
 def _prepare_stop(node) -> None:

@@ -46,6 +46,18 @@ class BrokerConfig:
     flush_consumer_offset_interval_ms: int = 5_000
     long_polling_check_interval_ms: int = 100
     slave_read_enable: bool = False
+    # Read offload: a pull whose data lies further behind the head than this many bytes is
+    # "cold" (not in memory) and the master suggests the slave. 0 = derive from the ratio.
+    access_message_in_memory_max_ratio: int = 40
+    access_message_in_memory_max_bytes: int = 0
+    ha_master_address: str = ""  # slave: master's host:port; empty = learn it from the NameServer
+    ha_send_heartbeat_interval_ms: int = 1_000
+    ha_housekeeping_interval_ms: int = 20_000
+    ha_transfer_batch_size: int = 256 * 1024
+    ha_max_gap_not_in_sync: int = 256 * 1024 * 1024
+    slave_ack_timeout_ms: int = 3_000
+    slave_metadata_sync_interval_ms: int = 10_000
+    slave_lag_suggest_master_bytes: int = 1024 * 1024
 
     @property
     def address(self) -> str:
@@ -63,6 +75,8 @@ ALIASES = {
     "syncFlushTimeout": "sync_flush_timeout_ms",
     "flushConsumerOffsetInterval": "flush_consumer_offset_interval_ms",
     "defaultTopicQueueNums": "default_topic_queue_nums",
+    "haSendHeartbeatInterval": "ha_send_heartbeat_interval_ms",
+    "haHousekeepingInterval": "ha_housekeeping_interval_ms",
 }
 INT_LIMITS = {
     "broker_id": (0, 1023), "listen_port": (1, 65535), "default_topic_queue_nums": (1, 1024),
@@ -71,6 +85,9 @@ INT_LIMITS = {
     "flush_interval_commit_log_ms": (1, 60_000), "sync_flush_timeout_ms": (1, 600_000),
     "checkpoint_interval_ms": (10, 600_000), "flush_consumer_offset_interval_ms": (10, 600_000),
     "long_polling_check_interval_ms": (5, 10_000),
+    "access_message_in_memory_max_ratio": (1, 100), "ha_send_heartbeat_interval_ms": (10, 60_000),
+    "ha_housekeeping_interval_ms": (100, 600_000), "ha_transfer_batch_size": (4096, 1024 * 1024),
+    "slave_ack_timeout_ms": (1, 600_000), "slave_metadata_sync_interval_ms": (100, 600_000),
 }
 
 
@@ -135,5 +152,7 @@ def _check(cfg: BrokerConfig) -> None:
             raise ConfigError(f"{what}: 1-64 chars of A-Z a-z 0-9 _ . -, got {name!r}")
     if not cfg.namesrv_addr or not all(ADDR_PATTERN.fullmatch(a) for a in cfg.namesrv_addr):
         raise ConfigError(f"namesrvAddr: expected host:port;host:port, got {';'.join(cfg.namesrv_addr)!r}")
+    if cfg.ha_master_address and not ADDR_PATTERN.fullmatch(cfg.ha_master_address):
+        raise ConfigError(f"haMasterAddress: expected host:port, got {cfg.ha_master_address!r}")
     if cfg.max_message_size + 4096 > cfg.mapped_file_size_commit_log:
         raise ConfigError("mappedFileSizeCommitLog must exceed maxMessageSize by at least 4 KiB")

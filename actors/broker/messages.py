@@ -25,8 +25,16 @@ COMMIT_OFFSET = "CommitOffset"
 QUERY_OFFSET = "QueryOffset"
 BROKER_STATUS = "GetBrokerStatus"
 TOPIC_STATUS = "GetTopicStatus"
+GET_METADATA = "GetMetadata"  # a slave copies topics and offsets from its master
 REQUEST_TYPES = frozenset({SEND_MESSAGE, PULL_MESSAGE, CREATE_TOPIC, COMMIT_OFFSET, QUERY_OFFSET,
-                           BROKER_STATUS, TOPIC_STATUS})
+                           BROKER_STATUS, TOPIC_STATUS, GET_METADATA})
+
+# HA replication tells (kind="tell"): slave -> master actor HA_SERVICE, master -> slave HA_CLIENT.
+HA_SERVICE = "ha"
+HA_CLIENT = "haclient"
+HA_REPORT = "HAReport"
+HA_TRANSFER = "HATransfer"
+MAX_HA_DATA_BYTES = 4 * 1024 * 1024
 
 # SendResult statuses (RocketMQ's SendStatus).
 SEND_OK = "SEND_OK"
@@ -240,10 +248,21 @@ class GetBrokerStatus:
         return cls()
 
 
+@dataclass(slots=True)
+class GetMetadata:
+    def to_dict(self) -> dict:
+        return {}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> GetMetadata:
+        _map(d)
+        return cls()
+
+
 REQUESTS: dict[str, type] = {
     SEND_MESSAGE: SendMessage, PULL_MESSAGE: PullMessage, CREATE_TOPIC: CreateTopic,
     COMMIT_OFFSET: CommitOffset, QUERY_OFFSET: QueryOffset, TOPIC_STATUS: GetTopicStatus,
-    BROKER_STATUS: GetBrokerStatus,
+    BROKER_STATUS: GetBrokerStatus, GET_METADATA: GetMetadata,
 }
 assert set(REQUESTS) == REQUEST_TYPES
 
@@ -267,9 +286,66 @@ def decode_request(type_name: str, body: Any) -> Any:
 # CommitOffset  -> {}
 # QueryOffset   -> {"offset": int}   (-1 when the group never committed on this queue)
 # GetTopicStatus-> {"topic": str, "queues": [{"queue_id", "min_offset", "max_offset"}]}
+# GetMetadata   -> {"topics": {topic: {read_queue_nums, write_queue_nums, perm, order}},
+#                   "offsets": {"topic@group": {"qid": offset}}, "data_version": int}
 # GetBrokerStatus -> {"cluster", "broker_name", "broker_id", "role", "address", "pid",
 #                     "flush_disk_type", "commit_log": {"min", "max", "flushed"},
 #                     "topics": int, "stats": {...}}
+
+
+@dataclass(slots=True)
+class HAReport:
+    """Slave -> master: "I hold the log up to offset". `last_record` is (start, crc) of the
+    slave's last record, so the master can tell whether the two logs agree up to offset."""
+
+    slave_id: int
+    broker_name: str
+    address: str  # where the master sends HATransfer (the slave node's endpoint host:port)
+    offset: int
+    last_record: tuple[int, int] | None = None
+
+    def to_dict(self) -> dict:
+        return {"slave_id": self.slave_id, "broker_name": self.broker_name, "address": self.address,
+                "offset": self.offset, "last_record": list(self.last_record) if self.last_record else None}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> HAReport:
+        d = _map(d)
+        last = d.get("last_record")
+        if last is not None and not (isinstance(last, list) and len(last) == 2
+                                     and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in last)):
+            raise ProtocolError("last_record must be [start, crc]")
+        address = _get(d, "address", str)
+        if len(address) > MAX_NAME_CHARS or ":" not in address:
+            raise ProtocolError("address must be host:port")
+        return cls(_int(d, "slave_id", 1, MAX_QUEUE_ID), _get(d, "broker_name", str), address,
+                   _int(d, "offset", 0, 2**63 - 1), tuple(last) if last else None)
+
+
+@dataclass(slots=True)
+class HATransfer:
+    """Master -> slave: commit-log bytes starting at offset (possibly none: a heartbeat).
+    `diverged_at`: the slave's log disagrees with the master's at or before this offset and
+    must be cut back before anything else is appended."""
+
+    offset: int
+    data: bytes
+    master_max: int
+    diverged_at: int | None = None
+
+    def to_dict(self) -> dict:
+        return {"offset": self.offset, "data": self.data, "master_max": self.master_max, "diverged_at": self.diverged_at}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> HATransfer:
+        d = _map(d)
+        data = _get(d, "data", bytes)
+        if len(data) > MAX_HA_DATA_BYTES:
+            raise ProtocolError(f"HA transfer of {len(data)} bytes exceeds {MAX_HA_DATA_BYTES}")
+        diverged = d.get("diverged_at")
+        if diverged is not None and (not isinstance(diverged, int) or isinstance(diverged, bool) or diverged < 0):
+            raise ProtocolError("diverged_at must be an offset or null")
+        return cls(_int(d, "offset", 0, 2**63 - 1), data, _int(d, "master_max", 0, 2**63 - 1), diverged)
 
 
 def msg_id(broker_name: str, physical_offset: int) -> str:

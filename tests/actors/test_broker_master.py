@@ -12,7 +12,8 @@ from rmqz.actors.base import ChildFailed, Ping
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.config import BrokerConfig
 from rmqz.actors.broker.flush import FlushFailed, Flushed, FlushRequest
-from rmqz.actors.broker.master import AgentReady, BrokerMaster
+from rmqz.actors.broker.base import AgentReady, BrokerDeps
+from rmqz.actors.broker.master import BrokerMaster
 from rmqz.actors.ticker import Tick
 from rmqz.storage.message_store import MessageStore, StoreConfig
 from rmqz.storage.metadata import ConsumerOffsetStore, TopicConfigStore
@@ -79,7 +80,7 @@ def broker(tmp_path):
         topics = TopicConfigStore(store.fs, str(tmp_path / "config"))
         offsets = ConsumerOffsetStore(store.fs, str(tmp_path / "config"))
         agent, flush, watch, clock = RecordingAgent(), RecordingRef(), RecordingRef(), Clock()
-        ref = BrokerMaster.start(config, store, agent, flush, topics, offsets, clock, supervisor=watch)
+        ref = BrokerMaster.start(BrokerDeps(config, store, agent, topics, offsets, clock), flush, supervisor=watch)
         made.append(ref)
         return ref, agent, flush, watch, clock, store
 
