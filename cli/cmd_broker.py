@@ -13,7 +13,10 @@ from loguru import logger
 from rmqz.actors.broker.config import BrokerConfig, ConfigError, from_properties, parse_properties
 from rmqz.actors.broker.flush import FlushService
 from rmqz.actors.broker.base import AgentReady, BrokerDeps, PrepareStop
+from rmqz.actors.broker.ha_client import HAClient
+from rmqz.actors.broker.ha_service import AttachBroker, HAService
 from rmqz.actors.broker.master import BrokerMaster
+from rmqz.actors.broker.slave import AttachHAClient, BrokerSlave
 from rmqz.actors.ticker import Ticker, monotonic_ms
 from rmqz.cli.process import EXIT_FAILURE, FailureWatch, NodeCommand, StopSignal, UserError, setup_logging
 from rmqz.storage.errors import StorageError
@@ -44,8 +47,6 @@ def load_config(path: str) -> BrokerConfig:
         raise UserError(f"cannot read broker config {path}: {exc.strerror}") from None
     except (ConfigError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: {exc}") from None
-    if config.broker_role == "SLAVE":
-        raise UserError(f"{path}: brokerRole=SLAVE is not supported by this version yet")
     if not os.path.isabs(config.store_path_root_dir):
         config.store_path_root_dir = os.path.join(os.path.dirname(os.path.abspath(path)), config.store_path_root_dir)
     return config
@@ -77,32 +78,58 @@ def run_broker(config: BrokerConfig, repair: bool = False) -> int:
         raise UserError(str(exc)) from None
     stop = StopSignal().install()
     watch = FailureWatch(stop)
-    agent = TransportAgent(f"{config.broker_name}-{config.broker_id}", f"tcp://{config.listen_host}:{config.listen_port}")
-    flush = FlushService.start(name="flush", supervisor=watch)
+    node_name = f"{config.broker_name}-{config.broker_id}"
+    agent = TransportAgent(node_name, f"tcp://{config.listen_host}:{config.listen_port}")
     deps = BrokerDeps(config, store, agent, topics, offsets, monotonic_ms)
-    node = BrokerMaster.start(deps, flush, name="broker", supervisor=watch)
+    actors = start_master(deps, watch) if config.is_master else start_slave(deps, watch)
+    node = actors["broker"]
     ticker = Ticker()
+    code = EXIT_FAILURE
     try:
         try:
             agent.start()
         except Exception as exc:
             raise UserError(f"cannot listen on {config.address}: {exc}") from None
-        agent.register("broker", node)
+        for name, ref in actors.items():
+            if name in ("broker", "ha", "haclient"):
+                agent.register(name, ref)
+            if name != "flush":
+                ticker.subscribe(ref, config.long_polling_check_interval_ms)
         node.tell(AgentReady())
-        ticker.subscribe(node, config.long_polling_check_interval_ms)
         ticker.start()
-        logger.info("broker {} ready on {}", config.broker_name, config.address)
+        logger.info("broker {} ready on {} as {}", config.broker_name, config.address, config.broker_role)
         code = stop.wait(check=lambda: None if agent.running else f"transport stopped: {agent.failure}")
         logger.info("broker stopping: {}", stop.reason)
     finally:
         ticker.stop()
         _prepare_stop(node)
         agent.stop()
-        node.stop(timeout=STOP_TIMEOUT_S) if node.is_alive() else None
-        flush.stop(timeout=STOP_TIMEOUT_S) if flush.is_alive() else None
+        for ref in reversed(list(actors.values())):  # stop in reverse start order
+            if ref.is_alive():
+                ref.stop(timeout=STOP_TIMEOUT_S)
         close_store(store, code)
         stop.restore()
     return code
+
+
+def start_master(deps: BrokerDeps, watch: FailureWatch) -> dict:
+    """FlushService -> HAService -> BrokerMaster (start order; stop is the reverse)."""
+    flush = FlushService.start(name="flush", supervisor=watch)
+    node_id = f"{deps.config.broker_name}-{deps.config.broker_id}@{deps.config.address}"
+    ha = HAService.start(deps.config, deps.store.commit_log, deps.agent, node_id, deps.clock_ms, supervisor=watch)
+    broker = BrokerMaster.start(deps, flush, ha, name="broker", supervisor=watch)
+    ha.tell(AttachBroker(broker))
+    return {"flush": flush, "ha": ha, "broker": broker}
+
+
+def start_slave(deps: BrokerDeps, watch: FailureWatch) -> dict:
+    """BrokerSlave -> HAClient. The client starts from the slave's recovered end."""
+    log = deps.store.commit_log
+    broker = BrokerSlave.start(deps, name="broker", supervisor=watch)
+    client = HAClient.start(deps.config, deps.agent, broker, deps.clock_ms, log.wrote_offset,
+                            log.last_record_before(log.wrote_offset), supervisor=watch)
+    broker.tell(AttachHAClient(client))
+    return {"broker": broker, "haclient": client}
 
 
 def close_store(store: MessageStore, code: int) -> None:

@@ -174,6 +174,37 @@ class CommitLog:
         length = max(0, min(max_bytes, self.files.wrote_offset - offset))
         return self.files.read(offset, length) if length else b""
 
+    def read_committed(self, offset: int, max_bytes: int) -> bytes:
+        """Bytes from offset, up to max_bytes, of what is already committed (pwritten).
+        Safe to call from another thread (an HA write half): committed bytes never change
+        until a truncation, and this never touches the append buffer."""
+        length = min(max_bytes, self.files.committed_offset - offset)
+        return self.files.read(offset, length) if length > 0 and offset >= self.files.min_offset else b""
+
+    def record_crc_at(self, offset: int) -> tuple[int, int] | None:
+        """(size, crc) of the committed record starting at offset, or None if there is none.
+        Thread-safe like read_committed. Replicas compare these to find where logs agree."""
+        head = self.read_committed(offset, rec.HEADER_BYTES)
+        if len(head) < 12:
+            return None
+        size, magic, crc = rec.CRC_HEADER.unpack_from(head, 0)
+        return (size, crc) if magic == rec.MESSAGE_MAGIC else None
+
+    def last_record_before(self, offset: int) -> tuple[int, int] | None:
+        """(start, crc) of the last record that ends at or before offset, looking back at
+        most one segment; None at the start of the log. Used by a replica to report where
+        its log ends."""
+        if offset <= self.files.min_offset:
+            return None
+        seg_start = max(self.files.min_offset, (offset - 1) - (offset - 1) % self.segment_bytes)
+        last = None
+        for meta in self.iter_metas(seg_start, offset):
+            last = meta.physical_offset
+        if last is None:
+            return self.last_record_before(seg_start) if seg_start > self.files.min_offset else None
+        found = self.record_crc_at(last)
+        return (last, found[1]) if found else None
+
     def complete_prefix(self, data: bytes, at_offset: int) -> int:
         """How many leading bytes of replicated data form whole, valid entries (a replica
         keeps the rest until more arrives). CorruptStoreError if an entry is invalid."""

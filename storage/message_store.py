@@ -221,11 +221,11 @@ class MessageStore:
         self.dispatch(self.commit_log.wrote_offset, metas)
         return [PutResult(m.physical_offset, m.size, m.queue_id, m.queue_offset, m.store_timestamp_ms) for m in metas]
 
-    def append_replicated(self, data: bytes, at_offset: int) -> int:
-        """A slave appends bytes copied from its master; returns the new end."""
+    def append_replicated(self, data: bytes, at_offset: int) -> list[rec.RecordMeta]:
+        """A slave appends bytes copied from its master (whole entries, verified)."""
         metas = self.commit_log.append_raw(data, at_offset)
         self.dispatch(self.commit_log.wrote_offset, metas)
-        return self.commit_log.wrote_offset
+        return metas
 
     def dispatch(self, up_to: int, metas: list[rec.RecordMeta] | None = None) -> int:
         """Index records in [dispatched_offset, up_to) into consume queues (RocketMQ's

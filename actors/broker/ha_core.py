@@ -21,6 +21,28 @@ MAX_WINDOW_BYTES = 64 * 1024 * 1024
 MAX_WAITERS = 100_000
 assert 0 < MAX_BATCH_BYTES <= MAX_WINDOW_BYTES
 
+@dataclass(frozen=True, slots=True)
+class DataAvailable:
+    """Master -> HA service -> write halves: the commit log is committed up to offset."""
+
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class SlaveAck:
+    """HA read half -> master: slave `slave_id` holds the log up to offset."""
+
+    slave_id: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class SlaveGone:
+    """HA service -> master: the slave's connection was closed."""
+
+    slave_id: int
+
+
 WAIT = "WAIT"
 DONE = "DONE"
 SLAVE_NOT_AVAILABLE = "SLAVE_NOT_AVAILABLE"

@@ -9,13 +9,13 @@ from __future__ import annotations
 import itertools
 import os
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 from loguru import logger
 
 from rmqz.actors.base import tell_quietly
 from rmqz.actors.broker import ha_core
+from rmqz.actors.broker.ha_core import DataAvailable, SlaveAck, SlaveGone
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.base import AgentReady, BrokerBase, BrokerDeps, PrepareStop, Refusal, ReplyTo
 from rmqz.actors.broker.flush import FlushFailed, Flushed, FlushRequest
@@ -27,26 +27,6 @@ MAX_FLUSH_WAITERS = 100_000
 assert MAX_FLUSH_WAITERS > 0
 
 __all__ = ["AgentReady", "BrokerMaster", "DataAvailable", "PrepareStop", "SlaveAck", "SlaveGone"]
-
-
-@dataclass(frozen=True, slots=True)
-class DataAvailable:
-    """Master -> HA service: the commit log is committed up to offset."""
-
-    offset: int
-
-
-@dataclass(frozen=True, slots=True)
-class SlaveAck:
-    """HA read half -> master: slave `slave_id` holds the log up to offset."""
-
-    slave_id: int
-    offset: int
-
-
-@dataclass(frozen=True, slots=True)
-class SlaveGone:
-    slave_id: int
 
 
 def in_memory_max_bytes(ratio_percent: int, explicit_bytes: int) -> int:
@@ -224,7 +204,7 @@ class BrokerMaster(BrokerBase):
         })
 
     def status_extra(self) -> dict:
-        return {"slaves": {sid: p.acked_offset for sid, p in self.group.slaves.items()},
+        return {"slaves": {str(sid): p.acked_offset for sid, p in self.group.slaves.items()},
                 "waiting_for_disk": len(self.flush_waiters), "waiting_for_slaves": len(self.group.waiters)}
 
     # ---- time ----------------------------------------------------------------------------

@@ -1,0 +1,103 @@
+"""HAClient (slave side): the slave's end of replication (RocketMQ's HAClient).
+
+It reports the slave's max offset to the master — at once after every append (that report
+is the acknowledgement SYNC_MASTER waits for) and every heartbeat interval otherwise — and
+hands the bytes the master streams to the BrokerSlave, which owns the store. The transport's
+DEALER reconnects by itself; a master silent past the housekeeping interval is logged once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from loguru import logger
+
+from rmqz.actors.base import RmqzActor, tell_quietly
+from rmqz.actors.broker import messages as proto
+from rmqz.actors.broker.config import BrokerConfig
+from rmqz.actors.ticker import Tick
+from rmqz.transport.envelope import EnvelopeError, Header, Inbound, pack_body, unpack_body
+
+
+@dataclass(frozen=True, slots=True)
+class MasterAddress:
+    address: str  # host:port of the master node
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """BrokerSlave -> HAClient: the slave's log now ends at offset."""
+
+    offset: int
+    last_record: tuple[int, int] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaData:
+    """HAClient -> BrokerSlave: a transfer from the master, decoded."""
+
+    transfer: proto.HATransfer
+
+
+class HAClient(RmqzActor):
+    def __init__(self, config: BrokerConfig, agent: Any, slave_ref: Any, clock_ms: Any, start_offset: int,
+                 last_record: tuple[int, int] | None, *, name: str = "haclient", supervisor: Any = None) -> None:
+        super().__init__(name=name, supervisor=supervisor)
+        self.config = config
+        self.agent = agent
+        self.slave_ref = slave_ref
+        self.clock_ms = clock_ms
+        self.master: str | None = config.ha_master_address or None
+        self.offset = start_offset
+        self.last_record = last_record
+        self.last_heard_ms = clock_ms()
+        self.last_report_ms = 0
+        self.master_silent = False
+        self.node_id = f"{config.broker_name}-{config.broker_id}@{config.address}"
+
+    def handle_MasterAddress(self, msg: MasterAddress) -> None:
+        if msg.address != self.master:
+            logger.info("slave {}: master is {}", self.node_id, msg.address)
+            self.master = msg.address
+            self._report()
+
+    def handle_Appended(self, msg: Appended) -> None:
+        self.offset = msg.offset
+        self.last_record = msg.last_record
+        self._report()
+
+    def handle_Inbound(self, inbound: Inbound) -> None:
+        if inbound.header.type != proto.HA_TRANSFER:
+            return
+        try:
+            transfer = proto.HATransfer.from_dict(unpack_body(inbound.body, proto.MAX_HA_DATA_BYTES + 4096))
+        except (EnvelopeError, proto.ProtocolError) as exc:
+            logger.warning("slave {}: bad HA transfer from {}: {}", self.node_id, inbound.header.src, exc)
+            return
+        self.last_heard_ms = self.clock_ms()
+        if self.master_silent:
+            self.master_silent = False
+            logger.info("slave {}: master {} is back", self.node_id, self.master)
+        tell_quietly(self.slave_ref, ReplicaData(transfer))
+
+    def handle_Tick(self, _tick: Tick) -> None:
+        now = self.clock_ms()
+        if now - self.last_report_ms >= self.config.ha_send_heartbeat_interval_ms:
+            self._report()
+        if not self.master_silent and now - self.last_heard_ms > self.config.ha_housekeeping_interval_ms:
+            self.master_silent = True
+            logger.warning("slave {}: master {} silent for {} ms", self.node_id, self.master,
+                           self.config.ha_housekeeping_interval_ms)
+
+    def _report(self) -> None:
+        if self.master is None:
+            return
+        self.last_report_ms = self.clock_ms()
+        report = proto.HAReport(self.config.broker_id, self.config.broker_name, self.config.address,
+                                self.offset, self.last_record)
+        header = Header(kind="tell", src=self.node_id, dst=proto.HA_SERVICE, type=proto.HA_REPORT)
+        try:
+            self.agent.send(f"tcp://{self.master}", header, pack_body(report.to_dict()))
+        except Exception as exc:  # the next tick retries
+            logger.debug("slave {}: report to {} failed: {}", self.node_id, self.master, exc)

@@ -1,0 +1,111 @@
+"""HAService (master side): accepts slaves (RocketMQ's AcceptSocketService) and keeps one
+HAConnection — a read half and a write half actor — per slave. A slave is known by its
+broker id; a report from a new address for the same id replaces the old connection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from loguru import logger
+
+from rmqz.actors.base import RmqzActor, tell_quietly
+from rmqz.actors.broker import messages as proto
+from rmqz.actors.broker.config import BrokerConfig
+from rmqz.actors.broker.ha_core import SlaveGone
+from rmqz.actors.broker.ha_read import ConnectionClosed, HAReadHalf
+from rmqz.actors.broker.ha_write import HAWriteHalf
+from rmqz.actors.ticker import Tick
+from rmqz.transport.envelope import EnvelopeError, Inbound, unpack_body
+
+MAX_SLAVES = 16
+assert MAX_SLAVES >= 1
+
+
+@dataclass(frozen=True, slots=True)
+class AttachBroker:
+    broker_ref: Any
+
+
+@dataclass(slots=True)
+class Connection:
+    address: str
+    read_ref: Any
+    write_ref: Any
+
+
+class HAService(RmqzActor):
+    def __init__(self, config: BrokerConfig, commit_log: Any, agent: Any, node_id: str, clock_ms: Any,
+                 *, name: str = "ha", supervisor: Any = None) -> None:
+        super().__init__(name=name, supervisor=supervisor)
+        self.config = config
+        self.log = commit_log
+        self.agent = agent
+        self.node_id = node_id
+        self.clock_ms = clock_ms
+        self.broker_ref: Any = None
+        self.conns: dict[int, Connection] = {}
+        self.bad_reports = 0
+
+    def release(self) -> None:
+        for slave_id in list(self.conns):
+            self._close(slave_id)
+
+    def handle_AttachBroker(self, msg: AttachBroker) -> None:
+        self.broker_ref = msg.broker_ref
+
+    def handle_Inbound(self, inbound: Inbound) -> None:
+        if inbound.header.type != proto.HA_REPORT:
+            return
+        try:
+            report = proto.HAReport.from_dict(unpack_body(inbound.body, 1 << 16))
+        except (EnvelopeError, proto.ProtocolError) as exc:
+            self.bad_reports += 1
+            if self.bad_reports in (1, 10, 100, 1000):
+                logger.warning("bad HA report #{} from {}: {}", self.bad_reports, inbound.header.src, exc)
+            return
+        if report.broker_name != self.config.broker_name:
+            return  # a slave of another group knocked on the wrong door
+        conn = self._connection(report)
+        if conn is not None:
+            conn.read_ref.tell(report)
+
+    def _connection(self, report: proto.HAReport) -> Connection | None:
+        conn = self.conns.get(report.slave_id)
+        if conn is not None and conn.address == report.address:
+            return conn
+        if conn is not None:
+            self._close(report.slave_id)
+        if len(self.conns) >= MAX_SLAVES:
+            return None
+        write = HAWriteHalf.start(report.slave_id, report.address, self.log, self.agent, self.node_id,
+                                  self.config.ha_transfer_batch_size, self.config.ha_send_heartbeat_interval_ms,
+                                  self.clock_ms, name=f"ha-write-{report.slave_id}")
+        read = HAReadHalf.start(report.slave_id, write, self.actor_ref, self.broker_ref,
+                                self.config.ha_housekeeping_interval_ms, self.clock_ms, name=f"ha-read-{report.slave_id}")
+        self.conns[report.slave_id] = Connection(report.address, read, write)
+        logger.info("slave {} connected from {} at offset {}", report.slave_id, report.address, report.offset)
+        return self.conns[report.slave_id]
+
+    def handle_ConnectionClosed(self, msg: ConnectionClosed) -> None:
+        self._close(msg.slave_id)
+
+    def _close(self, slave_id: int) -> None:
+        conn = self.conns.pop(slave_id, None)
+        if conn is None:
+            return
+        # Never block inside an actor: the halves stop on their own threads.
+        conn.read_ref.stop(block=False)
+        conn.write_ref.stop(block=False)
+        tell_quietly(self.broker_ref, SlaveGone(slave_id))
+        logger.info("slave {} connection closed", slave_id)
+
+    def handle_DataAvailable(self, msg: Any) -> None:
+        for conn in self.conns.values():
+            conn.write_ref.tell(msg)
+
+    def handle_Tick(self, tick: Tick) -> None:
+        for conn in list(self.conns.values()):
+            tell_quietly(conn.read_ref, tick)
+            tell_quietly(conn.write_ref, tick)

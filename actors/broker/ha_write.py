@@ -1,0 +1,106 @@
+"""HAConnection write half (master side): streams commit-log bytes to one slave.
+
+It starts only after the slave's first report: the slave PULLS from the offset it reports.
+Before streaming it checks that the two logs agree at that offset (the slave's last record
+must be the master's record at the same place, with the same CRC); if not, it tells the slave
+to cut its log back to a segment boundary and report again, until they agree. Bytes go out in
+batches bounded by the transfer window, so an empty or far-behind slave catches up without
+the master buffering unbounded data. Reads use CommitLog.read_committed, which is safe from
+this thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from loguru import logger
+
+from rmqz.actors.base import RmqzActor
+from rmqz.actors.broker import messages as proto
+from rmqz.actors.broker.ha_core import TransferWindow
+from rmqz.actors.ticker import Tick
+from rmqz.transport.envelope import Header, pack_body
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    offset: int
+    last_record: tuple[int, int] | None
+
+
+class HAWriteHalf(RmqzActor):
+    def __init__(self, slave_id: int, slave_address: str, commit_log: Any, agent: Any, node_id: str,
+                 batch_bytes: int, heartbeat_ms: int, clock_ms: Any, *, name: str = "ha-write",
+                 supervisor: Any = None) -> None:
+        super().__init__(name=name, supervisor=supervisor)
+        self.slave_id = slave_id
+        self.endpoint = f"tcp://{slave_address}"
+        self.log = commit_log
+        self.agent = agent
+        self.node_id = node_id
+        self.batch_bytes = batch_bytes
+        self.heartbeat_ms = heartbeat_ms
+        self.clock_ms = clock_ms
+        self.window: TransferWindow | None = None  # None until the slave's log is verified
+        self.available = 0
+        self.last_sent_ms = 0
+
+    def handle_Ack(self, ack: Ack) -> None:
+        if self.window is None:
+            cut = self._disagreement(ack.offset, ack.last_record)
+            if cut is not None:
+                logger.warning("slave {} log differs from the master before {}; asking it to cut to {}",
+                               self.slave_id, ack.offset, cut)
+                self._send(proto.HATransfer(cut, b"", self.log.committed_offset, diverged_at=cut))
+                return
+            self.window = TransferWindow(ack.offset, window_bytes=4 * self.batch_bytes, batch_bytes=self.batch_bytes)
+            logger.info("slave {} in step at offset {}; streaming", self.slave_id, ack.offset)
+        self.window.on_ack(ack.offset)
+        self._pump()
+
+    def _disagreement(self, offset: int, last: tuple[int, int] | None) -> int | None:
+        """None when the slave's log matches ours up to offset; else where it must cut to."""
+        committed = self.log.committed_offset
+        if offset == 0 or (offset <= committed and last is not None and self._matches(offset, *last)):
+            return None
+        seg = self.log.segment_bytes
+        start = min(last[0] if last else offset, committed, offset - 1)
+        return max(0, start - start % seg)
+
+    def _matches(self, offset: int, start: int, crc: int) -> bool:
+        found = self.log.record_crc_at(start)
+        if found is None or found[1] != crc:
+            return False
+        end = start + found[0]
+        at_boundary = offset % self.log.segment_bytes == 0
+        return end == offset or (at_boundary and end < offset and end // self.log.segment_bytes == (offset - 1) // self.log.segment_bytes)
+
+    def handle_DataAvailable(self, msg: Any) -> None:
+        self.available = max(self.available, msg.offset)
+        self._pump()
+
+    def _pump(self) -> None:
+        if self.window is None:
+            return
+        self.available = max(self.available, self.log.committed_offset)
+        while (rng := self.window.next_range(self.available)) is not None:
+            data = self.log.read_committed(rng[0], rng[1])
+            if not data:
+                break
+            self._send(proto.HATransfer(rng[0], data, self.available))
+            self.window.sent(rng[0], len(data))
+
+    def handle_Tick(self, _tick: Tick) -> None:
+        if self.clock_ms() - self.last_sent_ms >= self.heartbeat_ms:
+            offset = self.window.sent_offset if self.window else 0
+            self._send(proto.HATransfer(offset, b"", max(self.available, self.log.committed_offset)))
+        self._pump()
+
+    def _send(self, transfer: proto.HATransfer) -> None:
+        self.last_sent_ms = self.clock_ms()
+        header = Header(kind="tell", src=self.node_id, dst=proto.HA_CLIENT, type=proto.HA_TRANSFER)
+        try:
+            self.agent.send(self.endpoint, header, pack_body(transfer.to_dict()))
+        except Exception as exc:  # transport full/closed: the next ack or tick retries
+            logger.debug("HA send to slave {} failed: {}", self.slave_id, exc)

@@ -1,0 +1,156 @@
+"""BrokerSlave: brokerId >= 1. Serves reads (pulls, offsets) and appends what its master
+streams; refuses writes with NOT_MASTER. Copies topics and consumer offsets from the master
+every slaveMetadataSyncInterval, and tells consumers to go back to the master when it lags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from loguru import logger
+
+from rmqz.actors.base import tell_quietly
+from rmqz.actors.broker import messages as proto
+from rmqz.actors.broker.base import BrokerBase, BrokerDeps
+from rmqz.actors.broker.ha_client import Appended, MasterAddress, ReplicaData
+from rmqz.storage.errors import CorruptStoreError
+from rmqz.transport.envelope import EnvelopeError, Inbound, unpack_body
+
+MAX_PENDING_REPLICA_BYTES = 2 * proto.MAX_HA_DATA_BYTES
+FIND_MASTER_INTERVAL_MS = 1_000
+assert MAX_PENDING_REPLICA_BYTES >= proto.MAX_HA_DATA_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class AttachHAClient:
+    ref: Any
+
+
+class BrokerSlave(BrokerBase):
+    ROLE = "SLAVE"
+
+    def __init__(self, deps: BrokerDeps, *, name: str = "broker", supervisor: Any = None) -> None:
+        super().__init__(deps, name=name, supervisor=supervisor)
+        self.ha_client: Any = None
+        self.pending = bytearray()  # a partial record at the end of the last transfer
+        self.master_max = 0
+        self.master_addr: str | None = self.config.ha_master_address or None
+        self.stats.update({"replicated_bytes": 0, "out_of_order": 0, "truncations": 0})
+
+    def role_name(self) -> str:
+        return "SLAVE"
+
+    def handle_AttachHAClient(self, msg: AttachHAClient) -> None:
+        self.ha_client = msg.ref
+
+    # ---- replication ---------------------------------------------------------------------
+
+    def handle_ReplicaData(self, msg: ReplicaData) -> None:
+        t = msg.transfer
+        self.master_max = max(self.master_max, t.master_max) if t.diverged_at is None else t.master_max
+        log = self.store.commit_log
+        if t.diverged_at is not None:
+            return self._cut_to(t.diverged_at)
+        expected = log.wrote_offset + len(self.pending)
+        if t.offset != expected:
+            if t.data:
+                self.stats["out_of_order"] += 1
+                self._ack()  # tell the master where we really are; it resends from there
+            return
+        if not t.data:
+            return
+        self.pending += t.data
+        if len(self.pending) > MAX_PENDING_REPLICA_BYTES:
+            raise CorruptStoreError("replicated data", log.wrote_offset, "partial entry larger than any record")
+        whole = log.complete_prefix(bytes(self.pending), log.wrote_offset)
+        if whole:
+            metas = self.store.append_replicated(bytes(self.pending[:whole]), log.wrote_offset)
+            self.store.commit()
+            del self.pending[:whole]
+            self.stats["replicated_bytes"] += whole
+            keys = {(m.topic, m.queue_id) for m in metas}
+            for key in keys:
+                self.wake_pulls(key)
+            if any(self.topics.get(t) is None for t, _ in keys) and self.due("topic_sync", self.clock_ms(), 1_000):
+                self._sync_metadata()  # a topic new to us: copy its config now, not in 10 s
+            self._ack(metas[-1].physical_offset if metas else None)
+
+    def _ack(self, last_start: int | None = None) -> None:
+        log = self.store.commit_log
+        if last_start is not None:
+            found = log.record_crc_at(last_start)
+            last = (last_start, found[1]) if found else None
+        else:
+            last = log.last_record_before(log.wrote_offset)
+        tell_quietly(self.ha_client, Appended(log.wrote_offset, last))
+
+    def _cut_to(self, offset: int) -> None:
+        log = self.store.commit_log
+        self.pending.clear()
+        if offset < log.wrote_offset:
+            logger.warning("slave {}: log differs from the master's; cutting {} bytes back to {}",
+                           self.node_id, log.wrote_offset - offset, offset)
+            self.stats["truncations"] += 1
+            self.store.truncate(max(offset, log.min_offset))
+        self._ack()
+
+    # ---- reads ---------------------------------------------------------------------------
+
+    def suggest_broker(self, last_physical_offset: int | None, queue_offset: int) -> int:
+        """Back to the master (0) when this slave lags it, or has nothing new but it does."""
+        lag = self.master_max - self.store.commit_log.wrote_offset
+        if lag > self.config.slave_lag_suggest_master_bytes or (last_physical_offset is None and lag > 0):
+            return 0
+        return self.config.broker_id
+
+    def status_extra(self) -> dict:
+        return {"master": self.master_addr, "master_max": self.master_max,
+                "lag_bytes": max(0, self.master_max - self.store.commit_log.wrote_offset)}
+
+    # ---- master address and metadata -----------------------------------------------------
+
+    def on_registered(self, result: Any) -> None:
+        addr = result.get("master_addr") if isinstance(result, dict) else None
+        if isinstance(addr, str) and addr and not self.config.ha_master_address and addr != self.master_addr:
+            self.master_addr = addr
+            tell_quietly(self.ha_client, MasterAddress(addr))
+            self._sync_metadata()
+
+    def on_tick(self, now_ms: int) -> None:
+        if self.master_addr is None and self.due("find_master", now_ms, FIND_MASTER_INTERVAL_MS):
+            self._register_all()  # the NameServer answers with the master's address once it knows it
+        if self.due("flush", now_ms, self.config.flush_interval_commit_log_ms):
+            self.store.flush()
+        if self.due("metadata", now_ms, self.config.slave_metadata_sync_interval_ms):
+            self._sync_metadata()
+
+    def _sync_metadata(self) -> None:
+        if self.master_addr:
+            self.send_request(self.master_addr, proto.BROKER, proto.GET_METADATA, {})
+
+    def on_answer(self, inbound: Inbound) -> None:
+        if inbound.header.type != proto.GET_METADATA:
+            return super().on_answer(inbound)
+        if inbound.header.kind != "reply":
+            return None
+        try:
+            self._apply_metadata(unpack_body(inbound.body, 64 * 1024 * 1024))
+        except (EnvelopeError, TypeError, ValueError, AttributeError) as exc:
+            logger.warning("slave {}: bad metadata from master: {}", self.node_id, exc)
+        return None
+
+    def _apply_metadata(self, meta: dict) -> None:
+        topics = {t: self.topics.decode_entry(t, c) for t, c in meta["topics"].items()}
+        if topics != self.topics.table:
+            self.topics.table = topics
+            self.topics.data_version += 1
+            self.topics.persist()
+            self._register_all()
+        for key, queues in meta["offsets"].items():
+            topic, _, group = key.partition("@")
+            for qid, offset in self.offsets.decode_entry(key, queues).items():
+                mine = self.offsets.query(group, topic, qid)
+                # Keep the larger: consumers may have committed here while the master was down.
+                if mine is None or offset > mine:
+                    self.offsets.commit(group, topic, qid, offset)
