@@ -76,6 +76,11 @@ class TransferWindow:
             self.sent_offset = offset
         self.acked_offset = offset
 
+    def rewind(self) -> None:
+        """Go back N: resend everything not acknowledged (the transport may drop frames to
+        an unreachable peer, and a restarted slave never saw what was in flight)."""
+        self.sent_offset = self.acked_offset
+
     @property
     def in_flight_bytes(self) -> int:
         return self.sent_offset - self.acked_offset

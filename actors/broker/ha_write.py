@@ -23,6 +23,10 @@ from rmqz.actors.ticker import Tick
 from rmqz.transport.envelope import Header, pack_body
 
 
+RESEND_AFTER_HEARTBEATS = 2
+assert RESEND_AFTER_HEARTBEATS >= 1
+
+
 @dataclass(frozen=True, slots=True)
 class Ack:
     offset: int
@@ -45,6 +49,7 @@ class HAWriteHalf(RmqzActor):
         self.window: TransferWindow | None = None  # None until the slave's log is verified
         self.available = 0
         self.last_sent_ms = 0
+        self.last_progress_ms = clock_ms()
 
     def handle_Ack(self, ack: Ack) -> None:
         if self.window is None:
@@ -56,6 +61,8 @@ class HAWriteHalf(RmqzActor):
                 return
             self.window = TransferWindow(ack.offset, window_bytes=4 * self.batch_bytes, batch_bytes=self.batch_bytes)
             logger.info("slave {} in step at offset {}; streaming", self.slave_id, ack.offset)
+        if ack.offset != self.window.acked_offset:
+            self.last_progress_ms = self.clock_ms()
         self.window.on_ack(ack.offset)
         self._pump()
 
@@ -92,7 +99,13 @@ class HAWriteHalf(RmqzActor):
             self.window.sent(rng[0], len(data))
 
     def handle_Tick(self, _tick: Tick) -> None:
-        if self.clock_ms() - self.last_sent_ms >= self.heartbeat_ms:
+        now = self.clock_ms()
+        if self.window and self.window.in_flight_bytes and now - self.last_progress_ms >= RESEND_AFTER_HEARTBEATS * self.heartbeat_ms:
+            logger.info("slave {} acknowledged nothing for {} ms; resending from {}", self.slave_id,
+                        now - self.last_progress_ms, self.window.acked_offset)
+            self.window.rewind()
+            self.last_progress_ms = now
+        if now - self.last_sent_ms >= self.heartbeat_ms:
             offset = self.window.sent_offset if self.window else 0
             self._send(proto.HATransfer(offset, b"", max(self.available, self.log.committed_offset)))
         self._pump()

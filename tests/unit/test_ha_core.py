@@ -74,3 +74,12 @@ def test_silent_slave_is_forgotten_and_new_sends_fail_fast():
     g.on_report(1, 0, now_ms=0)
     g.expire(now_ms=1_001)
     assert g.wait(10, "send", now_ms=1_001, master_offset=10) == SLAVE_NOT_AVAILABLE
+
+
+def test_rewind_resends_everything_not_acknowledged():
+    w = TransferWindow(0, window_bytes=1_000, batch_bytes=100)
+    w.sent(*w.next_range(1_000))
+    w.sent(*w.next_range(1_000))
+    w.on_ack(100)
+    w.rewind()  # frames lost in transit: go back to the last acknowledged byte
+    assert w.next_range(1_000) == (100, 100)

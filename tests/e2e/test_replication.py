@@ -1,0 +1,169 @@
+"""Master/slave replication with real processes (the seed articles' behaviours): the slave
+pulls the commit log, SYNC_MASTER answers SEND_OK only with a replica, reads go on from the
+slave when the master dies, and nothing acknowledged is lost when the master returns."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from rmqz.actors.broker import messages as proto
+from rmqz.transport.client import RpcClient
+from rmqz.transport.envelope import pack_body, unpack_body
+
+from .conftest import find_free_port
+
+pytestmark = pytest.mark.e2e
+CATCH_UP_TIMEOUT_S = 20.0
+
+
+class Group:
+    """A NameServer, a master (id 0) and a slave (id 1) of broker-a."""
+
+    def __init__(self, tmp_path, start_rmqz, role: str, **extra: str) -> None:
+        self.tmp, self.start_rmqz = tmp_path, start_rmqz
+        self.ns_port, self.m_port, self.s_port = find_free_port(), find_free_port(), find_free_port()
+        self.role, self.extra = role, extra
+        start_rmqz("namesrv", "--listen", f"127.0.0.1:{self.ns_port}", endpoint=f"tcp://127.0.0.1:{self.ns_port}")
+        self.master = self.start_node(0)
+        self.slave = self.start_node(1)
+        self.m = RpcClient(f"tcp://127.0.0.1:{self.m_port}", timeout_ms=8000, retries=0)
+        self.s = RpcClient(f"tcp://127.0.0.1:{self.s_port}", timeout_ms=8000, retries=0)
+
+    def start_node(self, broker_id: int):
+        port = self.m_port if broker_id == 0 else self.s_port
+        conf = self.tmp / f"broker-{broker_id}.conf"
+        lines = {"brokerName": "broker-a", "brokerId": str(broker_id),
+                 "brokerRole": self.role if broker_id == 0 else "SLAVE",
+                 "namesrvAddr": f"127.0.0.1:{self.ns_port}", "listenPort": str(port),
+                 "storePathRootDir": str(self.tmp / f"store-{broker_id}"),
+                 "mappedFileSizeCommitLog": "1048576", "maxMessageSize": "65536", **self.extra}
+        conf.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
+        return self.start_rmqz("broker", "-c", str(conf), endpoint=f"tcp://127.0.0.1:{port}")
+
+    def call(self, client: RpcClient, type_name: str, body: dict) -> dict:
+        _, raw = client.request(proto.BROKER, type_name, pack_body(body))
+        return unpack_body(raw, 1 << 26)
+
+    def send(self, body: bytes, queue_id: int = 0) -> dict:
+        return self.call(self.m, proto.SEND_MESSAGE, proto.SendMessage("Orders", queue_id, [proto.OutMessage(body)]).to_dict())
+
+    def pull_all(self, client: RpcClient, queue_id: int = 0) -> list[bytes]:
+        res = self.call(client, proto.PULL_MESSAGE, proto.PullMessage("check", "Orders", queue_id, 0, max_messages=1024).to_dict())
+        return [m["body"] for m in res["messages"]]
+
+    def status(self, client: RpcClient) -> dict:
+        return self.call(client, proto.BROKER_STATUS, {})
+
+    def wait_slave_caught_up(self) -> None:
+        deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.status(self.s)["commit_log"]["max"] == self.status(self.m)["commit_log"]["max"]:
+                return
+            time.sleep(0.05)
+        raise AssertionError("slave did not catch up")
+
+    def wait_topic_on_slave(self) -> None:
+        deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                self.call(self.s, proto.TOPIC_STATUS, {"topic": "Orders"})
+                return
+            except Exception:
+                time.sleep(0.1)
+        raise AssertionError("topic never reached the slave")
+
+    def close(self) -> None:
+        self.m.close()
+        self.s.close()
+
+
+@pytest.fixture
+def group(tmp_path, start_rmqz):
+    made = []
+
+    def make(role: str, **extra: str) -> Group:
+        g = Group(tmp_path, start_rmqz, role, **extra)
+        made.append(g)
+        return g
+
+    yield make
+    for g in made:
+        g.close()
+
+
+def kill9(proc) -> None:
+    os.kill(proc.popen.pid, signal.SIGKILL)
+    proc.popen.wait(10)
+
+
+def test_async_slave_gets_everything_and_serves_reads_when_the_master_is_killed(group):
+    g = group("ASYNC_MASTER")
+    sent = [f"order-{i}".encode() for i in range(300)]
+    for body in sent:
+        assert g.send(body)["status"] == proto.SEND_OK
+    g.wait_slave_caught_up()
+    g.wait_topic_on_slave()
+    kill9(g.master)
+    assert g.pull_all(g.s) == sent  # reads go on from the slave
+    g.master = g.start_node(0)  # the master comes back: nothing acknowledged is lost on it
+    assert g.pull_all(g.m) == sent
+
+
+def test_sync_master_send_ok_means_the_slave_already_has_the_message(group):
+    g = group("SYNC_MASTER")
+    g.send(b"warm-up")  # creates the topic
+    g.wait_topic_on_slave()
+    for i in range(40):
+        res = g.send(f"sync-{i}".encode())
+        assert res["status"] == proto.SEND_OK
+        q_off = res["results"][0]["queue_offset"]
+        pulled = g.call(g.s, proto.PULL_MESSAGE, proto.PullMessage("check", "Orders", 0, q_off).to_dict())
+        assert pulled["status"] == proto.FOUND and pulled["messages"][0]["body"] == f"sync-{i}".encode()
+
+
+def test_sync_master_never_says_send_ok_without_a_slave_and_recovers_when_it_returns(group):
+    g = group("SYNC_MASTER", slaveAckTimeoutMs="1000")
+    assert g.send(b"with slave")["status"] == proto.SEND_OK
+    kill9(g.slave)
+    statuses = {g.send(f"alone-{i}".encode())["status"] for i in range(5)}
+    assert statuses <= {proto.SLAVE_NOT_AVAILABLE, proto.FLUSH_SLAVE_TIMEOUT}
+    g.slave = g.start_node(1)
+    deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
+    while g.send(b"retry")["status"] != proto.SEND_OK:
+        assert time.monotonic() < deadline, "SEND_OK never came back after the slave returned"
+    g.wait_slave_caught_up()
+
+
+def test_async_master_keeps_serving_when_the_slave_dies(group):
+    g = group("ASYNC_MASTER")
+    kill9(g.slave)
+    sent = [f"m-{i}".encode() for i in range(50)]
+    assert all(g.send(b)["status"] == proto.SEND_OK for b in sent)
+    assert g.pull_all(g.m) == sent
+
+
+def test_cold_reads_are_offloaded_to_the_slave(group):
+    g = group("ASYNC_MASTER", slaveReadEnable="true", accessMessageInMemoryMaxBytes="4096")
+    for i in range(200):
+        g.send(f"bulk-{i:04d}".encode() * 10)
+    g.wait_slave_caught_up()
+    cold = g.call(g.m, proto.PULL_MESSAGE, proto.PullMessage("c", "Orders", 0, 0, max_messages=4).to_dict())
+    hot = g.call(g.m, proto.PULL_MESSAGE, proto.PullMessage("c", "Orders", 0, 199).to_dict())
+    assert cold["suggest_which_broker_id"] == 1
+    assert hot["suggest_which_broker_id"] == 0
+
+
+def test_topic_and_committed_offsets_are_copied_to_the_slave(group):
+    g = group("ASYNC_MASTER", slaveMetadataSyncIntervalMs="300")
+    g.call(g.m, proto.CREATE_TOPIC, proto.CreateTopic("Orders", 4, 4).to_dict())
+    g.call(g.m, proto.COMMIT_OFFSET, proto.CommitOffset("billing", "Orders", 2, 17).to_dict())
+    deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
+    while g.call(g.s, proto.QUERY_OFFSET, proto.QueryOffset("billing", "Orders", 2).to_dict())["offset"] != 17:
+        assert time.monotonic() < deadline, "offset never reached the slave"
+        time.sleep(0.1)
+    status = g.call(g.s, proto.TOPIC_STATUS, {"topic": "Orders"})
+    assert len(status["queues"]) == 4
