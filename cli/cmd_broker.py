@@ -1,18 +1,22 @@
-"""`rmqz broker -c broker.conf`: one broker node. This is part of the composition root: it
-builds the store, then FlushService, then the broker actor, then the transport agent, then
-the ticker, and stops them in reverse order.
+"""`rmqz broker -c broker.conf`: one broker node. Part of the composition root: it builds the
+store, then the role's actors (master: FlushService -> HAService -> BrokerMaster; slave:
+BrokerSlave -> HAClient), then the transport agent, then the ticker, and stops them in
+reverse order. It also carries out a promotion: the slave's actors stop, the master's start
+on the same open store, and the new role is saved so a restart keeps it.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 
 import click
 from loguru import logger
 
+from rmqz.actors.broker.base import AgentReady, BrokerDeps, PrepareStop
 from rmqz.actors.broker.config import BrokerConfig, ConfigError, from_properties, parse_properties
 from rmqz.actors.broker.flush import FlushService
-from rmqz.actors.broker.base import AgentReady, BrokerDeps, PrepareStop
 from rmqz.actors.broker.ha_client import HAClient
 from rmqz.actors.broker.ha_service import AttachBroker, HAService
 from rmqz.actors.broker.master import BrokerMaster
@@ -21,11 +25,13 @@ from rmqz.actors.ticker import Ticker, monotonic_ms
 from rmqz.cli.process import EXIT_FAILURE, FailureWatch, NodeCommand, StopSignal, UserError, setup_logging
 from rmqz.storage.errors import StorageError
 from rmqz.storage.fs import OsFileSystem
+from rmqz.storage.json_file import load_json, save_json
 from rmqz.storage.message_store import MessageStore, StoreConfig
 from rmqz.storage.metadata import ConsumerOffsetStore, TopicConfigStore
 from rmqz.transport.agent import TransportAgent
 
 STOP_TIMEOUT_S = 15.0
+ROLE_FILE = "role.json"  # under store/config: a promotion outlives restarts
 
 
 @click.command(cls=NodeCommand)
@@ -49,11 +55,23 @@ def load_config(path: str) -> BrokerConfig:
         raise UserError(f"{path}: {exc}") from None
     if not os.path.isabs(config.store_path_root_dir):
         config.store_path_root_dir = os.path.join(os.path.dirname(os.path.abspath(path)), config.store_path_root_dir)
+    _apply_saved_role(config)
     return config
 
 
+def _apply_saved_role(config: BrokerConfig) -> None:
+    path = os.path.join(config.store_path_root_dir, "config", ROLE_FILE)
+    try:
+        saved = load_json(OsFileSystem(), path)
+    except StorageError as exc:
+        raise UserError(str(exc)) from None
+    if saved:
+        config.broker_id, config.broker_role = 0, saved["broker_role"]
+        logger.warning("{} says this node was promoted: starting as {} (brokerId 0)", path, config.broker_role)
+
+
 def open_store(config: BrokerConfig, repair: bool) -> MessageStore:
-    store_config = StoreConfig(os.path.join(config.store_path_root_dir), commit_log_segment_bytes=config.mapped_file_size_commit_log,
+    store_config = StoreConfig(config.store_path_root_dir, commit_log_segment_bytes=config.mapped_file_size_commit_log,
                                max_message_bytes=config.max_message_size, truncate_corrupt_flushed=repair)
     store = MessageStore(store_config, OsFileSystem())
     try:
@@ -65,51 +83,105 @@ def open_store(config: BrokerConfig, repair: bool) -> MessageStore:
     return store
 
 
+class BrokerNode:
+    """The running node: store, agent, ticker and the current role's actors."""
+
+    def __init__(self, config: BrokerConfig, store: MessageStore, topics, offsets) -> None:
+        self.config = config
+        self.store = store
+        self.stop = StopSignal()
+        self.watch = FailureWatch(self.stop)
+        self.role_changes: queue.Queue[str] = queue.Queue(maxsize=4)
+        self.agent = TransportAgent(f"{config.broker_name}-{config.broker_id}", f"tcp://{config.listen_host}:{config.listen_port}")
+        self.deps = BrokerDeps(config, store, self.agent, topics, offsets, monotonic_ms, self._request_role_change)
+        self.ticker = Ticker()
+        self.actors: dict = {}
+
+    def _request_role_change(self, role: str) -> None:
+        try:
+            self.role_changes.put_nowait(role)
+        except queue.Full:
+            pass  # one swap is already pending
+
+    def start_role(self) -> None:
+        self.actors = start_master(self.deps, self.watch) if self.config.is_master else start_slave(self.deps, self.watch)
+        for name, ref in self.actors.items():
+            if name in ("broker", "ha", "haclient"):
+                self.agent.register(name, ref)
+            if name != "flush":
+                self.ticker.subscribe(ref, self.config.long_polling_check_interval_ms)
+
+    def stop_role(self) -> None:
+        for name, ref in reversed(list(self.actors.items())):  # reverse start order
+            self.ticker.unsubscribe(ref)
+            if ref.is_alive():
+                ref.stop(timeout=STOP_TIMEOUT_S)
+        self.actors = {}
+
+    def run(self) -> int:
+        self.stop.install()
+        code = EXIT_FAILURE
+        try:
+            self.start_role()
+            try:
+                self.agent.start()
+            except Exception as exc:
+                raise UserError(f"cannot listen on {self.config.address}: {exc}") from None
+            self.actors["broker"].tell(AgentReady())
+            self.ticker.start()
+            logger.info("broker {} ready on {} as {}", self.config.broker_name, self.config.address, self.config.broker_role)
+            code = self.stop.wait(check=self._between_polls)
+            logger.info("broker stopping: {}", self.stop.reason)
+        finally:
+            self.ticker.stop()
+            if "broker" in self.actors:
+                _prepare_stop(self.actors["broker"])
+            self.agent.stop()
+            self.stop_role()
+            close_store(self.store, code)
+            self.stop.restore()
+        return code
+
+    def _between_polls(self) -> str | None:
+        if not self.agent.running:
+            return f"transport stopped: {self.agent.failure}"
+        try:
+            role = self.role_changes.get_nowait()
+        except queue.Empty:
+            return None
+        self.promote(role)
+        return None
+
+    def promote(self, role: str) -> None:
+        """Slave -> master on the same store. Saved first: if we crash halfway, we come
+        back as the master that was asked for, never as a second slave."""
+        if self.config.is_master:
+            return
+        save_json(self.store.fs, os.path.join(self.config.store_path_root_dir, "config", ROLE_FILE), {"broker_role": role})
+        old_id = self.config.broker_id
+        self.watch.planned_exits(True)
+        try:
+            self.stop_role()
+        finally:
+            self.watch.planned_exits(False)
+        self.agent.unregister("haclient")
+        self.config.broker_id, self.config.broker_role = 0, role
+        self.start_role()
+        self.actors["broker"].tell(AgentReady())
+        logger.warning("promoted: brokerId {} -> 0, role {}, log ends at {}", old_id, role, self.store.commit_log.wrote_offset)
+
+
 def run_broker(config: BrokerConfig, repair: bool = False) -> int:
     store = open_store(config, repair)
-    fs = store.fs
     config_dir = os.path.join(config.store_path_root_dir, "config")
-    topics, offsets = TopicConfigStore(fs, config_dir), ConsumerOffsetStore(fs, config_dir)
+    topics, offsets = TopicConfigStore(store.fs, config_dir), ConsumerOffsetStore(store.fs, config_dir)
     try:
         topics.load()
         offsets.load()
     except StorageError as exc:
         store.crash()
         raise UserError(str(exc)) from None
-    stop = StopSignal().install()
-    watch = FailureWatch(stop)
-    node_name = f"{config.broker_name}-{config.broker_id}"
-    agent = TransportAgent(node_name, f"tcp://{config.listen_host}:{config.listen_port}")
-    deps = BrokerDeps(config, store, agent, topics, offsets, monotonic_ms)
-    actors = start_master(deps, watch) if config.is_master else start_slave(deps, watch)
-    node = actors["broker"]
-    ticker = Ticker()
-    code = EXIT_FAILURE
-    try:
-        try:
-            agent.start()
-        except Exception as exc:
-            raise UserError(f"cannot listen on {config.address}: {exc}") from None
-        for name, ref in actors.items():
-            if name in ("broker", "ha", "haclient"):
-                agent.register(name, ref)
-            if name != "flush":
-                ticker.subscribe(ref, config.long_polling_check_interval_ms)
-        node.tell(AgentReady())
-        ticker.start()
-        logger.info("broker {} ready on {} as {}", config.broker_name, config.address, config.broker_role)
-        code = stop.wait(check=lambda: None if agent.running else f"transport stopped: {agent.failure}")
-        logger.info("broker stopping: {}", stop.reason)
-    finally:
-        ticker.stop()
-        _prepare_stop(node)
-        agent.stop()
-        for ref in reversed(list(actors.values())):  # stop in reverse start order
-            if ref.is_alive():
-                ref.stop(timeout=STOP_TIMEOUT_S)
-        close_store(store, code)
-        stop.restore()
-    return code
+    return BrokerNode(config, store, topics, offsets).run()
 
 
 def start_master(deps: BrokerDeps, watch: FailureWatch) -> dict:
@@ -151,6 +223,3 @@ def _prepare_stop(node) -> None:
         node.ask(PrepareStop(), timeout=STOP_TIMEOUT_S)
     except Exception as exc:  # the actor died meanwhile: its on_failure already reported it
         logger.warning("broker could not prepare its stop: {}", exc)
-
-
-__all__ = ["broker", "run_broker", "EXIT_FAILURE"]

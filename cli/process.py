@@ -199,9 +199,14 @@ class FailureWatch:
 
     def __init__(self, stop: StopSignal) -> None:
         self._stop = stop
+        self._planned_exits = False
+
+    def planned_exits(self, planned: bool) -> None:
+        """Around a deliberate stop of some actors (a role swap), their exits are expected."""
+        self._planned_exits = planned
 
     def tell(self, message: object) -> None:
         if isinstance(message, ChildFailed):
             self._stop.request_stop(EXIT_FAILURE, f"{message.name} failed: {message.reason}")
-        elif isinstance(message, ChildExited) and not self._stop.requested:
+        elif isinstance(message, ChildExited) and not self._stop.requested and not self._planned_exits:
             self._stop.request_stop(EXIT_FAILURE, f"{message.name} stopped unexpectedly")

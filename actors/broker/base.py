@@ -67,6 +67,9 @@ class BrokerDeps:
     topics: TopicConfigStore
     offsets: ConsumerOffsetStore
     clock_ms: Callable[[], int]
+    # Thread-safe: asks the node to swap this broker's role (promotion). The node, not the
+    # actor, restarts the role's actors: an actor cannot replace itself.
+    request_role_change: Callable[[str], None] = lambda role: None
 
 
 class BrokerBase(RmqzActor):

@@ -26,8 +26,9 @@ QUERY_OFFSET = "QueryOffset"
 BROKER_STATUS = "GetBrokerStatus"
 TOPIC_STATUS = "GetTopicStatus"
 GET_METADATA = "GetMetadata"  # a slave copies topics and offsets from its master
+PROMOTE = "PromoteToMaster"  # admin: a slave becomes its group's master (manual switch)
 REQUEST_TYPES = frozenset({SEND_MESSAGE, PULL_MESSAGE, CREATE_TOPIC, COMMIT_OFFSET, QUERY_OFFSET,
-                           BROKER_STATUS, TOPIC_STATUS, GET_METADATA})
+                           BROKER_STATUS, TOPIC_STATUS, GET_METADATA, PROMOTE})
 
 # HA replication tells (kind="tell"): slave -> master actor HA_SERVICE, master -> slave HA_CLIENT.
 HA_SERVICE = "ha"
@@ -259,10 +260,25 @@ class GetMetadata:
         return cls()
 
 
+@dataclass(slots=True)
+class PromoteToMaster:
+    role: str = "ASYNC_MASTER"
+
+    def to_dict(self) -> dict:
+        return {"role": self.role}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> PromoteToMaster:
+        role = _get(_map(d), "role", str, "ASYNC_MASTER")
+        if role not in ("ASYNC_MASTER", "SYNC_MASTER"):
+            raise ProtocolError("role must be ASYNC_MASTER or SYNC_MASTER")
+        return cls(role)
+
+
 REQUESTS: dict[str, type] = {
     SEND_MESSAGE: SendMessage, PULL_MESSAGE: PullMessage, CREATE_TOPIC: CreateTopic,
     COMMIT_OFFSET: CommitOffset, QUERY_OFFSET: QueryOffset, TOPIC_STATUS: GetTopicStatus,
-    BROKER_STATUS: GetBrokerStatus, GET_METADATA: GetMetadata,
+    BROKER_STATUS: GetBrokerStatus, GET_METADATA: GetMetadata, PROMOTE: PromoteToMaster,
 }
 assert set(REQUESTS) == REQUEST_TYPES
 
@@ -286,6 +302,7 @@ def decode_request(type_name: str, body: Any) -> Any:
 # CommitOffset  -> {}
 # QueryOffset   -> {"offset": int}   (-1 when the group never committed on this queue)
 # GetTopicStatus-> {"topic": str, "queues": [{"queue_id", "min_offset", "max_offset"}]}
+# PromoteToMaster -> {"promoting": true, "role": str}   (slaves only; the swap follows)
 # GetMetadata   -> {"topics": {topic: {read_queue_nums, write_queue_nums, perm, order}},
 #                   "offsets": {"topic@group": {"qid": offset}}, "data_version": int}
 # GetBrokerStatus -> {"cluster", "broker_name", "broker_id", "role", "address", "pid",

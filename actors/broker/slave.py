@@ -37,6 +37,7 @@ class BrokerSlave(BrokerBase):
         self.master_max = 0
         self.master_addr: str | None = self.config.ha_master_address or None
         self.stats.update({"replicated_bytes": 0, "out_of_order": 0, "truncations": 0})
+        self.handlers[proto.PROMOTE] = self._on_promote
 
     def role_name(self) -> str:
         return "SLAVE"
@@ -94,6 +95,12 @@ class BrokerSlave(BrokerBase):
             self.stats["truncations"] += 1
             self.store.truncate(max(offset, log.min_offset))
         self._ack()
+
+    def _on_promote(self, req: proto.PromoteToMaster, reply: Any) -> None:
+        logger.warning("slave {}: promotion to {} requested (log ends at {})", self.node_id, req.role,
+                       self.store.commit_log.wrote_offset)
+        self.deps.request_role_change(req.role)
+        self._reply(reply, {"promoting": True, "role": req.role})
 
     # ---- reads ---------------------------------------------------------------------------
 

@@ -167,3 +167,49 @@ def test_topic_and_committed_offsets_are_copied_to_the_slave(group):
         time.sleep(0.1)
     status = g.call(g.s, proto.TOPIC_STATUS, {"topic": "Orders"})
     assert len(status["queues"]) == 4
+
+
+def test_promoted_slave_takes_writes_and_queue_offsets_continue_without_gaps(group):
+    g = group("ASYNC_MASTER")
+    for i in range(20):
+        g.send(f"before-{i}".encode())
+    g.wait_slave_caught_up()
+    kill9(g.master)
+    assert g.call(g.s, proto.PROMOTE, proto.PromoteToMaster().to_dict())["promoting"] is True
+    deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
+    while g.status(g.s)["role"] != "ASYNC_MASTER":
+        assert time.monotonic() < deadline, "promotion did not happen"
+        time.sleep(0.05)
+    res = g.call(g.s, proto.SEND_MESSAGE, proto.SendMessage("Orders", 0, [proto.OutMessage(b"after")]).to_dict())
+    assert res["status"] == proto.SEND_OK and res["results"][0]["queue_offset"] == 20
+    assert g.pull_all(g.s) == [f"before-{i}".encode() for i in range(20)] + [b"after"]
+
+
+def test_old_master_rejoining_as_slave_cuts_what_the_new_master_never_had(group, tmp_path):
+    g = group("ASYNC_MASTER")
+    for i in range(10):
+        g.send(f"shared-{i}".encode())
+    g.wait_slave_caught_up()
+    kill9(g.slave)  # the slave misses what follows...
+    for i in range(5):
+        g.send(f"only-on-old-master-{i}".encode())
+    kill9(g.master)
+    g.slave = g.start_node(1)
+    g.call(g.s, proto.PROMOTE, proto.PromoteToMaster().to_dict())  # ...and becomes master anyway
+    deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
+    while g.status(g.s)["role"] != "ASYNC_MASTER":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    new = g.call(g.s, proto.SEND_MESSAGE, proto.SendMessage("Orders", 0, [proto.OutMessage(b"new-master")]).to_dict())
+    assert new["status"] == proto.SEND_OK
+    # The old master comes back as a slave of the new one (an operator's reconfiguration).
+    g.m_port, g.s_port = g.s_port, g.m_port
+    conf_store = tmp_path / "store-0"
+    conf = tmp_path / "old-master-as-slave.conf"
+    conf.write_text(f"brokerName=broker-a\nbrokerId=2\nbrokerRole=SLAVE\nnamesrvAddr=127.0.0.1:{g.ns_port}\n"
+                    f"listenPort={g.s_port}\nstorePathRootDir={conf_store}\nmappedFileSizeCommitLog=1048576\n"
+                    f"maxMessageSize=65536\n")
+    g.start_rmqz("broker", "-c", str(conf), endpoint=f"tcp://127.0.0.1:{g.s_port}")
+    g.m, g.s = g.s, RpcClient(f"tcp://127.0.0.1:{g.s_port}", timeout_ms=8000, retries=0)
+    g.wait_slave_caught_up()
+    assert g.pull_all(g.s) == [f"shared-{i}".encode() for i in range(10)] + [b"new-master"]
