@@ -1,0 +1,119 @@
+"""BrokerSlave at the actor level: it appends what the master streams (whole records only),
+acknowledges through its HAClient, refuses writes, and sends consumers back to the master
+when it lags."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from rmqz.actors.base import Ping
+from rmqz.actors.broker import messages as proto
+from rmqz.actors.broker.base import BrokerDeps
+from rmqz.actors.broker.config import BrokerConfig
+from rmqz.actors.broker.ha_client import Appended, ReplicaData
+from rmqz.actors.broker.slave import AttachHAClient, BrokerSlave
+from rmqz.storage.message_store import MessageStore, StoreConfig
+from rmqz.storage.metadata import ConsumerOffsetStore, TopicConfig, TopicConfigStore
+from rmqz.storage.record import Message
+from rmqz.transport.envelope import Header, Inbound, pack_body, unpack_body
+
+WAIT_S = 5.0
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.items = []
+        self.cond = threading.Condition()
+
+    def tell(self, msg):
+        with self.cond:
+            self.items.append(msg)
+            self.cond.notify_all()
+
+    def reply(self, token, header, body):
+        self.tell((header, unpack_body(body, 1 << 26)))
+
+    def send(self, endpoint, header, body):
+        pass
+
+    def wait_for(self, pred):
+        with self.cond:
+            assert self.cond.wait_for(lambda: any(pred(i) for i in self.items), WAIT_S)
+            return [i for i in self.items if pred(i)][-1]
+
+
+def make_store(path) -> MessageStore:
+    store = MessageStore(StoreConfig(str(path), commit_log_segment_bytes=1 << 20, max_message_bytes=1 << 16))
+    store.open()
+    return store
+
+
+@pytest.fixture
+def slave(tmp_path):
+    master = make_store(tmp_path / "master")
+    master.put_messages([Message("Orders", f"m{i}".encode() * 50, queue_id=0) for i in range(30)])
+    master.commit()
+    store = make_store(tmp_path / "slave")
+    topics = TopicConfigStore(store.fs, str(tmp_path / "cfg"))
+    topics.put(TopicConfig("Orders", 1, 1))
+    config = BrokerConfig(broker_id=1, broker_role="SLAVE", listen_port=10912, slave_lag_suggest_master_bytes=100)
+    agent, ha = Recorder(), Recorder()
+    deps = BrokerDeps(config, store, agent, topics, ConsumerOffsetStore(store.fs, str(tmp_path / "cfg")), lambda: 0)
+    ref = BrokerSlave.start(deps)
+    ref.tell(AttachHAClient(ha))
+    yield ref, master, store, agent, ha
+    ref.stop()
+
+
+def transfer(master, start, length, master_max=None):
+    data = master.commit_log.read_committed(start, length)
+    return ReplicaData(proto.HATransfer(start, data, master_max or master.commit_log.committed_offset))
+
+
+def pull(ref, offset):
+    header = Header(kind="request", src="c", dst="broker", type=proto.PULL_MESSAGE, cid=offset + 1)
+    ref.tell(Inbound(header, pack_body(proto.PullMessage("g", "Orders", 0, offset).to_dict()), b"t", None))
+
+
+def test_slave_appends_only_whole_records_and_acknowledges_each_step(slave):
+    ref, master, store, _, ha = slave
+    end = master.commit_log.committed_offset
+    ref.tell(transfer(master, 0, 1000))  # cuts a record in half
+    first = ha.wait_for(lambda m: isinstance(m, Appended))
+    assert 0 < first.offset < 1000 and first.last_record is not None
+    ref.tell(transfer(master, 1000, end - 1000))
+    done = ha.wait_for(lambda m: isinstance(m, Appended) and m.offset == end)
+    assert store.commit_log.read_raw(0, end) == master.commit_log.read_raw(0, end)
+    assert done.last_record[0] < end
+
+
+def test_out_of_order_transfer_is_dropped_and_the_slave_reports_where_it_is(slave):
+    ref, master, store, _, ha = slave
+    ref.tell(transfer(master, 500, 500))
+    ack = ha.wait_for(lambda m: isinstance(m, Appended))
+    assert ack.offset == 0 and store.commit_log.wrote_offset == 0
+
+
+def test_lagging_slave_sends_consumers_back_to_the_master(slave):
+    ref, master, _, agent, _ = slave
+    end = master.commit_log.committed_offset
+    ref.tell(transfer(master, 0, 300, master_max=end))  # the master is far ahead of us
+    ref.ask(Ping())
+    pull(ref, 0)
+    _, body = agent.wait_for(lambda i: isinstance(i, tuple) and i[0].cid == 1)
+    assert body["suggest_which_broker_id"] == 0
+
+
+def test_slave_in_step_keeps_consumers_and_refuses_writes(slave):
+    ref, master, _, agent, _ = slave
+    ref.tell(transfer(master, 0, master.commit_log.committed_offset))
+    ref.ask(Ping())
+    pull(ref, 0)
+    _, body = agent.wait_for(lambda i: isinstance(i, tuple) and i[0].cid == 1)
+    assert body["status"] == proto.FOUND and body["suggest_which_broker_id"] == 1
+    header = Header(kind="request", src="c", dst="broker", type=proto.SEND_MESSAGE, cid=999)
+    ref.tell(Inbound(header, pack_body(proto.SendMessage("Orders", 0, [proto.OutMessage(b"x")]).to_dict()), b"t", None))
+    h, err = agent.wait_for(lambda i: isinstance(i, tuple) and i[0].cid == 999)
+    assert h.kind == "error" and err["code"] == proto.NOT_MASTER
