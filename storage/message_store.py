@@ -203,8 +203,10 @@ class MessageStore:
 
     # ---- writing -------------------------------------------------------------------------
 
-    def put_messages(self, messages: list[rec.Message]) -> list[PutResult]:
-        """Append a batch (one write) and index it. Queue offsets are assigned here."""
+    def put_messages(self, messages: list[rec.Message], store_timestamp_ms: int | None = None) -> list[PutResult]:
+        """Append a batch (one write) and index it. Queue offsets are assigned here. A given
+        store_timestamp_ms makes the append deterministic (replicas applying a Raft entry
+        must produce byte-identical logs)."""
         if not 0 < len(messages) <= MAX_BATCH_MESSAGES:
             raise ValueError(f"batch of {len(messages)} messages, limit 1..{MAX_BATCH_MESSAGES}")
         next_offsets: dict[tuple[str, int], int] = {}
@@ -217,7 +219,8 @@ class MessageStore:
                 q_off = cq.max_offset if cq else 0
             items.append((msg, q_off))
             next_offsets[key] = q_off + 1
-        metas = self.commit_log.append(items, self.clock_ms())
+        ts = self.clock_ms() if store_timestamp_ms is None else store_timestamp_ms
+        metas = self.commit_log.append(items, ts)
         self.dispatch(self.commit_log.wrote_offset, metas)
         return [PutResult(m.physical_offset, m.size, m.queue_id, m.queue_offset, m.store_timestamp_ms) for m in metas]
 

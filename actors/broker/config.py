@@ -58,6 +58,22 @@ class BrokerConfig:
     slave_ack_timeout_ms: int = 3_000
     slave_metadata_sync_interval_ms: int = 10_000
     slave_lag_suggest_master_bytes: int = 1024 * 1024
+    # DLedger: the group elects its master by Raft (RocketMQ's enableDLegerCommitLog).
+    enable_dledger: bool = False
+    dledger_group: str = ""
+    dledger_peers: str = ""  # "n0-host:port;n1-host:port;n2-host:port" (each peer's node endpoint)
+    dledger_self_id: str = ""
+    dledger_tick_ms: int = 100
+    dledger_election_ticks: int = 10
+    dledger_heartbeat_ticks: int = 1
+
+    def peers(self) -> dict[str, str]:
+        """DLedger peer id -> host:port, in the order given."""
+        out: dict[str, str] = {}
+        for item in filter(None, (p.strip() for p in self.dledger_peers.split(";"))):
+            peer_id, sep, addr = item.partition("-")
+            out[peer_id] = addr
+        return out
 
     @property
     def address(self) -> str:
@@ -76,6 +92,10 @@ ALIASES = {
     "flushConsumerOffsetInterval": "flush_consumer_offset_interval_ms",
     "defaultTopicQueueNums": "default_topic_queue_nums",
     "haSendHeartbeatInterval": "ha_send_heartbeat_interval_ms",
+    "enableDLegerCommitLog": "enable_dledger",
+    "dLegerGroup": "dledger_group",
+    "dLegerPeers": "dledger_peers",
+    "dLegerSelfId": "dledger_self_id",
     "haHousekeepingInterval": "ha_housekeeping_interval_ms",
 }
 INT_LIMITS = {
@@ -88,6 +108,7 @@ INT_LIMITS = {
     "access_message_in_memory_max_ratio": (1, 100), "ha_send_heartbeat_interval_ms": (10, 60_000),
     "ha_housekeeping_interval_ms": (100, 600_000), "ha_transfer_batch_size": (4096, 1024 * 1024),
     "slave_ack_timeout_ms": (1, 600_000), "slave_metadata_sync_interval_ms": (100, 600_000),
+    "dledger_tick_ms": (5, 10_000), "dledger_election_ticks": (2, 1_000), "dledger_heartbeat_ticks": (1, 100),
 }
 
 
@@ -154,5 +175,29 @@ def _check(cfg: BrokerConfig) -> None:
         raise ConfigError(f"namesrvAddr: expected host:port;host:port, got {';'.join(cfg.namesrv_addr)!r}")
     if cfg.ha_master_address and not ADDR_PATTERN.fullmatch(cfg.ha_master_address):
         raise ConfigError(f"haMasterAddress: expected host:port, got {cfg.ha_master_address!r}")
+    if cfg.enable_dledger:
+        _check_dledger(cfg)
     if cfg.max_message_size + 4096 > cfg.mapped_file_size_commit_log:
         raise ConfigError("mappedFileSizeCommitLog must exceed maxMessageSize by at least 4 KiB")
+
+
+PEER_ID_PATTERN = re.compile(r"[A-Za-z0-9_]{1,32}")
+
+
+def _check_dledger(cfg: BrokerConfig) -> None:
+    peers = cfg.peers()
+    items = [p for p in cfg.dledger_peers.split(";") if p.strip()]
+    if not peers or len(peers) != len(items):
+        raise ConfigError(f"dLegerPeers: expected id-host:port;id-host:port..., got {cfg.dledger_peers!r}")
+    for peer_id, addr in peers.items():
+        if not PEER_ID_PATTERN.fullmatch(peer_id) or not ADDR_PATTERN.fullmatch(addr):
+            raise ConfigError(f"dLegerPeers: bad peer {peer_id}-{addr}")
+    if cfg.dledger_self_id not in peers:
+        raise ConfigError(f"dLegerSelfId: {cfg.dledger_self_id!r} is not one of the peers {', '.join(peers)}")
+    if peers[cfg.dledger_self_id] != cfg.address:
+        raise ConfigError(f"dLegerPeers gives {cfg.dledger_self_id} the address {peers[cfg.dledger_self_id]} "
+                          f"but this node listens on {cfg.address}")
+    if cfg.dledger_heartbeat_ticks >= cfg.dledger_election_ticks:
+        raise ConfigError("dledgerHeartbeatTicks must be smaller than dledgerElectionTicks")
+    if not cfg.dledger_group:
+        cfg.dledger_group = cfg.broker_name
