@@ -79,3 +79,9 @@ def test_layering_checker_sees_violations(tmp_path):
     bad = tmp_path / "core.py"
     bad.write_text("import time\nfrom zmq import Context\n")
     assert {"time", "zmq"} <= imports_of(bad)
+
+
+def test_client_sdk_is_not_an_actor_and_not_the_cli():
+    for path in package_files("client"):
+        bad = {n for n in imports_of(path) if top(n) == "pykka" or n.startswith(("rmqz.cli", "rmqz.actors.broker.master"))}
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"

@@ -1,0 +1,256 @@
+"""Values of the client API and the checks a message passes before it is sent.
+
+Limits follow RocketMQ's client (Validators): a body of 1 byte .. 4 MiB, topic names of
+1..127 chars of ``[A-Za-z0-9_%|-]``, properties as strings without the record format's
+separator characters. A message that breaks one raises :class:`InvalidMessage` before
+anything goes on the wire, so a user never waits for a broker to tell them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rmqz.actors.broker.messages import (
+    GROUP_PATTERN,
+    MAX_BATCH_MESSAGES,
+    TOPIC_PATTERN,
+    OutMessage,
+)
+from rmqz.storage.record import (
+    NAME_SEPARATOR,
+    PROPERTY_KEYS,
+    PROPERTY_SEPARATOR,
+    PROPERTY_TAGS,
+    RecordError,
+    encode_properties,
+)
+
+from .errors import InvalidMessage, MQClientError
+
+__all__ = [
+    "MAX_BATCH_BYTES",
+    "MAX_MESSAGE_BYTES",
+    "MessageExt",
+    "MessageQueue",
+    "PullResult",
+    "SendResult",
+    "build_message",
+    "check_batch",
+    "check_group",
+    "check_topic",
+    "parse_pull_reply",
+    "parse_send_reply",
+]
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # RocketMQ maxMessageSize
+# A batch is one request frame; the transport's frame limit is 8 MiB, RocketMQ's batch
+# limit is 4 MiB. Bodies plus properties are counted.
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+MAX_TAGS_CHARS = 255
+MAX_KEYS_CHARS = 4_096
+assert MAX_MESSAGE_BYTES <= MAX_BATCH_BYTES < 8 * 1024 * 1024
+assert 1 <= MAX_BATCH_MESSAGES <= 10_000
+_SEPARATORS = (NAME_SEPARATOR, PROPERTY_SEPARATOR)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class MessageQueue:
+    topic: str
+    broker_name: str
+    queue_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """A broker's answer to a send. ``status`` other than SEND_OK (FLUSH_DISK_TIMEOUT,
+    FLUSH_SLAVE_TIMEOUT, SLAVE_NOT_AVAILABLE) means stored on the master but not yet as
+    durable as configured; it is returned, not raised. For a batch, ``msg_id`` and
+    ``queue_offset`` are the first message's and ``msg_ids`` has them all."""
+
+    status: str
+    msg_id: str
+    broker_name: str
+    queue_id: int
+    queue_offset: int
+    msg_ids: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["msg_ids"] = list(self.msg_ids)
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class MessageExt:
+    """A message as a consumer receives it."""
+
+    msg_id: str
+    topic: str
+    queue_id: int
+    queue_offset: int
+    body: bytes
+    properties: dict[str, str] = field(default_factory=dict)
+    born_timestamp_ms: int = 0
+    store_timestamp_ms: int = 0
+    reconsume_times: int = 0
+    broker_name: str = ""
+
+    @property
+    def keys(self) -> str | None:
+        return self.properties.get(PROPERTY_KEYS)
+
+    @property
+    def tags(self) -> str | None:
+        return self.properties.get(PROPERTY_TAGS)
+
+
+@dataclass(frozen=True, slots=True)
+class PullResult:
+    status: str  # FOUND | NO_NEW_MSG | OFFSET_ILLEGAL
+    messages: list[MessageExt]
+    next_offset: int
+    min_offset: int
+    max_offset: int
+    suggest_which_broker_id: int = 0
+
+
+# ---------------------------------------------------------------------- validation
+
+
+def check_topic(topic: object) -> str:
+    if not isinstance(topic, str) or not TOPIC_PATTERN.fullmatch(topic):
+        raise InvalidMessage(f"bad topic name {topic!r}: want 1-127 chars of A-Z a-z 0-9 _ - % |")
+    return topic
+
+
+def check_group(group: object) -> str:
+    if not isinstance(group, str) or not GROUP_PATTERN.fullmatch(group):
+        raise InvalidMessage(f"bad group name {group!r}: want 1-255 chars of A-Z a-z 0-9 _ - % |")
+    return group
+
+
+def _body_bytes(body: object) -> bytes:
+    if isinstance(body, str):
+        body = body.encode()
+    elif isinstance(body, (bytearray, memoryview)):
+        body = bytes(body)
+    if not isinstance(body, bytes):
+        raise InvalidMessage(f"message body must be bytes or str, not {type(body).__name__}")
+    if not body:
+        raise InvalidMessage("message body is empty")
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise InvalidMessage(f"message body of {len(body)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
+    return body
+
+
+def _text(what: str, value: object, limit: int) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidMessage(f"{what} must be a non-empty string, got {value!r}")
+    if len(value) > limit:
+        raise InvalidMessage(f"{what} longer than {limit} chars")
+    if any(sep in value for sep in _SEPARATORS):
+        raise InvalidMessage(f"{what} {value!r} holds a reserved control character (\\x01/\\x02)")
+    return value
+
+
+def _keys(key: str | Iterable[str]) -> str:
+    """RocketMQ joins several keys with spaces (MessageConst.KEY_SEPARATOR)."""
+    keys = [key] if isinstance(key, str) else list(key)
+    if not keys:
+        raise InvalidMessage("key list is empty")
+    return _text("message key", " ".join(_text("message key", k, MAX_KEYS_CHARS) for k in keys), MAX_KEYS_CHARS)
+
+
+def build_message(body: bytes | str, key: str | Iterable[str] | None = None,
+                  tags: str | None = None, properties: Mapping[str, str] | None = None,
+                  born_ms: int | None = None) -> OutMessage:
+    """Validate one message and turn it into the wire form. Raises InvalidMessage."""
+    data = _body_bytes(body)
+    props: dict[str, str] = {}
+    if properties is not None:
+        if not isinstance(properties, Mapping):
+            raise InvalidMessage("properties must be a mapping of str to str")
+        for name, value in properties.items():
+            if not isinstance(name, str) or not isinstance(value, str) or not name:
+                raise InvalidMessage("properties must map non-empty str names to str values")
+            props[name] = value
+    for reserved, given in ((PROPERTY_KEYS, key), (PROPERTY_TAGS, tags)):
+        if given is not None and reserved in props:
+            raise InvalidMessage(f"property {reserved!r} given twice (argument and properties)")
+    if key is not None:
+        props[PROPERTY_KEYS] = _keys(key)
+    if tags is not None:
+        tags = _text("tags", tags, MAX_TAGS_CHARS)
+        if "||" in tags:
+            raise InvalidMessage(f"tags {tags!r} must not contain '||' (subscription syntax)")
+        props[PROPERTY_TAGS] = tags
+    try:
+        encode_properties(props)  # the store's own check: separators and 32 KiB limit
+    except RecordError as exc:
+        raise InvalidMessage(f"bad properties: {exc}") from None
+    stamp = int(time.time() * 1000) if born_ms is None else born_ms
+    return OutMessage(body=data, properties=props, born_timestamp_ms=stamp)
+
+
+def check_batch(messages: list[OutMessage]) -> list[OutMessage]:
+    if not 1 <= len(messages) <= MAX_BATCH_MESSAGES:
+        raise InvalidMessage(f"a batch holds 1..{MAX_BATCH_MESSAGES} messages, got {len(messages)}")
+    total = sum(len(m.body) + sum(len(k) + len(v) + 2 for k, v in m.properties.items()) for m in messages)
+    if total > MAX_BATCH_BYTES:
+        raise InvalidMessage(f"batch of {len(messages)} messages holds {total} bytes, "
+                             f"limit {MAX_BATCH_BYTES}; send smaller batches")
+    return messages
+
+
+# ---------------------------------------------------------------------- replies
+
+
+def _field(reply: Mapping[str, Any], key: str, kind: type, where: str, default: Any = ...) -> Any:
+    value = reply.get(key, default)
+    if value is ... or not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise MQClientError(f"malformed {where} reply: field {key!r} missing or of the wrong type")
+    return value
+
+
+def parse_send_reply(reply: Mapping[str, Any], mq: MessageQueue, count: int) -> SendResult:
+    where = "SendMessage"
+    status = _field(reply, "status", str, where)
+    results = _field(reply, "results", list, where)
+    if len(results) != count or not all(isinstance(r, dict) for r in results):
+        raise MQClientError(f"malformed {where} reply: {len(results)} results for {count} messages")
+    ids = tuple(_field(r, "msg_id", str, where) for r in results)
+    first_offset = _field(results[0], "queue_offset", int, where)
+    return SendResult(status=status, msg_id=ids[0],
+                      broker_name=_field(reply, "broker_name", str, where, mq.broker_name),
+                      queue_id=_field(reply, "queue_id", int, where, mq.queue_id),
+                      queue_offset=first_offset, msg_ids=ids)
+
+
+def _message(raw: object, mq: MessageQueue) -> MessageExt:
+    where = "PullMessage"
+    if not isinstance(raw, dict):
+        raise MQClientError(f"malformed {where} reply: a message is not a map")
+    props = _field(raw, "properties", dict, where, {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in props.items()):
+        raise MQClientError(f"malformed {where} reply: properties must map str to str")
+    return MessageExt(msg_id=_field(raw, "msg_id", str, where), topic=mq.topic, queue_id=mq.queue_id,
+                      queue_offset=_field(raw, "queue_offset", int, where),
+                      body=_field(raw, "body", bytes, where), properties=props,
+                      born_timestamp_ms=_field(raw, "born_ms", int, where, 0),
+                      store_timestamp_ms=_field(raw, "store_ms", int, where, 0),
+                      reconsume_times=_field(raw, "reconsume_times", int, where, 0),
+                      broker_name=mq.broker_name)
+
+
+def parse_pull_reply(reply: Mapping[str, Any], mq: MessageQueue) -> PullResult:
+    where = "PullMessage"
+    raw = _field(reply, "messages", list, where, [])
+    return PullResult(status=_field(reply, "status", str, where),
+                      messages=[_message(m, mq) for m in raw],
+                      next_offset=_field(reply, "next_offset", int, where),
+                      min_offset=_field(reply, "min_offset", int, where, 0),
+                      max_offset=_field(reply, "max_offset", int, where, 0),
+                      suggest_which_broker_id=_field(reply, "suggest_which_broker_id", int, where, 0))

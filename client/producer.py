@@ -1,0 +1,351 @@
+"""Producer: route lookup, queue selection, retry on another broker, fault avoidance.
+
+How a send goes (RocketMQ's DefaultMQProducerImpl.sendDefaultImpl, simplified):
+
+1. The message is validated (:func:`.model.build_message`); nothing is sent if it fails.
+2. The topic's route comes from the cache (refreshed every ``route_refresh_ms`` and at
+   once after a routing error). No route: the auto-create flow asks every master for
+   ``CreateTopic(auto=True)`` and waits briefly for the brokers to re-register.
+3. A write queue is picked round robin over the broker groups that have a master,
+   skipping brokers that failed recently (3 s, doubling per consecutive failure up to
+   30 s) and brokers already tried by this send, unless nothing else is left.
+4. On a timeout, a reset connection or a retryable error code the send is retried on
+   another broker, up to ``retry_times`` more times, all within ``send_timeout_ms``.
+   Each attempt gets an equal share of what is left of the budget, so a dead broker
+   (which ZeroMQ does not report, it just never answers) cannot eat all of it.
+
+Every send is asynchronous inside: the first attempt goes out from the caller's thread
+and completes on the transport's I/O thread; retries run on a small executor (they may
+block on a route refresh). ``send`` waits for that future. A retried send may store the
+message twice (the first broker may have stored it before timing out): delivery is
+at-least-once, as in RocketMQ.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
+from dataclasses import dataclass, field
+
+from loguru import logger
+
+from rmqz.actors.broker.messages import (
+    BROKER,
+    CREATE_TOPIC,
+    NO_PERMISSION,
+    NOT_MASTER,
+    SEND_MESSAGE,
+    SYSTEM_BUSY,
+    SYSTEM_ERROR,
+    TOPIC_NOT_EXIST,
+    CreateTopic,
+    OutMessage,
+    SendMessage,
+)
+
+from .errors import BrokerError, ClientTimeout, MQClientError, NoRouteError
+from .model import MessageQueue, SendResult, build_message, check_batch, check_topic, parse_send_reply
+from .namesrv import NamesrvClient
+from .pool import ClientPool, check_timeout_ms, now_ms
+from .route import DEFAULT_ROUTE_REFRESH_MS, RouteCache, RouteSnapshot
+
+__all__ = ["FaultTable", "Producer", "SendResult"]
+
+DEFAULT_GROUP = "DEFAULT_PRODUCER"
+DEFAULT_SEND_TIMEOUT_MS = 3_000
+DEFAULT_RETRY_TIMES = 2  # RocketMQ retryTimesWhenSendFailed
+MAX_RETRY_TIMES = 16
+DEFAULT_AUTO_CREATE_QUEUES = 4  # RocketMQ defaultTopicQueueNums
+AUTO_CREATE_WAIT_MS = 5_000  # for the route to show the new topic (broker re-registers)
+AUTO_CREATE_POLL_MS = 100
+FAULT_BASE_MS = 3_000  # a broker that just failed is skipped this long ...
+FAULT_MAX_MS = 30_000  # ... doubling per consecutive failure up to this
+RETRY_WORKERS = 4
+assert 0 <= DEFAULT_RETRY_TIMES <= MAX_RETRY_TIMES
+assert 0 < AUTO_CREATE_POLL_MS < AUTO_CREATE_WAIT_MS <= 60_000
+assert 0 < FAULT_BASE_MS <= FAULT_MAX_MS <= 600_000
+assert 1 <= RETRY_WORKERS <= 64
+
+# Retried on another broker. A routing error also refreshes the route at once.
+ROUTING_ERRORS = frozenset({TOPIC_NOT_EXIST, NOT_MASTER, NO_PERMISSION})
+RETRYABLE_ERRORS = ROUTING_ERRORS | {SYSTEM_BUSY, SYSTEM_ERROR, "UNKNOWN_TARGET", "TARGET_UNAVAILABLE"}
+
+
+class FaultTable:
+    """Brokers to avoid for a while after a failure (RocketMQ's LatencyFaultTolerance,
+    keyed by failures instead of latency). Thread-safe."""
+
+    def __init__(self, clock_ms: Callable[[], int] = now_ms) -> None:
+        self._clock_ms = clock_ms
+        self._lock = threading.Lock()
+        self._faults: dict[str, tuple[int, int]] = {}  # broker -> (until_ms, failures)
+
+    def failed(self, broker_name: str) -> int:
+        """Record a failure; returns how long (ms) the broker is now avoided."""
+        with self._lock:
+            _, failures = self._faults.get(broker_name, (0, 0))
+            failures += 1
+            duration = min(FAULT_BASE_MS << min(failures - 1, 16), FAULT_MAX_MS)
+            self._faults[broker_name] = (self._clock_ms() + duration, failures)
+        return duration
+
+    def succeeded(self, broker_name: str) -> None:
+        if broker_name in self._faults:
+            with self._lock:
+                self._faults.pop(broker_name, None)
+
+    def available(self, broker_name: str) -> bool:
+        fault = self._faults.get(broker_name)
+        return fault is None or self._clock_ms() >= fault[0]
+
+
+@dataclass(slots=True)
+class _SendJob:
+    topic: str
+    messages: list[OutMessage]
+    deadline_ms: int
+    attempts_left: int
+    outer: Future
+    tried: set[str] = field(default_factory=set)
+    attempts: int = 0
+    last_error: BaseException | None = None
+
+
+class Producer:
+    """Thread-safe. ``namesrv``: a NamesrvClient (shared, not closed here) or an address
+    list ``"host:port;host:port"`` (None: $RMQZ_NAMESRV or 127.0.0.1:9876)."""
+
+    def __init__(self, namesrv: str | NamesrvClient | None = None, group: str = DEFAULT_GROUP,
+                 send_timeout_ms: int = DEFAULT_SEND_TIMEOUT_MS, retry_times: int = DEFAULT_RETRY_TIMES,
+                 route_refresh_ms: int = DEFAULT_ROUTE_REFRESH_MS, *,
+                 auto_create_queues: int = DEFAULT_AUTO_CREATE_QUEUES,
+                 clock_ms: Callable[[], int] = now_ms) -> None:
+        self.group = group
+        self.send_timeout_ms = check_timeout_ms(send_timeout_ms, "send_timeout_ms")
+        if type(retry_times) is not int or not 0 <= retry_times <= MAX_RETRY_TIMES:
+            raise ValueError(f"retry_times must be an int in 0..{MAX_RETRY_TIMES}")
+        self.retry_times = retry_times
+        self._auto_create_queues = auto_create_queues
+        self._owns_namesrv = not isinstance(namesrv, NamesrvClient)
+        self._namesrv = namesrv if isinstance(namesrv, NamesrvClient) else NamesrvClient(namesrv, send_timeout_ms)
+        self._route_refresh_ms = route_refresh_ms
+        self._clock_ms = clock_ms
+        self.faults = FaultTable(clock_ms)
+        self._routes: RouteCache | None = None
+        self._pool: ClientPool | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._counters: dict[str, itertools.count] = {}
+        self._create_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._state = "created"  # created -> running -> stopped
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> Producer:
+        with self._state_lock:
+            if self._state != "created":
+                raise MQClientError(f"producer is {self._state}; create a new one")
+            self._routes = RouteCache(self._namesrv, self._route_refresh_ms, self._clock_ms)
+            self._pool = ClientPool("producer", self.send_timeout_ms)
+            self._executor = ThreadPoolExecutor(RETRY_WORKERS, thread_name_prefix="rmqz-producer")
+            self._state = "running"
+        logger.debug("producer {} started (NameServer {})", self.group, ";".join(self._namesrv.addrs))
+        return self
+
+    def shutdown(self) -> None:
+        """Idempotent. Sends still in flight fail with MQClientError."""
+        with self._state_lock:
+            if self._state != "running":
+                self._state = "stopped"
+                return
+            self._state = "stopped"
+        self._executor.shutdown(wait=True)
+        self._pool.close()
+        if self._owns_namesrv:
+            self._namesrv.close()
+        logger.debug("producer {} stopped", self.group)
+
+    def __enter__(self) -> Producer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+    # ------------------------------------------------------------------ public API
+
+    def send(self, topic: str, body: bytes | str, key: str | Iterable[str] | None = None,
+             tags: str | None = None, properties: Mapping[str, str] | None = None) -> SendResult:
+        """Send one message; blocks until stored or failed. Raises InvalidMessage,
+        NoRouteError, BrokerError, ClientTimeout (all MQClientError)."""
+        return self.send_async(topic, body, key, tags, properties).result()
+
+    def send_batch(self, topic: str, bodies: Iterable[bytes | str], key: str | Iterable[str] | None = None,
+                   tags: str | None = None, properties: Mapping[str, str] | None = None) -> SendResult:
+        """Send several messages in ONE request to ONE queue (stored together, in order)."""
+        return self.send_batch_async(topic, bodies, key, tags, properties).result()
+
+    def send_async(self, topic: str, body: bytes | str, key: str | Iterable[str] | None = None,
+                   tags: str | None = None, properties: Mapping[str, str] | None = None) -> Future:
+        """A Future of SendResult. Validation errors raise here, at once. Done-callbacks
+        may run on an internal I/O thread: keep them short and non-blocking."""
+        check_topic(topic)
+        return self._submit(topic, [build_message(body, key, tags, properties)])
+
+    def send_batch_async(self, topic: str, bodies: Iterable[bytes | str], key: str | Iterable[str] | None = None,
+                         tags: str | None = None, properties: Mapping[str, str] | None = None) -> Future:
+        check_topic(topic)
+        stamp = int(time.time() * 1000)
+        messages = [build_message(b, key, tags, properties, stamp) for b in bodies]
+        return self._submit(topic, check_batch(messages))
+
+    # ------------------------------------------------------------------ send path
+
+    def _submit(self, topic: str, messages: list[OutMessage]) -> Future:
+        if self._state != "running":
+            raise MQClientError("producer is not running (use `with Producer(...)` or call start())")
+        job = _SendJob(topic, messages, self._clock_ms() + self.send_timeout_ms, 1 + self.retry_times, Future())
+        self._attempt(job)
+        return job.outer
+
+    def _attempt(self, job: _SendJob) -> None:
+        try:
+            if self._state != "running":
+                raise MQClientError("producer was shut down before the send completed")
+            snapshot = self._publish_info(job.topic)
+            if job.attempts == 0:  # the budget starts once the route is known (auto-create)
+                job.deadline_ms = self._clock_ms() + self.send_timeout_ms
+            mq = self._select(snapshot, job.tried)
+            addr = snapshot.master_addr(mq.broker_name)
+            remaining = job.deadline_ms - self._clock_ms()
+            if addr is None or remaining <= 0:
+                raise self._final_error(job, job.last_error or ClientTimeout("no time left"))
+            timeout_ms = max(1, remaining // job.attempts_left)
+            job.attempts_left -= 1
+            job.attempts += 1
+            request = SendMessage(job.topic, mq.queue_id, job.messages).to_dict()
+            future = self._pool.request_async(addr, BROKER, SEND_MESSAGE, request, timeout_ms)
+        except Exception as exc:  # noqa: BLE001 - the caller's future must always complete
+            job.outer.set_exception(exc)
+            return
+        future.add_done_callback(lambda f: self._on_reply_safely(job, mq, f))
+
+    def _on_reply_safely(self, job: _SendJob, mq: MessageQueue, future: Future) -> None:
+        try:
+            self._on_reply(job, mq, future)
+        except Exception as exc:  # noqa: BLE001 - a bug here must not leave send() hanging
+            if not job.outer.done():
+                job.outer.set_exception(exc)
+
+    def _on_reply(self, job: _SendJob, mq: MessageQueue, future: Future) -> None:
+        exc = future.exception()
+        if exc is None:
+            try:
+                result = parse_send_reply(future.result(), mq, len(job.messages))
+            except MQClientError as bad:
+                job.outer.set_exception(bad)
+                return
+            self.faults.succeeded(mq.broker_name)
+            job.outer.set_result(result)
+            return
+        if not self._retryable(exc):
+            job.outer.set_exception(exc)
+            return
+        self._note_failure(job, mq, exc)
+        if job.attempts_left <= 0 or self._clock_ms() >= job.deadline_ms:
+            job.outer.set_exception(self._final_error(job, exc))
+            return
+        try:  # never retry on the I/O thread: a retry may block on a route refresh
+            self._executor.submit(self._attempt, job)
+        except RuntimeError:  # executor shut down
+            job.outer.set_exception(MQClientError("producer was shut down before the send completed"))
+
+    @staticmethod
+    def _retryable(exc: BaseException) -> bool:
+        if isinstance(exc, ClientTimeout):
+            return True
+        return isinstance(exc, BrokerError) and exc.code in RETRYABLE_ERRORS
+
+    def _note_failure(self, job: _SendJob, mq: MessageQueue, exc: BaseException) -> None:
+        job.tried.add(mq.broker_name)
+        job.last_error = exc
+        avoid_ms = self.faults.failed(mq.broker_name)
+        if isinstance(exc, ClientTimeout) or (isinstance(exc, BrokerError) and exc.code in ROUTING_ERRORS):
+            self._routes.invalidate(job.topic)
+        logger.debug("send to {} failed ({}); avoiding it for {} ms", mq.broker_name, exc, avoid_ms)
+
+    @staticmethod
+    def _final_error(job: _SendJob, exc: BaseException) -> BaseException:
+        if isinstance(exc, ClientTimeout):
+            return ClientTimeout(f"send to topic {job.topic!r} failed after {job.attempts} attempt(s) "
+                                 f"on {', '.join(sorted(job.tried))}: {exc}")
+        return exc
+
+    # ------------------------------------------------------------------ routes and queues
+
+    def _publish_info(self, topic: str) -> RouteSnapshot:
+        snapshot = self._routes.get(topic)
+        if snapshot is not None and snapshot.write_queues:
+            return snapshot
+        if snapshot is not None:
+            raise NoRouteError(f"topic {topic!r} has no writable queue: no broker group serving it has a master")
+        return self._auto_create(topic)
+
+    def _select(self, snapshot: RouteSnapshot, tried: set[str]) -> MessageQueue:
+        queues = snapshot.write_queues
+        counter = self._counters.get(snapshot.topic)
+        if counter is None:
+            counter = self._counters.setdefault(snapshot.topic, itertools.count())
+        start = next(counter)
+        rotation = [queues[(start + i) % len(queues)] for i in range(len(queues))]
+        for mq in rotation:  # healthy and not yet tried by this send
+            if mq.broker_name not in tried and self.faults.available(mq.broker_name):
+                return mq
+        for mq in rotation:  # every untried broker is in fault: try one anyway
+            if mq.broker_name not in tried:
+                return mq
+        return rotation[0]  # every broker was tried: go round again
+
+    def _auto_create(self, topic: str) -> RouteSnapshot:
+        with self._create_lock:
+            snapshot = self._routes.refresh(topic)  # another thread may have created it
+            if snapshot is not None and snapshot.write_queues:
+                return snapshot
+            masters = self._masters()
+            if not masters:
+                raise NoRouteError(f"no route for topic {topic!r}: no broker master is registered "
+                                   f"with the NameServer ({';'.join(self._namesrv.addrs)})")
+            created = self._create_on(topic, masters)
+            logger.info("topic {} auto-created on {} broker(s)", topic, created)
+            deadline = self._clock_ms() + AUTO_CREATE_WAIT_MS
+            while True:
+                snapshot = self._routes.refresh(topic)
+                if snapshot is not None and snapshot.write_queues:
+                    return snapshot
+                if self._clock_ms() >= deadline:
+                    raise NoRouteError(f"topic {topic!r} was created on {created} broker(s) but its route "
+                                       f"did not reach the NameServer within {AUTO_CREATE_WAIT_MS} ms")
+                time.sleep(AUTO_CREATE_POLL_MS / 1000)
+
+    def _masters(self) -> list[str]:
+        info = self._namesrv.cluster()
+        return sorted({addr for bd in info.broker_addr_table.values() if (addr := bd.master_addr())})
+
+    def _create_on(self, topic: str, masters: list[str]) -> int:
+        """CreateTopic(auto=True) on every master; returns how many accepted."""
+        queues = self._auto_create_queues
+        body = CreateTopic(topic, read_queues=queues, write_queues=queues, auto=True).to_dict()
+        futures = [self._pool.request_async(addr, BROKER, CREATE_TOPIC, body) for addr in masters]
+        futures_wait(futures)
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        created = len(futures) - len(errors)
+        if created:
+            return created
+        if any(isinstance(e, BrokerError) and e.code == TOPIC_NOT_EXIST for e in errors):
+            raise BrokerError(TOPIC_NOT_EXIST, f"topic {topic!r} does not exist and the brokers do not create "
+                              f"topics automatically (autoCreateTopicEnable=false); create it first with "
+                              f"`rmqz admin create-topic -t {topic}`")
+        raise errors[0]
