@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -84,3 +85,89 @@ def start_rmqz(tmp_path: Path) -> Iterator[Callable[..., RmqzProcess]]:
         if proc.alive():
             proc.popen.kill()
         proc.popen.wait(timeout=KILL_WAIT_S)
+
+
+UP_READY_TIMEOUT_S = 60.0
+
+
+@dataclass
+class UpCluster:
+    """A cluster run by `rmqz up` in a subprocess (the real user path)."""
+
+    popen: subprocess.Popen
+    data_dir: Path
+    namesrv: str
+
+    def state(self) -> dict:
+        import json
+        return json.loads((self.data_dir / "cluster.json").read_text())
+
+    def node(self, name: str) -> dict:
+        return next(n for n in self.state()["nodes"] if n["name"] == name)
+
+    def wait_node(self, name: str, pred: Callable[[dict], bool], timeout_s: float = UP_READY_TIMEOUT_S) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                node = self.node(name)
+                if pred(node):
+                    return node
+            except (OSError, ValueError, StopIteration):
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"node {name} never reached the expected state: {self.node(name)}")
+
+
+def free_port_block(count: int) -> int:
+    """A base port with `count` consecutive ports free right now (below the ephemeral range)."""
+    import random
+    for _ in range(200):
+        base = random.randrange(20_000, 30_000)
+        if all(_bindable(base + i) for i in range(count)):
+            return base
+    raise RuntimeError(f"no block of {count} free ports")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture
+def rmqz_up(tmp_path: Path) -> Iterator[Callable[[str], UpCluster]]:
+    """rmqz_up(topology) starts `rmqz up` and returns once every node is ready."""
+    started: list[UpCluster] = []
+
+    def up(topology: str, nodes: int = 8) -> UpCluster:
+        base = free_port_block(nodes)
+        data_dir = tmp_path / f"up-{topology}"
+        log = open(tmp_path / f"up-{topology}.out", "wb")
+        popen = subprocess.Popen([sys.executable, "-m", "rmqz.cli.main", "up", "--topology", topology,
+                                  "--data-dir", str(data_dir), "--base-port", str(base), "--no-status"],
+                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        cluster = UpCluster(popen, data_dir, f"127.0.0.1:{base}")
+        started.append(cluster)
+        deadline = time.monotonic() + UP_READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert popen.poll() is None, f"rmqz up exited: {(tmp_path / f'up-{topology}.out').read_text()}"
+            try:
+                if cluster.state()["state"] == "running" and all(n["state"] == "running" for n in cluster.state()["nodes"]):
+                    return cluster
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"cluster {topology} not ready: {(tmp_path / f'up-{topology}.out').read_text()}")
+
+    yield up
+    for cluster in started:
+        if cluster.popen.poll() is None:
+            cluster.popen.send_signal(signal.SIGTERM)
+            try:
+                cluster.popen.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                cluster.popen.kill()
+                cluster.popen.wait(timeout=KILL_WAIT_S)
