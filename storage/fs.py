@@ -33,6 +33,7 @@ class FileSystem(Protocol):
     def read_bytes(self, path: str) -> bytes: ...
     def write_atomic(self, path: str, data: bytes) -> None: ...
     def create_marker(self, path: str) -> None: ...
+    def sync_dir(self, path: str) -> None: ...
 
 
 class OsSegmentFile:
@@ -126,6 +127,9 @@ class OsFileSystem:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
         os.close(fd)
         _fsync_dir(os.path.dirname(path))
+
+    def sync_dir(self, path: str) -> None:
+        _fsync_dir(path)
 
 
 def _fsync_dir(path: str) -> None:

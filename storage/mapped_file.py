@@ -147,6 +147,9 @@ class MappedFileQueue:
             raise OffsetError(f"{self.directory}: write at {offset} does not follow the last segment")
         path = os.path.join(self.directory, segment_name(start))
         seg = Segment(start, self.fs.open_segment(path, self.segment_bytes))
+        # A new file's name must be durable too, or a synced segment could vanish with a
+        # power loss.
+        self.fs.sync_dir(self.directory)
         self.segments.append(seg)
         return seg
 
