@@ -20,7 +20,11 @@ from rmqz.actors.broker.flush import FlushService
 from rmqz.actors.broker.ha_client import HAClient
 from rmqz.actors.broker.ha_service import AttachBroker, HAService
 from rmqz.actors.broker.master import BrokerMaster
+from rmqz.actors.broker.dledger_broker import AttachDLedger, BrokerDLedger, load_applied
 from rmqz.actors.broker.slave import AttachHAClient, BrokerSlave
+from rmqz.actors.dledger.actor import DLedgerNode, PeerDown
+from rmqz.actors.dledger.core import RaftConfig
+from rmqz.storage.raft_log import RaftLog
 from rmqz.actors.ticker import Ticker, monotonic_ms
 from rmqz.cli.process import EXIT_FAILURE, FailureWatch, NodeCommand, StopSignal, UserError, setup_logging
 from rmqz.storage.errors import StorageError
@@ -92,7 +96,9 @@ class BrokerNode:
         self.stop = StopSignal()
         self.watch = FailureWatch(self.stop)
         self.role_changes: queue.Queue[str] = queue.Queue(maxsize=4)
-        self.agent = TransportAgent(f"{config.broker_name}-{config.broker_id}", f"tcp://{config.listen_host}:{config.listen_port}")
+        self.agent = TransportAgent(f"{config.broker_name}-{config.broker_id}", f"tcp://{config.listen_host}:{config.listen_port}",
+                                    on_peer_event=self._on_peer_event)
+        self.raft_log: RaftLog | None = None
         self.deps = BrokerDeps(config, store, self.agent, topics, offsets, monotonic_ms, self._request_role_change)
         self.ticker = Ticker()
         self.actors: dict = {}
@@ -103,13 +109,26 @@ class BrokerNode:
         except queue.Full:
             pass  # one swap is already pending
 
+    def _on_peer_event(self, endpoint: str, event: str) -> None:
+        # Runs on the transport thread: only tell.
+        dledger = self.actors.get("dledger")
+        if event == "disconnected" and dledger is not None:
+            dledger.tell(PeerDown(endpoint))
+
     def start_role(self) -> None:
-        self.actors = start_master(self.deps, self.watch) if self.config.is_master else start_slave(self.deps, self.watch)
+        if self.config.enable_dledger:
+            self.raft_log = self.raft_log or open_raft_log(self.config, self.store)
+            self.actors = start_dledger(self.deps, self.watch, self.raft_log)
+        elif self.config.is_master:
+            self.actors = start_master(self.deps, self.watch)
+        else:
+            self.actors = start_slave(self.deps, self.watch)
         for name, ref in self.actors.items():
-            if name in ("broker", "ha", "haclient"):
+            if name in ("broker", "ha", "haclient", "dledger"):
                 self.agent.register(name, ref)
             if name != "flush":
-                self.ticker.subscribe(ref, self.config.long_polling_check_interval_ms)
+                interval = self.config.dledger_tick_ms if name == "dledger" else self.config.long_polling_check_interval_ms
+                self.ticker.subscribe(ref, interval)
 
     def stop_role(self) -> None:
         for name, ref in reversed(list(self.actors.items())):  # reverse start order
@@ -139,6 +158,8 @@ class BrokerNode:
             self.agent.stop()
             self.stop_role()
             close_store(self.store, code)
+            if self.raft_log is not None:
+                close_raft_log(self.raft_log, code)
             self.stop.restore()
         return code
 
@@ -202,6 +223,54 @@ def start_slave(deps: BrokerDeps, watch: FailureWatch) -> dict:
                             log.last_record_before(log.wrote_offset), supervisor=watch)
     broker.tell(AttachHAClient(client))
     return {"broker": broker, "haclient": client}
+
+
+def dledger_dir(config: BrokerConfig) -> str:
+    return os.path.join(config.store_path_root_dir, "dledger")
+
+
+def open_raft_log(config: BrokerConfig, store: MessageStore) -> RaftLog:
+    """Open the Raft log and bring the store back to the last applied point: whatever the
+    store holds beyond it is cut and re-applied from the log, so it cannot diverge."""
+    log = RaftLog(store.fs, os.path.join(dledger_dir(config), "log"), max_entry_bytes=config.max_message_size * 2 + 65536)
+    try:
+        log.open()
+        applied = load_applied(store.fs, dledger_dir(config))
+    except StorageError as exc:
+        raise UserError(f"cannot open the DLedger log: {exc}") from None
+    if applied.index > log.last_index():
+        raise UserError(f"DLedger log ends at {log.last_index()} but the store applied up to {applied.index}: "
+                        "this node lost Raft entries (power loss with ASYNC_FLUSH?); wipe its store to resync")
+    if store.commit_log.wrote_offset > applied.offset:
+        logger.info("store holds {} bytes beyond the applied point {}; cutting them to re-apply from the Raft log",
+                    store.commit_log.wrote_offset - applied.offset, applied.index)
+        store.truncate(applied.offset)
+    elif store.commit_log.wrote_offset < applied.offset:
+        raise UserError(f"store ends at {store.commit_log.wrote_offset}, before the applied point {applied.offset}")
+    return log
+
+
+def start_dledger(deps: BrokerDeps, watch: FailureWatch, raft_log: RaftLog) -> dict:
+    """BrokerDLedger -> DLedgerNode. The Raft node re-delivers entries after the applied point."""
+    config = deps.config
+    applied = load_applied(deps.store.fs, dledger_dir(config))
+    broker = BrokerDLedger.start(deps, applied, dledger_dir(config), name="broker", supervisor=watch)
+    raft = RaftConfig(election_ticks=config.dledger_election_ticks, heartbeat_ticks=config.dledger_heartbeat_ticks)
+    node = DLedgerNode.start(config.dledger_self_id, config.peers(), raft_log, deps.agent, broker, applied.index,
+                             config.flush_disk_type == "SYNC_FLUSH", raft, deps.clock_ms,
+                             seed=hash((config.dledger_self_id, os.getpid())) & 0xFFFFFFFF, supervisor=watch)
+    broker.tell(AttachDLedger(node))
+    return {"broker": broker, "dledger": node}
+
+
+def close_raft_log(log: RaftLog, code: int) -> None:
+    try:
+        if code == 0:
+            log.close()
+            return
+    except StorageError as exc:
+        logger.error("DLedger log could not close cleanly ({})", exc)
+    log.crash()
 
 
 def close_store(store: MessageStore, code: int) -> None:

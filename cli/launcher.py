@@ -497,7 +497,7 @@ class ClusterLauncher:
         for node in self._nodes:
             os.makedirs(node.dir, exist_ok=True)
             if node.plan.kind == "broker":
-                text = render_broker_conf(node.plan, self._namesrv_addrs, self.data_dir)
+                text = render_broker_conf(node.plan, self._namesrv_addrs, self.data_dir, [n.plan for n in self._nodes])
                 write_text_atomic(self._conf_path(node), text)
 
     def _conf_path(self, node: _Node) -> str:

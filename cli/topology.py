@@ -62,14 +62,17 @@ assert 0 < MAX_TOPOLOGY_CHARS <= 16 * 1024 * 1024
 
 TOP_KEYS = {"name", "description", "namesrv", "broker"}
 NAMESRV_KEYS = {"name"}
-BROKER_KEYS = {"name", "cluster", "broker_name", "broker_id", "role", "flush", "extra"}
+BROKER_KEYS = {"name", "cluster", "broker_name", "broker_id", "role", "flush", "extra", "dledger_id"}
 # Written from the fields above or by the launcher; `extra` must not contradict them.
 MANAGED_CONF_KEYS = {
     "brokerClusterName": "cluster", "brokerName": "broker_name", "brokerId": "broker_id",
     "brokerRole": "role", "flushDiskType": "flush", "namesrvAddr": "the launcher",
     "listenHost": "the launcher", "listenPort": "the launcher",
     "storePathRootDir": "the launcher",
+    "enableDLegerCommitLog": "the field 'dledger_id'", "dLegerGroup": "the field 'dledger_id'",
+    "dLegerPeers": "the launcher", "dLegerSelfId": "the field 'dledger_id'",
 }
+DLEDGER_ID_PATTERN = re.compile(r"[A-Za-z0-9_]{1,32}")
 
 
 class TopologyError(ValueError):
@@ -90,6 +93,7 @@ class BrokerSpec:
     broker_id: int = 0
     cluster: str = DEFAULT_CLUSTER
     extra: tuple[tuple[str, str], ...] = ()  # (conf key, rendered value), file order
+    dledger_id: str | None = None  # set: this broker is a member of its group's DLedger (Raft) group
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,11 +225,25 @@ def _parse_broker(table: dict, where: str) -> BrokerSpec:
         role=_choice(table, "role", ROLES, where),
         flush=_choice(table, "flush", FLUSH_TYPES, where),
         extra=_parse_extra(table.get("extra", {}), f"{where}: extra"),
+        dledger_id=_dledger_id(table, where),
     )
+    if spec.dledger_id is not None:
+        if spec.role == "SLAVE":
+            raise TopologyError(f"{where}: a DLedger member's role is elected; give it a master role, not SLAVE")
+        return spec
     if (spec.broker_id == 0) != (spec.role != "SLAVE"):
         raise TopologyError(f"{where}: role {spec.role} with broker_id {spec.broker_id}: "
                             "broker_id 0 is the master, a SLAVE has broker_id >= 1")
     return spec
+
+
+def _dledger_id(table: dict, where: str) -> str | None:
+    if "dledger_id" not in table:
+        return None
+    value = table["dledger_id"]
+    if not isinstance(value, str) or not DLEDGER_ID_PATTERN.fullmatch(value):
+        raise TopologyError(f"{where}: dledger_id: 1-32 chars of A-Z a-z 0-9 _, got {value!r}")
+    return value
 
 
 def _parse_extra(extra: object, where: str) -> tuple[tuple[str, str], ...]:
@@ -274,10 +292,24 @@ def _check_cluster(topology: Topology) -> None:
         if other != b.name:
             raise TopologyError(f"{where}: brokers {other!r} and {b.name!r} are both "
                                 f"broker_name {b.broker_name!r} broker_id {b.broker_id}")
+    _check_dledger_groups(topology)
     for b in topology.brokers:
         if b.role == "SLAVE" and (b.broker_name, 0) not in groups:
             raise TopologyError(f"{where}: SLAVE {b.name!r} has no master: no broker with "
                                 f"broker_name {b.broker_name!r} and broker_id 0")
+
+
+def _check_dledger_groups(topology: Topology) -> None:
+    where = topology.source
+    by_group: dict[str, list[BrokerSpec]] = {}
+    for b in topology.brokers:
+        by_group.setdefault(b.broker_name, []).append(b)
+    for name, members in by_group.items():
+        ids = [b.dledger_id for b in members]
+        if any(i is None for i in ids) and any(i is not None for i in ids):
+            raise TopologyError(f"{where}: broker_name {name!r} mixes DLedger members and master/slave brokers")
+        if ids[0] is not None and len(set(ids)) != len(ids):
+            raise TopologyError(f"{where}: broker_name {name!r} repeats a dledger_id")
 
 
 # ---------------------------------------------------------------------------- planning
@@ -310,8 +342,10 @@ def node_dir(data_dir: str, node_name: str) -> str:
     return f"{data_dir.rstrip('/')}/{node_name}"
 
 
-def render_broker_conf(plan: NodePlan, namesrv_addrs: list[str], data_dir: str) -> str:
-    """broker.conf text for a broker node; the store lives in DATA_DIR/<node name>/store."""
+def render_broker_conf(plan: NodePlan, namesrv_addrs: list[str], data_dir: str,
+                       plans: list[NodePlan] | None = None) -> str:
+    """broker.conf text for a broker node; the store lives in DATA_DIR/<node name>/store.
+    A DLedger member needs `plans` (all nodes) to list its group's peers."""
     spec = plan.broker
     if plan.kind != "broker" or spec is None:
         raise ValueError(f"{plan.name} is not a broker")
@@ -331,8 +365,24 @@ def render_broker_conf(plan: NodePlan, namesrv_addrs: list[str], data_dir: str) 
         "mappedFileSizeCommitLog": str(LOCAL_SEGMENT_BYTES),
         "maxMessageSize": str(MAX_MESSAGE_BYTES),
     }
+    if spec.dledger_id is not None:
+        settings.update(_dledger_settings(plan, plans or []))
     settings.update(spec.extra)  # may override the local defaults, never the managed keys
     lines = [f"# broker.conf for node {plan.name}, written by `rmqz up`; "
              "rewritten on every start, edit the topology instead"]
     lines += [f"{key}={value}" for key, value in settings.items()]
     return "\n".join(lines) + "\n"
+
+
+def _dledger_settings(plan: NodePlan, plans: list[NodePlan]) -> dict[str, str]:
+    spec = plan.broker
+    assert spec is not None and spec.dledger_id is not None
+    peers = [p for p in plans if p.broker is not None and p.broker.broker_name == spec.broker_name]
+    if plan not in peers:
+        raise ValueError(f"{plan.name}: the DLedger peers need every node's plan")
+    return {
+        "enableDLegerCommitLog": "true",
+        "dLegerGroup": spec.broker_name,
+        "dLegerPeers": ";".join(f"{p.broker.dledger_id}-{p.address}" for p in peers),
+        "dLegerSelfId": spec.dledger_id,
+    }

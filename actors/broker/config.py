@@ -166,7 +166,7 @@ def _check(cfg: BrokerConfig) -> None:
         raise ConfigError(f"brokerRole: expected one of {', '.join(ROLES)}, got {cfg.broker_role!r}")
     if cfg.flush_disk_type not in FLUSH_TYPES:
         raise ConfigError(f"flushDiskType: expected one of {', '.join(FLUSH_TYPES)}, got {cfg.flush_disk_type!r}")
-    if (cfg.broker_id == 0) != (cfg.broker_role != "SLAVE"):
+    if not cfg.enable_dledger and (cfg.broker_id == 0) != (cfg.broker_role != "SLAVE"):
         raise ConfigError("brokerId 0 is the master: brokerRole must be a master role for id 0 and SLAVE otherwise")
     for what, name in (("brokerClusterName", cfg.broker_cluster_name), ("brokerName", cfg.broker_name)):
         if not NAME_PATTERN.fullmatch(name):

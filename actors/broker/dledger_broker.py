@@ -1,0 +1,245 @@
+"""BrokerDLedger: a broker whose commit log is driven by its DLedger (Raft) group.
+
+Every write is proposed as a Raft entry and applied, in index order, on every node of the
+group, so all replicas build byte-identical commit logs and consume queues, and consumers
+only ever see committed messages. The leader answers SEND_OK once its entry is committed
+(a majority holds it) and applied. Role follows leadership: the leader registers with the
+NameServers as brokerId 0 at once (clients need not wait for a route poll), followers as
+their own ids, and followers refuse writes with NOT_MASTER naming the leader.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from loguru import logger
+
+from rmqz.actors.broker import dledger_entries as de
+from rmqz.actors.broker import messages as proto
+from rmqz.actors.broker.base import BrokerBase, BrokerDeps, Refusal, ReplyTo
+from rmqz.actors.dledger.actor import Apply, Propose, ProposeFailed, RoleChanged
+from rmqz.actors.dledger.core import LEADER
+from rmqz.storage import record as rec
+from rmqz.storage.errors import MessageTooLargeError
+from rmqz.storage.json_file import load_json, require, save_json
+from rmqz.storage.metadata import PERM_WRITE, TopicConfig
+
+APPLIED_FILE = "applied.json"
+
+
+@dataclass(frozen=True, slots=True)
+class AttachDLedger:
+    ref: Any
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedPoint:
+    """The last applied Raft index and the commit-log end it produced (flushed)."""
+
+    index: int
+    offset: int
+
+
+def load_applied(fs: Any, dledger_dir: str) -> AppliedPoint:
+    path = os.path.join(dledger_dir, APPLIED_FILE)
+    raw = load_json(fs, path)
+    if raw is None:
+        return AppliedPoint(0, 0)
+    require(path, isinstance(raw, dict) and all(isinstance(raw.get(k), int) and raw[k] >= 0 for k in ("index", "offset")),
+            "expected {\"index\": int, \"offset\": int}")
+    return AppliedPoint(raw["index"], raw["offset"])
+
+
+class BrokerDLedger(BrokerBase):
+    ROLE = "DLEDGER"
+
+    def __init__(self, deps: BrokerDeps, applied: AppliedPoint, dledger_dir: str, *, name: str = "broker",
+                 supervisor: Any = None) -> None:
+        super().__init__(deps, name=name, supervisor=supervisor)
+        self.dledger: Any = None
+        self.dledger_dir = dledger_dir
+        self.applied_index = applied.index
+        self.is_leader = False
+        self.leader: str | None = None
+        self.term = 0
+        peers = sorted(self.config.peers())
+        self.follower_id = 1 + peers.index(self.config.dledger_self_id)
+        self.config.broker_id = self.follower_id
+        self._queue_rr = itertools.count()
+        self._offsets_proposed_version = -1
+        self.stats.update({"applied": 0, "proposals_failed": 0})
+        self.handlers.update({proto.SEND_MESSAGE: self._on_send, proto.CREATE_TOPIC: self._on_create_topic})
+
+    def handle_AttachDLedger(self, msg: AttachDLedger) -> None:
+        self.dledger = msg.ref
+
+    def role_name(self) -> str:
+        return "DLEDGER_LEADER" if self.is_leader else "DLEDGER_FOLLOWER"
+
+    def status_extra(self) -> dict:
+        return {"dledger": {"self": self.config.dledger_self_id, "leader": self.leader, "term": self.term,
+                            "applied": self.applied_index, "group": self.config.dledger_group}}
+
+    # ---- writes: propose -----------------------------------------------------------------
+
+    def _require_leader(self) -> None:
+        if not self.is_leader or self.dledger is None:
+            addr = self.config.peers().get(self.leader or "", "unknown")
+            raise Refusal(proto.NOT_MASTER, f"not the leader of {self.config.dledger_group}; leader is "
+                                            f"{self.leader or 'not elected yet'} at {addr}")
+
+    def _on_send(self, req: proto.SendMessage, reply: ReplyTo) -> None:
+        self._require_leader()
+        cfg = self.topics.get(req.topic)
+        if cfg is None and not self.config.auto_create_topic_enable:
+            raise Refusal(proto.TOPIC_NOT_EXIST, f"topic {req.topic} does not exist and autoCreateTopicEnable is false")
+        queues = cfg.write_queue_nums if cfg else self.config.default_topic_queue_nums
+        if cfg is not None and not cfg.perm & PERM_WRITE:
+            raise Refusal(proto.NO_PERMISSION, f"topic {req.topic} is not writable")
+        qid = req.queue_id if req.queue_id >= 0 else next(self._queue_rr) % queues
+        if qid >= queues:
+            raise Refusal(proto.BAD_REQUEST, f"queue {qid} does not exist: {req.topic} has {queues} write queues")
+        self._validate(req)
+        data = de.encode_messages(req.topic, qid, req.messages, self.store.clock_ms())
+        self.dledger.tell(Propose(data, ("send", reply)))
+
+    def _validate(self, req: proto.SendMessage) -> None:
+        """Refuse here what apply would refuse: a bad entry must never enter the log."""
+        topic_b = rec.validate_topic(req.topic)
+        for m in req.messages:
+            if len(m.body) > self.config.max_message_size:
+                raise MessageTooLargeError(f"body of {len(m.body)} bytes exceeds maxMessageSize {self.config.max_message_size}")
+            size = rec.encoded_size(topic_b, rec.encode_properties(m.properties), m.body)
+            if size > self.store.commit_log.max_record_bytes:
+                raise MessageTooLargeError(f"record of {size} bytes does not fit a segment")
+
+    def _on_create_topic(self, req: proto.CreateTopic, reply: ReplyTo) -> None:
+        self._require_leader()
+        exists = self.topics.get(req.topic) is not None
+        if req.auto:
+            if exists:
+                return self._reply(reply, {"topic": req.topic, "created": False})
+            if not self.config.auto_create_topic_enable:
+                raise Refusal(proto.TOPIC_NOT_EXIST, f"topic {req.topic} does not exist and autoCreateTopicEnable is false")
+            n = self.config.default_topic_queue_nums
+            cfg = TopicConfig(req.topic, n, n)
+        else:
+            cfg = TopicConfig(req.topic, req.read_queues, req.write_queues, req.perm)
+        cfg.validate()
+        self.dledger.tell(Propose(de.encode_topic(cfg), ("topic", reply, not exists)))
+        return None
+
+    def handle_ProposeFailed(self, msg: ProposeFailed) -> None:
+        self.stats["proposals_failed"] += 1
+        if msg.token is None:
+            return  # our own offsets proposal: the next interval proposes again
+        addr = self.config.peers().get(msg.leader or "", "unknown")
+        self._error(msg.token[1], proto.NOT_MASTER, f"{msg.reason}; leader is {msg.leader or 'not elected yet'} at {addr}")
+
+    # ---- apply: every node, in index order -----------------------------------------------
+
+    def handle_Apply(self, msg: Apply) -> None:
+        for entry in msg.entries:
+            if entry.index <= self.applied_index:
+                continue  # re-delivered after a restart: already in the store
+            self._apply_one(entry.index, entry.data, msg.tokens.get(entry.index))
+            self.applied_index = entry.index
+            self.stats["applied"] += 1
+
+    def _apply_one(self, index: int, data: bytes, token: Any) -> None:
+        item = de.decode(data)  # EntryError: the Raft log is damaged; crash rather than diverge
+        if isinstance(item, de.MessagesEntry):
+            self._apply_messages(item, token)
+        elif isinstance(item, de.TopicEntry):
+            self._apply_topic(item.config)
+            if token is not None:
+                self._reply(token[1], {"topic": item.config.topic, "created": token[2]})
+        elif isinstance(item, de.OffsetsEntry):
+            self._apply_offsets(item.offsets)
+
+    def _apply_messages(self, item: de.MessagesEntry, token: Any) -> None:
+        if self.topics.get(item.topic) is None:
+            n = self.config.default_topic_queue_nums  # same on every node: deterministic
+            self._apply_topic(TopicConfig(item.topic, n, n))
+        msgs = [rec.Message(item.topic, m.body, item.queue_id, m.flag, m.properties, m.born_timestamp_ms)
+                for m in item.messages]
+        try:
+            results = self.store.put_messages(msgs, store_timestamp_ms=item.store_timestamp_ms)
+        except (rec.RecordError, MessageTooLargeError) as exc:
+            # Every node refuses the same entry the same way, so replicas stay identical.
+            if token is not None:
+                self._error(token[1], proto.MESSAGE_ILLEGAL, str(exc))
+            return
+        self.store.commit()
+        self.stats["sent"] += len(results)
+        self.wake_pulls((item.topic, item.queue_id))
+        if token is not None:
+            self._reply(token[1], {
+                "status": proto.SEND_OK, "broker_name": self.config.broker_name, "queue_id": item.queue_id,
+                "results": [{"msg_id": proto.msg_id(self.config.broker_name, r.physical_offset),
+                             "queue_offset": r.queue_offset} for r in results]})
+
+    def _apply_topic(self, cfg: TopicConfig) -> None:
+        before = self.topics.data_version
+        self.topics.put(cfg)
+        if self.topics.data_version != before:
+            self.topics.persist()
+            self._register_all()
+
+    def _apply_offsets(self, offsets: dict) -> None:
+        for key, queues in offsets.items():
+            topic, _, group = key.partition("@")
+            for qid, offset in self.offsets.decode_entry(key, queues).items():
+                mine = self.offsets.query(group, topic, qid)
+                if mine is None or offset > mine:
+                    self.offsets.commit(group, topic, qid, offset)
+
+    # ---- leadership ----------------------------------------------------------------------
+
+    def handle_RoleChanged(self, msg: RoleChanged) -> None:
+        was = self.is_leader
+        self.is_leader = msg.role == LEADER
+        self.leader = msg.leader
+        self.term = msg.term
+        self.config.broker_id = 0 if self.is_leader else self.follower_id
+        if self.is_leader != was:
+            logger.warning("broker {} {} of {} at term {}", self.config.dledger_self_id,
+                           "became LEADER (master, brokerId 0)" if self.is_leader else "is now a follower",
+                           self.config.dledger_group, msg.term)
+            self.node_id = f"{self.config.broker_name}-{self.config.broker_id}@{self.config.address}"
+            self._register_all()  # routes move now, not at the next heartbeat
+
+    def suggest_broker(self, last_physical_offset: int | None, queue_offset: int) -> int:
+        return self.config.broker_id
+
+    # ---- time ----------------------------------------------------------------------------
+
+    def on_tick(self, now_ms: int) -> None:
+        if self.due("flush", now_ms, self.config.flush_interval_commit_log_ms):
+            self.store.flush()
+        if self.due("applied", now_ms, self.config.checkpoint_interval_ms):
+            self.save_applied()
+        if self.is_leader and self.due("offsets_propose", now_ms, self.config.flush_consumer_offset_interval_ms):
+            self._propose_offsets()
+
+    def save_applied(self) -> None:
+        """Flush first: the applied point promises the store holds everything up to it."""
+        self.store.flush()
+        save_json(self.store.fs, os.path.join(self.dledger_dir, APPLIED_FILE),
+                  {"index": self.applied_index, "offset": self.store.commit_log.wrote_offset})
+
+    def _propose_offsets(self) -> None:
+        if self.offsets.data_version != self._offsets_proposed_version and self.offsets.table and self.dledger:
+            self._offsets_proposed_version = self.offsets.data_version
+            table = {k: self.offsets.encode_entry(v) for k, v in self.offsets.table.items()}
+            self.dledger.tell(Propose(de.encode_offsets(table), None))
+
+    def release(self) -> None:
+        super().release()
+        try:
+            self.save_applied()
+        except Exception as exc:  # the store may be failed; recovery re-applies from the log
+            logger.warning("broker {}: could not save the applied point: {}", self.node_id, exc)

@@ -1,0 +1,250 @@
+"""DLedgerNode: the actor that drives one RaftCore (etcd-io/raft's node loop).
+
+After every input (a peer's message, a tick, a proposal, a lost leader connection) it runs
+the Ready loop in the order Raft's safety needs: PERSIST the entries and hard state, THEN
+SEND the messages (a vote or an append ack promises durable state), THEN APPLY committed
+entries (tell the broker), THEN advance. The durable log is a storage.raft_log.RaftLog.
+
+Durability follows flushDiskType: SYNC_FLUSH fsyncs the Raft log before sending; ASYNC_FLUSH
+only pwrites (survives kill -9, not a power loss), as RocketMQ's DLedger does with async
+flush. The term and vote are always fsynced before any message that depends on them.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from loguru import logger
+
+from rmqz.actors.base import RmqzActor, tell_quietly
+from rmqz.actors.dledger.core import LEADER, NotLeader, ProposalTooLarge, RaftConfig, RaftCore
+from rmqz.actors.dledger.messages import Entry, HardState, Message, RaftMessageError
+from rmqz.actors.ticker import Tick
+from rmqz.transport.envelope import EnvelopeError, Header, Inbound, pack_body, unpack_body
+
+DLEDGER = "dledger"  # actor name on the node's transport
+RAFT = "Raft"  # envelope type of a Raft message
+MAX_RAFT_FRAME_BYTES = 80 * 1024 * 1024
+COMMIT_SAVE_INTERVAL_MS = 1_000
+MAX_PENDING_PROPOSALS = 100_000
+assert MAX_PENDING_PROPOSALS > 0
+
+
+# ---- messages to and from the broker -------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Propose:
+    data: bytes
+    token: Any  # handed back with the entry when it is applied (or with ProposeFailed)
+
+
+@dataclass(frozen=True, slots=True)
+class ProposeFailed:
+    token: Any
+    leader: str | None  # peer id of the leader, if known
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Apply:
+    entries: list[Entry]
+    tokens: dict[int, Any]  # index -> token of entries this node proposed
+
+
+@dataclass(frozen=True, slots=True)
+class RoleChanged:
+    role: str
+    leader: str | None
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDown:
+    """From the transport's socket monitor: the connection to this endpoint closed."""
+
+    endpoint: str
+
+
+@dataclass(frozen=True, slots=True)
+class TransferLeader:
+    to: str
+
+
+class RaftLogStorage:
+    """The core's read-only view (LogStorage protocol) of the durable RaftLog."""
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+
+    def initial_state(self) -> tuple[HardState, int]:
+        term, vote, commit = self.log.hard_state()
+        return HardState(term, vote, commit), self.log.last_index()
+
+    def term(self, index: int) -> int:
+        return self.log.term(index)
+
+    def entries(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
+        return [Entry(t, i, d) for t, i, d in self.log.entries(lo, hi, max_bytes)]
+
+    def first_index(self) -> int:
+        return self.log.first_index()
+
+    def last_index(self) -> int:
+        return self.log.last_index()
+
+
+class DLedgerNode(RmqzActor):
+    def __init__(self, self_id: str, peers: dict[str, str], raft_log: Any, agent: Any, broker_ref: Any,
+                 applied: int, sync_writes: bool, config: RaftConfig, clock_ms: Any, seed: int,
+                 *, name: str = DLEDGER, supervisor: Any = None) -> None:
+        super().__init__(name=name, supervisor=supervisor)
+        self.self_id = self_id
+        self.peers = peers  # peer id -> host:port
+        self.endpoints = {f"tcp://{addr}": pid for pid, addr in peers.items()}
+        self.log = raft_log
+        self.agent = agent
+        self.broker_ref = broker_ref
+        self.sync_writes = sync_writes
+        self.clock_ms = clock_ms
+        self.core = RaftCore(self_id, list(peers), RaftLogStorage(raft_log), config, random.Random(seed), applied=applied)
+        self.pending: dict[int, tuple[int, Any]] = {}  # index -> (term, token)
+        self.saved_commit = raft_log.hard_state()[2]
+        self.last_commit_save_ms = clock_ms()
+        self.bad_messages = 0
+
+    # ---- inputs --------------------------------------------------------------------------
+
+    def handle_Inbound(self, inbound: Inbound) -> None:
+        if inbound.header.type != RAFT:
+            return
+        try:
+            msg = Message.from_dict(unpack_body(inbound.body, MAX_RAFT_FRAME_BYTES))
+        except (EnvelopeError, RaftMessageError) as exc:
+            self.bad_messages += 1
+            if self.bad_messages in (1, 10, 100, 1000):
+                logger.warning("dledger {}: bad Raft message #{} from {}: {}", self.self_id, self.bad_messages,
+                               inbound.header.src, exc)
+            return
+        if msg.dst != self.self_id or msg.src not in self.peers:
+            return
+        self.core.step(msg)
+        self._drive()
+
+    def handle_Tick(self, _tick: Tick) -> None:
+        self.core.tick()
+        self._drive()
+        if self.clock_ms() - self.last_commit_save_ms >= COMMIT_SAVE_INTERVAL_MS:
+            self._save_commit()
+
+    def handle_Propose(self, msg: Propose) -> None:
+        if len(self.pending) >= MAX_PENDING_PROPOSALS:
+            tell_quietly(self.broker_ref, ProposeFailed(msg.token, self.core.leader, "too many proposals in flight"))
+            return
+        try:
+            index = self.core.propose(msg.data)
+        except NotLeader as exc:
+            tell_quietly(self.broker_ref, ProposeFailed(msg.token, exc.leader_hint, "not the leader"))
+            return
+        except ProposalTooLarge as exc:
+            tell_quietly(self.broker_ref, ProposeFailed(msg.token, self.core.leader, str(exc)))
+            return
+        self.pending[index] = (self.core.term, msg.token)
+        self._drive()
+
+    def handle_PeerDown(self, msg: PeerDown) -> None:
+        # The crash fast path: the leader's connection closed, so start a (pre-)vote now
+        # instead of waiting out the election timeout.
+        peer = self.endpoints.get(msg.endpoint)
+        if peer is not None and peer == self.core.leader and self.core.role != LEADER:
+            logger.warning("dledger {}: connection to leader {} closed; campaigning now", self.self_id, peer)
+            self.core.campaign()
+            self._drive()
+
+    def handle_TransferLeader(self, msg: TransferLeader) -> None:
+        if msg.to in self.peers and self.core.role == LEADER:
+            logger.info("dledger {}: transferring leadership to {}", self.self_id, msg.to)
+            self.core.transfer_leadership(msg.to)
+            self._drive()
+
+    def status(self) -> dict:
+        return {"self": self.self_id, "role": self.core.role, "term": self.core.term, "leader": self.core.leader,
+                "commit": self.core.commit_index, "last_index": self.core.last_index}
+
+    def handle_GetRaftStatus(self, _msg: Any) -> dict:
+        return self.status()
+
+    # ---- the Ready loop ------------------------------------------------------------------
+
+    def _drive(self) -> None:
+        while self.core.has_ready():
+            rd = self.core.ready()
+            self._persist(rd.entries, rd.hard_state)
+            for m in rd.messages:
+                self._send(m)
+            if rd.soft_state is not None:
+                self._on_soft_state(rd.soft_state)
+            if rd.committed_entries:
+                self._apply(rd.committed_entries)
+            self.core.advance(rd)
+
+    def _persist(self, entries: list[Entry], hard: HardState | None) -> None:
+        if entries:
+            self.log.append([(e.term, e.index, e.data) for e in entries])
+            if self.sync_writes:
+                self.log.sync()
+            else:
+                self.log.commit()
+        if hard is not None:
+            term, vote, _ = self.log.hard_state()
+            if (hard.term, hard.vote) != (term, vote):
+                commit = max(self.saved_commit, min(hard.commit, self.log.last_index()))
+                self.log.save_hard_state(hard.term, hard.vote, commit)
+                self.saved_commit = commit
+
+    def _save_commit(self) -> None:
+        self.last_commit_save_ms = self.clock_ms()
+        commit = min(self.core.commit_index, self.log.last_index())
+        if commit > self.saved_commit:
+            term, vote, _ = self.log.hard_state()
+            self.log.save_hard_state(term, vote, commit)
+            self.saved_commit = commit
+
+    def _send(self, m: Message) -> None:
+        addr = self.peers.get(m.dst)
+        if addr is None:
+            return
+        header = Header(kind="tell", src=self.self_id, dst=DLEDGER, type=RAFT)
+        try:
+            self.agent.send(f"tcp://{addr}", header, pack_body(m.to_dict()))
+        except Exception as exc:  # Raft tolerates lost messages; the next tick resends
+            logger.debug("dledger {}: send to {} failed: {}", self.self_id, m.dst, exc)
+
+    def _on_soft_state(self, ss: Any) -> None:
+        logger.info("dledger {}: role {} at term {}, leader {}", self.self_id, ss.role, self.core.term, ss.leader)
+        if ss.role != LEADER and self.pending:
+            # Our proposals may or may not commit under the next leader: the client is told
+            # it failed and may retry (at-least-once, as RocketMQ).
+            for _, (_, token) in sorted(self.pending.items()):
+                tell_quietly(self.broker_ref, ProposeFailed(token, ss.leader, "leadership lost"))
+            self.pending.clear()
+        tell_quietly(self.broker_ref, RoleChanged(ss.role, ss.leader, self.core.term))
+
+    def _apply(self, entries: list[Entry]) -> None:
+        tokens = {}
+        for e in entries:
+            mine = self.pending.pop(e.index, None)
+            if mine is None:
+                continue
+            if mine[0] == e.term:
+                tokens[e.index] = mine[1]
+            else:  # another leader's entry took this index: ours was lost
+                tell_quietly(self.broker_ref, ProposeFailed(mine[1], self.core.leader, "entry overwritten"))
+        tell_quietly(self.broker_ref, Apply(entries, tokens))
+
+    def release(self) -> None:
+        try:
+            self._save_commit()
+        except Exception as exc:  # the log may be failed already; the node is stopping
+            logger.warning("dledger {}: could not save the commit index at stop: {}", self.self_id, exc)
