@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/rmqz up --topology 2m-2s-sync
+	$(BIN)/rmqz up --topology dledger3
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

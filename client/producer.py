@@ -62,6 +62,7 @@ MAX_RETRY_TIMES = 16
 DEFAULT_AUTO_CREATE_QUEUES = 4  # RocketMQ defaultTopicQueueNums
 AUTO_CREATE_WAIT_MS = 5_000  # for the route to show the new topic (broker re-registers)
 AUTO_CREATE_POLL_MS = 100
+NO_MASTER_POLL_MS = 100  # while a group elects or promotes a master, look again this often
 FAULT_BASE_MS = 3_000  # a broker that just failed is skipped this long ...
 FAULT_MAX_MS = 30_000  # ... doubling per consecutive failure up to this
 RETRY_WORKERS = 4
@@ -215,7 +216,17 @@ class Producer:
         try:
             if self._state != "running":
                 raise MQClientError("producer was shut down before the send completed")
-            snapshot = self._publish_info(job.topic)
+            try:
+                snapshot = self._publish_info(job.topic)
+            except NoRouteError:
+                # No master right now (a DLedger group electing, a master restarting): wait
+                # within the send timeout instead of failing at once.
+                if self._clock_ms() + NO_MASTER_POLL_MS >= job.deadline_ms:
+                    raise
+                time.sleep(NO_MASTER_POLL_MS / 1000)
+                self._routes.invalidate(job.topic)
+                self._executor.submit(self._attempt, job)
+                return
             if job.attempts == 0:  # the budget starts once the route is known (auto-create)
                 job.deadline_ms = self._clock_ms() + self.send_timeout_ms
             mq = self._select(snapshot, job.tried)

@@ -1,0 +1,130 @@
+"""DLedger (Raft) failover with real processes: a producer sends unique values all along,
+the leader is killed (or paused) again and again, and afterwards a checker drains the topic:
+every acknowledged value must be there. Duplicates (retries after a lost answer) are counted
+and printed, never a failure; a loss is."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from rmqz.client import Admin, MQClientError, Producer, PullConsumer
+
+pytestmark = pytest.mark.e2e
+LEADER_TIMEOUT_S = 30.0
+DRAIN_TIMEOUT_S = 60.0
+
+
+class Load:
+    """Sends unique values on a thread; remembers which ones were acknowledged."""
+
+    def __init__(self, namesrv: str) -> None:
+        self.namesrv = namesrv
+        self.acked: list[str] = []
+        self.failed = 0
+        self.errors: Counter = Counter()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with Producer(self.namesrv, send_timeout_ms=3000, retry_times=5) as producer:
+            i = 0
+            while not self.stop.is_set():
+                value = f"v-{i:06d}"
+                i += 1
+                try:
+                    if producer.send("Raft", value.encode()).status == "SEND_OK":
+                        self.acked.append(value)
+                except MQClientError as exc:
+                    self.failed += 1
+                    self.errors[f"{type(exc).__name__}: {str(exc)[:60]}"] += 1
+
+    def __enter__(self) -> Load:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+
+def leader(namesrv: str) -> dict:
+    deadline = time.monotonic() + LEADER_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            with Admin(namesrv) as admin:
+                for b in admin.cluster():
+                    if b.get("broker_id") == 0 and b.get("role") == "DLEDGER_LEADER":
+                        return b
+        except MQClientError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("no leader")
+
+
+def wait_acked_more_than(load: Load, count: int) -> None:
+    deadline = time.monotonic() + LEADER_TIMEOUT_S
+    while len(load.acked) <= count:
+        assert time.monotonic() < deadline, "sends did not resume after the fault"
+        time.sleep(0.05)
+
+
+def drain(namesrv: str, expected: set[str]) -> Counter:
+    seen: Counter = Counter()
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    with PullConsumer(namesrv, "raft-checker") as consumer:
+        offsets: dict = {}
+        while not expected <= set(seen) and time.monotonic() < deadline:
+            for q in consumer.queues("Raft"):
+                try:
+                    res = consumer.pull(q, offsets.get(q, 0), max_messages=512)
+                except MQClientError:
+                    continue
+                seen.update(m.body.decode() for m in res.messages)
+                offsets[q] = res.next_offset
+    return seen
+
+
+def check(namesrv: str, load: Load) -> None:
+    acked = set(load.acked)
+    seen = drain(namesrv, acked)
+    lost = acked - set(seen)
+    dups = sum(c - 1 for c in seen.values() if c > 1)
+    print(f"acked={len(acked)} failed_sends={load.failed} consumed={len(seen)} duplicates={dups} lost={len(lost)}")
+    print("send errors:", load.errors.most_common(5))
+    assert not lost, f"{len(lost)} acknowledged values lost, e.g. {sorted(lost)[:5]}"
+
+
+def test_five_leader_kills_lose_no_acknowledged_message(rmqz_up):
+    cluster = rmqz_up("dledger3")
+    with Load(cluster.namesrv) as load:
+        wait_acked_more_than(load, 50)
+        for _ in range(5):
+            victim = leader(cluster.namesrv)
+            before = len(load.acked)
+            os.kill(victim["pid"], signal.SIGKILL)
+            wait_acked_more_than(load, before + 20)  # a new leader took over and acknowledges
+            node = next(n for n in cluster.state()["nodes"] if n.get("address") == victim["address"])
+            cluster.wait_node(node["name"], lambda n: n["state"] == "running" and n["pid"] != victim["pid"])
+    check(cluster.namesrv, load)
+
+
+def test_paused_leader_is_replaced_and_rejoins_without_losing_acknowledged_messages(rmqz_up):
+    cluster = rmqz_up("dledger3")
+    with Load(cluster.namesrv) as load:
+        wait_acked_more_than(load, 50)
+        victim = leader(cluster.namesrv)
+        os.kill(victim["pid"], signal.SIGSTOP)
+        try:
+            before = len(load.acked)
+            wait_acked_more_than(load, before + 20)  # the others elected a leader meanwhile
+            time.sleep(max(0.0, 5.0))
+        finally:
+            os.kill(victim["pid"], signal.SIGCONT)
+        wait_acked_more_than(load, len(load.acked) + 20)
+    check(cluster.namesrv, load)
