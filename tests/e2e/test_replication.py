@@ -11,7 +11,7 @@ import time
 import pytest
 
 from rmqz.actors.broker import messages as proto
-from rmqz.transport.client import RpcClient
+from rmqz.transport.client import RemoteError, RpcClient
 from rmqz.transport.envelope import pack_body, unpack_body
 
 from .conftest import find_free_port
@@ -57,6 +57,18 @@ class Group:
 
     def status(self, client: RpcClient) -> dict:
         return self.call(client, proto.BROKER_STATUS, {})
+
+    def wait_role(self, client: RpcClient, role: str) -> None:
+        """During a role swap the broker actor is briefly absent (TARGET_UNAVAILABLE): retry."""
+        deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                if self.status(client)["role"] == role:
+                    return
+            except RemoteError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"broker never became {role}")
 
     def wait_slave_caught_up(self) -> None:
         deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
@@ -176,10 +188,7 @@ def test_promoted_slave_takes_writes_and_queue_offsets_continue_without_gaps(gro
     g.wait_slave_caught_up()
     kill9(g.master)
     assert g.call(g.s, proto.PROMOTE, proto.PromoteToMaster().to_dict())["promoting"] is True
-    deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
-    while g.status(g.s)["role"] != "ASYNC_MASTER":
-        assert time.monotonic() < deadline, "promotion did not happen"
-        time.sleep(0.05)
+    g.wait_role(g.s, "ASYNC_MASTER")
     res = g.call(g.s, proto.SEND_MESSAGE, proto.SendMessage("Orders", 0, [proto.OutMessage(b"after")]).to_dict())
     assert res["status"] == proto.SEND_OK and res["results"][0]["queue_offset"] == 20
     assert g.pull_all(g.s) == [f"before-{i}".encode() for i in range(20)] + [b"after"]
@@ -196,10 +205,7 @@ def test_old_master_rejoining_as_slave_cuts_what_the_new_master_never_had(group,
     kill9(g.master)
     g.slave = g.start_node(1)
     g.call(g.s, proto.PROMOTE, proto.PromoteToMaster().to_dict())  # ...and becomes master anyway
-    deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
-    while g.status(g.s)["role"] != "ASYNC_MASTER":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    g.wait_role(g.s, "ASYNC_MASTER")
     new = g.call(g.s, proto.SEND_MESSAGE, proto.SendMessage("Orders", 0, [proto.OutMessage(b"new-master")]).to_dict())
     assert new["status"] == proto.SEND_OK
     # The old master comes back as a slave of the new one (an operator's reconfiguration).
