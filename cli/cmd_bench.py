@@ -22,3 +22,4 @@ def _attach(module_name: str, attr: str) -> None:
 _attach("rmqz.cli.bench_storage", "storage")
 _attach("rmqz.cli.bench_produce", "produce")
 _attach("rmqz.cli.bench_consume", "consume")
+_attach("rmqz.cli.bench_failover", "failover")

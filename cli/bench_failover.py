@@ -1,0 +1,183 @@
+"""`rmqz bench failover`: repeated leader kills on a DLedger group, measured from the kill to
+the next acknowledged send, with a check that no acknowledged message was lost.
+
+It runs `rmqz up` itself (which restarts each killed node, like a process supervisor in
+production) and a producer thread that sends unique values one at a time. Last stdout line:
+one JSON object with at least p50_s, p99_s, max_s, acked, lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import click
+
+from rmqz.client import Admin, MQClientError, Producer, PullConsumer
+
+from .bench_common import console, emit_json, print_table
+from .output import CliError, command
+
+TOPIC = "FailoverBench"
+READY_TIMEOUT_S = 60.0
+RECOVER_TIMEOUT_S = 60.0
+DRAIN_TIMEOUT_S = 120.0
+MAX_KILLS = 1000
+assert MAX_KILLS > 0
+
+
+class Sender:
+    """Sends unique values one at a time; records when each acknowledgement arrived."""
+
+    def __init__(self, namesrv: str) -> None:
+        self.namesrv = namesrv
+        self.acked: list[tuple[float, str]] = []
+        self.failed = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="failover-sender", daemon=True)
+
+    def _run(self) -> None:
+        with Producer(self.namesrv, send_timeout_ms=3000, retry_times=8) as producer:
+            i = 0
+            while not self.stop.is_set():
+                value = f"f-{i:08d}"
+                i += 1
+                try:
+                    if producer.send(TOPIC, value.encode()).status == "SEND_OK":
+                        self.acked.append((time.monotonic(), value))
+                except MQClientError:
+                    self.failed += 1
+
+    def first_ack_after(self, t: float, timeout_s: float) -> float | None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for ts, _ in reversed(self.acked[-64:]):
+                if ts > t:
+                    return min(ts2 for ts2, _ in self.acked[-64:] if ts2 > t)
+            time.sleep(0.005)
+        return None
+
+
+def start_up(topology: str, data_dir: Path) -> tuple[subprocess.Popen, str]:
+    base = random.randrange(20_000, 29_000)
+    log = open(data_dir / "up.out", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "rmqz.cli.main", "up", "--topology", topology, "--data-dir",
+                             str(data_dir / "cluster"), "--base-port", str(base), "--no-status"],
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    return proc, f"127.0.0.1:{base}"
+
+
+def leader(namesrv: str, timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with Admin(namesrv, 1000) as admin:
+                for row in admin.cluster():
+                    if row.get("broker_id") == 0 and row.get("state") == "running" and row.get("pid"):
+                        return row
+        except MQClientError:
+            pass
+        time.sleep(0.1)
+    raise CliError("no leader became available")
+
+
+def wait_running(data_dir: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            state = json.loads((data_dir / "cluster" / "cluster.json").read_text())
+            if all(n["state"] == "running" for n in state["nodes"]):
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.1)
+    raise CliError("the cluster did not come back to all nodes running")
+
+
+def drain(namesrv: str, expected: set[str]) -> Counter:
+    seen: Counter = Counter()
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    with PullConsumer(namesrv, "failover-checker") as consumer:
+        offsets: dict = {}
+        while not expected <= set(seen) and time.monotonic() < deadline:
+            for q in consumer.queues(TOPIC):
+                try:
+                    res = consumer.pull(q, offsets.get(q, 0), max_messages=1024)
+                except MQClientError:
+                    continue
+                seen.update(m.body.decode() for m in res.messages)
+                offsets[q] = res.next_offset
+    return seen
+
+
+def percentile(data: list[float], q: float) -> float:
+    data = sorted(data)
+    return data[min(len(data) - 1, max(0, int(round(q * len(data) + 0.5)) - 1))] if data else 0.0
+
+
+@command("failover")
+@click.option("--topology", default="dledger3", show_default=True, help="A DLedger topology to start.")
+@click.option("--kills", type=click.IntRange(1, MAX_KILLS), default=20, show_default=True)
+@click.option("--settle-s", type=click.FloatRange(0.5, 60), default=2.0, show_default=True,
+              help="Pause after a killed node is back before the next kill.")
+def failover(topology: str, kills: int, settle_s: float) -> None:
+    """Kill the DLedger leader N times; time from kill to the next acknowledged send."""
+    out = console()
+    with tempfile.TemporaryDirectory(prefix="rmqz-bench-failover-") as tmp:
+        data_dir = Path(tmp)
+        proc, namesrv = start_up(topology, data_dir)
+        try:
+            wait_running(data_dir, READY_TIMEOUT_S)
+            summary = run_kills(namesrv, data_dir, kills, settle_s, out)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    print_table(out, f"failover: {kills} leader kills on {topology}", [
+        ("kill -> next SEND_OK p50", f"{summary['p50_s']:.3f} s"), ("p99", f"{summary['p99_s']:.3f} s"),
+        ("max", f"{summary['max_s']:.3f} s"), ("acknowledged", str(summary["acked"])),
+        ("lost", str(summary["lost"])), ("duplicates", str(summary["duplicates"])),
+        ("failed sends", str(summary["failed_sends"]))])
+    emit_json({"topology": topology, **summary})
+    if summary["lost"]:
+        raise CliError(f"{summary['lost']} acknowledged messages were lost")
+
+
+def run_kills(namesrv: str, data_dir: Path, kills: int, settle_s: float, out) -> dict:
+    sender = Sender(namesrv)
+    sender.thread.start()
+    times: list[float] = []
+    try:
+        for k in range(kills):
+            victim = leader(namesrv, RECOVER_TIMEOUT_S)
+            if sender.first_ack_after(time.monotonic(), RECOVER_TIMEOUT_S) is None:
+                raise CliError("sends are not being acknowledged")
+            t_kill = time.monotonic()
+            os.kill(victim["pid"], signal.SIGKILL)
+            t_ack = sender.first_ack_after(t_kill, RECOVER_TIMEOUT_S)
+            if t_ack is None:
+                raise CliError(f"no send was acknowledged within {RECOVER_TIMEOUT_S:.0f} s of kill {k + 1}")
+            times.append(t_ack - t_kill)
+            out.print(f"kill {k + 1}/{kills}: leader {victim['address']} -> next SEND_OK after {times[-1]:.3f} s",
+                      markup=False)
+            wait_running(data_dir, RECOVER_TIMEOUT_S)
+            time.sleep(settle_s)
+    finally:
+        sender.stop.set()
+        sender.thread.join(30)
+    acked = {v for _, v in sender.acked}
+    seen = drain(namesrv, acked)
+    return {"kills": kills, "p50_s": round(percentile(times, 0.5), 3), "p99_s": round(percentile(times, 0.99), 3),
+            "max_s": round(max(times), 3), "acked": len(acked), "lost": len(acked - set(seen)),
+            "duplicates": sum(c - 1 for c in seen.values() if c > 1), "failed_sends": sender.failed}
