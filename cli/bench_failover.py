@@ -40,7 +40,7 @@ class Sender:
 
     def __init__(self, namesrv: str) -> None:
         self.namesrv = namesrv
-        self.acked: list[tuple[float, str]] = []
+        self.acked: list[tuple[float, str]] = []  # (when the send STARTED, value)
         self.failed = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="failover-sender", daemon=True)
@@ -51,19 +51,24 @@ class Sender:
             while not self.stop.is_set():
                 value = f"f-{i:08d}"
                 i += 1
+                started = time.monotonic()
                 try:
                     if producer.send(TOPIC, value.encode()).status == "SEND_OK":
-                        self.acked.append((time.monotonic(), value))
+                        self.acked.append((started, value))
                 except MQClientError:
                     self.failed += 1
 
     def first_ack_after(self, t: float, timeout_s: float) -> float | None:
+        """When the first send that started after t was acknowledged (sends answered
+        before the fault do not count). Acks are recorded at completion, so the first
+        entry started after t was the first to be acknowledged."""
         deadline = time.monotonic() + timeout_s
+        seen = len(self.acked)
         while time.monotonic() < deadline:
-            for ts, _ in reversed(self.acked[-64:]):
-                if ts > t:
-                    return min(ts2 for ts2, _ in self.acked[-64:] if ts2 > t)
-            time.sleep(0.005)
+            if len(self.acked) > seen and self.acked[-1][0] > t:
+                return time.monotonic()
+            seen = len(self.acked)
+            time.sleep(0.002)
         return None
 
 
@@ -129,11 +134,14 @@ def percentile(data: list[float], q: float) -> float:
 @click.option("--kills", type=click.IntRange(1, MAX_KILLS), default=20, show_default=True)
 @click.option("--settle-s", type=click.FloatRange(0.5, 60), default=2.0, show_default=True,
               help="Pause after a killed node is back before the next kill.")
-def failover(topology: str, kills: int, settle_s: float) -> None:
+@click.option("--keep-dir", type=click.Path(file_okay=False), default=None,
+              help="Run in this directory and keep it (node logs for a post-mortem).")
+def failover(topology: str, kills: int, settle_s: float, keep_dir: str | None) -> None:
     """Kill the DLedger leader N times; time from kill to the next acknowledged send."""
     out = console()
     with tempfile.TemporaryDirectory(prefix="rmqz-bench-failover-") as tmp:
-        data_dir = Path(tmp)
+        data_dir = Path(keep_dir or tmp)
+        data_dir.mkdir(parents=True, exist_ok=True)
         proc, namesrv = start_up(topology, data_dir)
         try:
             wait_running(data_dir, READY_TIMEOUT_S)
