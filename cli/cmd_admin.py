@@ -161,3 +161,9 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> Any:
             yield from _flatten(value, f"{prefix}{key}.")
         else:
             yield [f"{prefix}{key}", value]
+
+
+# Leadership operations (raft-status, transfer-leader, promote) live in their own module.
+from .admin_ha import attach as _attach_ha  # noqa: E402
+
+_attach_ha(admin, namesrv_option, json_option, timeout_option, one_line_errors)

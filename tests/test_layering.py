@@ -15,6 +15,7 @@ PURE_FILES = [
     "actors/namesrv/core.py", "actors/namesrv/messages.py",
     "actors/broker/messages.py", "actors/broker/ha_core.py",
     "actors/dledger/core.py", "actors/dledger/messages.py", "actors/dledger/quorum.py",
+    "actors/dledger/memory_log.py",
     "transport/heartbeat.py", "cli/topology.py",
 ]
 

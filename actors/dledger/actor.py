@@ -26,6 +26,8 @@ from rmqz.transport.envelope import EnvelopeError, Header, Inbound, pack_body, u
 
 DLEDGER = "dledger"  # actor name on the node's transport
 RAFT = "Raft"  # envelope type of a Raft message
+GET_RAFT_STATUS = "GetRaftStatus"  # admin request (kind="request") -> status()
+TRANSFER_LEADER = "TransferLeader"  # admin request {"to": peer id}
 MAX_RAFT_FRAME_BYTES = 80 * 1024 * 1024
 COMMIT_SAVE_INTERVAL_MS = 1_000
 MAX_PENDING_PROPOSALS = 100_000
@@ -117,8 +119,10 @@ class DLedgerNode(RmqzActor):
     # ---- inputs --------------------------------------------------------------------------
 
     def handle_Inbound(self, inbound: Inbound) -> None:
+        if inbound.header.kind == "request":
+            return self._serve_admin(inbound)
         if inbound.header.type != RAFT:
-            return
+            return None
         try:
             msg = Message.from_dict(unpack_body(inbound.body, MAX_RAFT_FRAME_BYTES))
         except (EnvelopeError, RaftMessageError) as exc:
@@ -169,11 +173,36 @@ class DLedgerNode(RmqzActor):
             self._drive()
 
     def status(self) -> dict:
+        core_status = self.core.status()
         return {"self": self.self_id, "role": self.core.role, "term": self.core.term, "leader": self.core.leader,
-                "commit": self.core.commit_index, "last_index": self.core.last_index}
+                "leader_address": self.peers.get(self.core.leader or ""), "commit": self.core.commit_index,
+                "last_index": self.core.last_index, "synced_index": self.log.synced_index(),
+                "pending_proposals": len(self.pending),
+                "match": {p: pr["match"] for p, pr in core_status["progress"].items()}}
 
-    def handle_GetRaftStatus(self, _msg: Any) -> dict:
-        return self.status()
+    def _serve_admin(self, inbound: Inbound) -> None:
+        """Operators' requests on the node endpoint (dst "dledger"): raft status, transfer."""
+        h = inbound.header
+        kind, body = "reply", None
+        if h.type == GET_RAFT_STATUS:
+            body = self.status()
+        elif h.type == TRANSFER_LEADER:
+            try:
+                target = unpack_body(inbound.body, 4096).get("to")
+            except (EnvelopeError, AttributeError):
+                target = None
+            if target not in self.peers or target == self.self_id:
+                kind, body = "error", {"code": "BAD_REQUEST", "reason": f"transfer target must be another peer of {sorted(self.peers)}"}
+            elif self.core.role != LEADER:
+                kind, body = "error", {"code": "NOT_MASTER", "reason": f"not the leader; leader is {self.core.leader}"}
+            else:
+                self.handle_TransferLeader(TransferLeader(target))
+                body = {"transferring_to": target, "term": self.core.term}
+        else:
+            kind, body = "error", {"code": "BAD_REQUEST", "reason": f"unknown request {h.type!r}"}
+        if inbound.reply_token is not None:
+            reply = Header(kind=kind, src=self.self_id, dst=h.reply_to, type=h.type, cid=h.cid)
+            self.agent.reply(inbound.reply_token, reply, pack_body(body))
 
     # ---- the Ready loop ------------------------------------------------------------------
 
