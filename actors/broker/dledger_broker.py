@@ -28,6 +28,9 @@ from rmqz.storage.json_file import load_json, require, save_json
 from rmqz.storage.metadata import PERM_WRITE, TopicConfig
 
 APPLIED_FILE = "applied.json"
+# One Raft entry travels whole in one App frame (transport limit 8 MiB): keep room for headers.
+MAX_PROPOSAL_BYTES = 6 * 1024 * 1024
+assert MAX_PROPOSAL_BYTES < 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,9 @@ class BrokerDLedger(BrokerBase):
             raise Refusal(proto.BAD_REQUEST, f"queue {qid} does not exist: {req.topic} has {queues} write queues")
         self._validate(req)
         data = de.encode_messages(req.topic, qid, req.messages, self.store.clock_ms())
+        if len(data) > MAX_PROPOSAL_BYTES:
+            raise Refusal(proto.MESSAGE_ILLEGAL, f"batch of {len(data)} bytes exceeds {MAX_PROPOSAL_BYTES} "
+                                                 "(one Raft entry must fit a transport frame): send smaller batches")
         self.dledger.tell(Propose(data, ("send", reply)))
 
     def _validate(self, req: proto.SendMessage) -> None:
