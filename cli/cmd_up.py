@@ -183,26 +183,81 @@ def _print_ready(console: Console, launcher: ClusterLauncher, data_dir: str) -> 
     click.echo("ready; Ctrl-C to stop")
 
 
+class RaftWatch:
+    """Polls the DLedger members once a second: their live role, term, commit index and lag,
+    and one printed line whenever a group's leader changes (kill a node and watch)."""
+
+    def __init__(self, launcher: ClusterLauncher, topology: Topology, emit) -> None:
+        self.members = {b.name: b for b in topology.brokers if b.dledger_id}
+        self.launcher = launcher
+        self.emit = emit
+        self.status: dict[str, dict] = {}
+        self.leaders: dict[str, str | None] = {}
+        self.next_poll = 0.0
+
+    def poll(self) -> None:
+        if not self.members or time.monotonic() < self.next_poll:
+            return
+        self.next_poll = time.monotonic() + REFRESH_S
+        for s in self.launcher.statuses():
+            if s.name in self.members:
+                self.status[s.name] = _raft_status(s.address) if s.state == "running" else {}
+        for name, spec in self.members.items():
+            leader = next((st.get("leader") for st in self.status.values() if st.get("role") == "leader"), None)
+            group = spec.broker_name
+            if leader and self.leaders.get(group) != leader:
+                term = max((st.get("term", 0) for st in self.status.values()), default=0)
+                self.emit(f"leader of {group} is now {leader} (term {term})")
+            if leader:
+                self.leaders[group] = leader
+
+    def columns(self, name: str) -> tuple[str, str] | None:
+        if name not in self.members:
+            return None
+        st = self.status.get(name) or {}
+        if not st:
+            return "-", "-"
+        top = max((x.get("commit", 0) for x in self.status.values() if x), default=0)
+        return f"{st.get('role', '?')} t{st.get('term', '?')}", f"{st.get('commit', '?')} (lag {top - st.get('last_index', top)})"
+
+
+def _raft_status(address: str) -> dict:
+    from rmqz.transport.client import ClientError, RpcClient
+    from rmqz.transport.envelope import pack_body, unpack_body
+    try:
+        with RpcClient(f"tcp://{address}", timeout_ms=RAFT_POLL_TIMEOUT_MS, retries=0) as client:
+            _, raw = client.request("dledger", "GetRaftStatus", pack_body({}))
+        return unpack_body(raw, 1 << 20)
+    except ClientError:
+        return {}
+
+
 def _supervise(launcher: ClusterLauncher, stop: _StopFlag, console: Console | None,
                printer: _EventPrinter, topology: Topology) -> None:
     if console is None:
+        watch = RaftWatch(launcher, topology, lambda line: click.echo(line))
         while not stop.requested:
             launcher.poll()
+            watch.poll()
             time.sleep(LOOP_S)
         return
-    with Live(_status_table(launcher, topology), console=console, auto_refresh=False) as live:
+    watch = RaftWatch(launcher, topology, lambda line: console.print(line, markup=False))
+    with Live(_status_table(launcher, topology, watch), console=console, auto_refresh=False) as live:
         printer.live = live
         try:
             next_refresh = time.monotonic()
             while not stop.requested:
                 launcher.poll()
+                watch.poll()
                 if time.monotonic() >= next_refresh:
-                    live.update(_status_table(launcher, topology), refresh=True)
+                    live.update(_status_table(launcher, topology, watch), refresh=True)
                     next_refresh = time.monotonic() + REFRESH_S
                 time.sleep(LOOP_S)
         finally:
             printer.live = None
 
+
+RAFT_POLL_TIMEOUT_MS = 300
 
 # Compact: the seven status columns fit an 80-column terminal.
 TABLE_STYLE: dict[str, Any] = {"box": box.SIMPLE_HEAD, "show_edge": False, "pad_edge": False,
@@ -211,17 +266,22 @@ STATE_STYLES = {"running": "green", "starting": "yellow", "backoff": "yellow",
                 "failed": "bold red", "stopping": "yellow", "stopped": "dim"}
 
 
-def _status_table(launcher: ClusterLauncher, topology: Topology) -> Table:
+def _status_table(launcher: ClusterLauncher, topology: Topology, watch: RaftWatch | None = None) -> Table:
     table = Table(title=f"rmqz up: {topology.name}  ({launcher.data_dir})  Ctrl-C to stop",
                   title_justify="left", **TABLE_STYLE)
-    for column in ("node", "role", "endpoint", "pid", "state", "restarts", "uptime"):
+    raft = watch is not None and bool(watch.members)
+    columns = ("node", "role", "endpoint", "pid", "state", "restarts", "uptime") + (("raft", "commit") if raft else ())
+    for column in columns:
         table.add_column(column, justify="right" if column in ("pid", "restarts") else "left",
                          no_wrap=True)
     for s in launcher.statuses():
         style = STATE_STYLES.get(s.state, "")
-        table.add_row(s.name, s.role, s.address, str(s.pid or "-"),
-                      Text(s.state, style=style), str(s.restarts),
-                      _uptime(s.uptime_s))
+        role = "DLEDGER" if raft and s.name in watch.members else s.role  # the live role is in "raft"
+        row = [s.name, role, s.address, str(s.pid or "-"), Text(s.state, style=style), str(s.restarts),
+               _uptime(s.uptime_s)]
+        if raft:
+            row += list(watch.columns(s.name) or ("", ""))
+        table.add_row(*row)
     return table
 
 
