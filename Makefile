@@ -24,3 +24,13 @@ bench-storage: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Docker images (docker/README.md): rmqz-base:<hash> from Debian's packages (debootstrap, needs
+# root; no image registry) and rmqz:<hash> + rmqz:latest from wheels built here. Both are
+# cached by content hash: an unchanged tree costs a second. IMAGE_FLAGS=--force rebuilds.
+IMAGE_BUILDER := docker/build.py
+IMAGE_FLAGS ?=
+.PHONY: image
+
+image: $(STAMP)
+	$(BIN)/python $(IMAGE_BUILDER) $(IMAGE_FLAGS)

@@ -142,30 +142,40 @@ def open_target(topology: str | None, namesrv: str | None, timeout_ms: int, out:
 @contextlib.contextmanager
 def _launched(topo: Any, out: Console) -> Iterator[tuple[ClusterLauncher, list[NodePlan]]]:
     started = time.monotonic()
+    launcher, plans, data_dir = _start(topo)
+    out.print(f"cluster {topo.name} up in {time.monotonic() - started:.1f} s "
+              f"(NameServer {';'.join(launcher.namesrv_addrs)}, data {data_dir})", markup=False)
+    try:
+        yield launcher, plans
+    finally:
+        _stop(launcher, data_dir)
+
+
+def _start(topo: Any) -> tuple[ClusterLauncher, list[NodePlan], str]:
     for attempt in range(1, LAUNCH_ATTEMPTS + 1):
         plans = _plans_on_free_ports(topo)
         data_dir = prepare_data_dir(tempfile.mkdtemp(prefix=f"rmqz-bench-{topo.name}-"))
         launcher = ClusterLauncher(plans, data_dir, topology_name=topo.name)
         try:
             launcher.start()
+            return launcher, plans, data_dir
         except LaunchError as exc:
-            launcher.stop()
-            if attempt < LAUNCH_ATTEMPTS and "in use" in str(exc).lower():
+            launcher.stop()  # the nodes that did start
+            if attempt < LAUNCH_ATTEMPTS and "in use" in str(exc).lower():  # a port taken since our check
                 shutil.rmtree(data_dir, ignore_errors=True)
                 continue
             first = str(exc).splitlines()[0]
             raise CliError(f"cannot start topology {topo.name}: {first} (data kept in {data_dir})") from None
-        except BaseException:
-            launcher.stop()
-            shutil.rmtree(data_dir, ignore_errors=True)
+        except BaseException:  # Ctrl-C / SIGTERM while starting
+            _stop(launcher, data_dir)
             raise
-        break
-    out.print(f"cluster {topo.name} up in {time.monotonic() - started:.1f} s "
-              f"(NameServer {';'.join(launcher.namesrv_addrs)}, data {data_dir})", markup=False)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _stop(launcher: ClusterLauncher, data_dir: str) -> None:
     try:
-        yield launcher, plans
-    finally:
         launcher.stop()
+    finally:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
@@ -195,18 +205,25 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _await_registration(addr: str, plans: list[NodePlan], timeout_ms: int) -> None:
-    """Ping answers before the first registration lands; wait for every broker."""
-    wanted = {(p.broker.broker_name, p.broker.broker_id) for p in plans if p.broker is not None}
+    """Ping answers before the first registration lands; wait for every broker. A DLedger
+    group's ids are elected, not planned: wait for its leader (id 0) and all its members."""
+    wanted = {(p.broker.broker_name, p.broker.broker_id) for p in plans if p.broker is not None and not p.broker.dledger_id}
+    groups: dict[str, int] = {}
+    for p in plans:
+        if p.broker is not None and p.broker.dledger_id:
+            groups[p.broker.broker_name] = groups.get(p.broker.broker_name, 0) + 1
     deadline = time.monotonic() + REGISTER_WAIT_S
     with NamesrvClient(addr, timeout_ms) as ns:
         while True:
             info = ns.cluster()
             have = {(name, i) for name, bd in info.broker_addr_table.items() for i in bd.broker_addrs}
-            if wanted <= have:
+            ready_groups = {name for name, size in groups.items()
+                            if (name, 0) in have and sum(1 for n, _ in have if n == name) >= size}
+            if wanted <= have and ready_groups == set(groups):
                 return
             if time.monotonic() > deadline:
-                missing = ", ".join(f"{n}/{i}" for n, i in sorted(wanted - have))
-                raise CliError(f"brokers {missing} did not register with the NameServer within {REGISTER_WAIT_S:.0f} s")
+                missing = [f"{n}/{i}" for n, i in sorted(wanted - have)] + [f"{g} (DLedger)" for g in sorted(set(groups) - ready_groups)]
+                raise CliError(f"brokers {', '.join(missing)} did not register with the NameServer within {REGISTER_WAIT_S:.0f} s")
             time.sleep(POLL_S)
 
 

@@ -55,6 +55,9 @@ __all__ = [
 
 # Bodies may be 4 MiB (RocketMQ maxMessageSize) and batches carry several; 8 MiB per frame
 # leaves room. libzmq enforces it per frame and drops the connection of an offender.
+ROUTER_HEARTBEAT_IVL_MS = 1_000
+ROUTER_HEARTBEAT_TIMEOUT_MS = 3_000
+assert ROUTER_HEARTBEAT_IVL_MS < ROUTER_HEARTBEAT_TIMEOUT_MS
 DEFAULT_MAX_FRAME_BYTES = 8 * 1024 * 1024
 # Messages per pipe. Above a client's in-flight bound (10,000), so a pipelining client
 # can never make its own replies hit the HWM and be dropped.
@@ -301,6 +304,13 @@ class TransportAgent:
         self._router = router
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable reply -> error, counted
+        # A peer that reconnects after a partition or a pause comes back with the same routing
+        # id while we may still hold its dead connection; without handover its new connection
+        # would be ignored and it could never rejoin.
+        router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # ZMTP heartbeats close half-open inbound connections that nothing else would notice.
+        router.setsockopt(zmq.HEARTBEAT_IVL, ROUTER_HEARTBEAT_IVL_MS)
+        router.setsockopt(zmq.HEARTBEAT_TIMEOUT, ROUTER_HEARTBEAT_TIMEOUT_MS)
         router.setsockopt(zmq.SNDHWM, self._hwm)
         router.setsockopt(zmq.RCVHWM, self._hwm)
         router.setsockopt(zmq.MAXMSGSIZE, self._max_frame_bytes)
