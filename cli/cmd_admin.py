@@ -7,6 +7,9 @@ Tables by default; ``--json`` prints ONE JSON object for scripts:
 - ``topic-status`` -> {"topic", "brokers": [{broker_name, broker_id, address, state, queues}]}
 - ``create-topic`` -> {"topic", "queues", "cluster", "results": [{broker_name, address, ok, ...}]}
 - ``broker-status``-> the broker's GetBrokerStatus map
+- ``consumer-progress`` -> {"group", "members": [{client_id, topics, mode, queues, ...}],
+                       "queues": [{topic, broker_name, queue_id, broker_offset, consumer_offset,
+                       lag, owner}], "total_lag"}
 """
 
 from __future__ import annotations
@@ -143,6 +146,28 @@ def broker_status_cmd(namesrv: str, broker_addr: str, as_json: bool, timeout_ms:
         print_json(status)
         return
     print_table(f"Broker {addr}", ["Field", "Value"], list(_flatten(status)))
+
+
+@admin.command("consumer-progress")
+@namesrv_option
+@click.option("-g", "--group", "group_name", required=True, help="Consumer group.")
+@click.option("-t", "--topic", default=None, help="Only this topic (default: the topics its live members consume).")
+@json_option
+@timeout_option
+@one_line_errors
+def consumer_progress_cmd(namesrv: str, group_name: str, topic: str | None, as_json: bool, timeout_ms: int) -> None:
+    """Per queue: broker offset, the group's committed offset, lag and the member holding it."""
+    with Admin(namesrv, timeout_ms) as adm:
+        progress = adm.consumer_progress(group_name, topic)
+    if as_json:
+        print_json(progress)
+        return
+    print_table(f"Consumer group {group_name}: {len(progress['members'])} live member(s), "
+                f"total lag {progress['total_lag']}",
+                ["Topic", "Broker", "Queue", "Broker offset", "Consumer offset", "Lag", "Owner"],
+                [[q["topic"], q["broker_name"], q["queue_id"], q["broker_offset"],
+                  None if q["consumer_offset"] == -1 else q["consumer_offset"], q["lag"], q["owner"]]
+                 for q in progress["queues"]])
 
 
 def _perm(perm: int) -> str:

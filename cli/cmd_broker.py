@@ -31,7 +31,7 @@ from rmqz.storage.errors import StorageError
 from rmqz.storage.fs import OsFileSystem
 from rmqz.storage.json_file import load_json, save_json
 from rmqz.storage.message_store import MessageStore, StoreConfig
-from rmqz.storage.metadata import ConsumerOffsetStore, TopicConfigStore
+from rmqz.storage.metadata import ConsumerOffsetStore, DelayOffsetStore, TopicConfigStore
 from rmqz.transport.agent import TransportAgent
 
 STOP_TIMEOUT_S = 15.0
@@ -90,7 +90,7 @@ def open_store(config: BrokerConfig, repair: bool) -> MessageStore:
 class BrokerNode:
     """The running node: store, agent, ticker and the current role's actors."""
 
-    def __init__(self, config: BrokerConfig, store: MessageStore, topics, offsets) -> None:
+    def __init__(self, config: BrokerConfig, store: MessageStore, topics, offsets, delay_offsets=None) -> None:
         self.config = config
         self.store = store
         self.stop = StopSignal()
@@ -99,7 +99,8 @@ class BrokerNode:
         self.agent = TransportAgent(f"{config.broker_name}-{config.broker_id}", f"tcp://{config.listen_host}:{config.listen_port}",
                                     on_peer_event=self._on_peer_event)
         self.raft_log: RaftLog | None = None
-        self.deps = BrokerDeps(config, store, self.agent, topics, offsets, monotonic_ms, self._request_role_change)
+        self.deps = BrokerDeps(config, store, self.agent, topics, offsets, monotonic_ms, self._request_role_change,
+                               delay_offsets=delay_offsets)
         self.ticker = Ticker()
         self.actors: dict = {}
 
@@ -196,13 +197,15 @@ def run_broker(config: BrokerConfig, repair: bool = False) -> int:
     store = open_store(config, repair)
     config_dir = os.path.join(config.store_path_root_dir, "config")
     topics, offsets = TopicConfigStore(store.fs, config_dir), ConsumerOffsetStore(store.fs, config_dir)
+    delay_offsets = DelayOffsetStore(store.fs, config_dir)
     try:
         topics.load()
         offsets.load()
+        delay_offsets.load()
     except StorageError as exc:
         store.crash()
         raise UserError(str(exc)) from None
-    return BrokerNode(config, store, topics, offsets).run()
+    return BrokerNode(config, store, topics, offsets, delay_offsets).run()
 
 
 def start_master(deps: BrokerDeps, watch: FailureWatch) -> dict:

@@ -1,4 +1,4 @@
-"""rmqz client SDK: Producer, PullConsumer, Admin, NamesrvClient.
+"""rmqz client SDK: Producer, PushConsumer, PullConsumer, Admin, NamesrvClient.
 
     from rmqz.client import Producer, PullConsumer
 
@@ -10,6 +10,13 @@
             offset = max(consumer.query_offset(mq), 0)
             pulled = consumer.pull(mq, offset)
             consumer.commit_offset(mq, pulled.next_offset)
+
+    def handle(msg):
+        print(msg.body)
+        return CONSUME_SUCCESS  # or RECONSUME_LATER: back through %RETRY%group-a, then %DLQ%
+
+    with PushConsumer("127.0.0.1:9876", "group-a", "TopicA", handle):
+        ...  # the group's members share the queues; handle runs on the consumer's threads
 
 Every failure is an ``MQClientError`` (see :mod:`rmqz.client.errors`).
 """
@@ -28,9 +35,26 @@ from .errors import (
 )
 from .model import MAX_MESSAGE_BYTES, MessageExt, MessageQueue, PullResult, SendResult
 from .namesrv import NamesrvClient
-from .producer import Producer
+from .producer import Producer, select_by_hash
+from .push import (
+    BROADCASTING,
+    CLUSTERING,
+    CONSUME_SUCCESS,
+    RECONSUME_LATER,
+    SUSPEND,
+    ConsumeStatus,
+    PushConsumer,
+)
 
 __all__ = [
+    "BROADCASTING",
+    "CLUSTERING",
+    "CONSUME_SUCCESS",
+    "RECONSUME_LATER",
+    "SUSPEND",
+    "ConsumeStatus",
+    "PushConsumer",
+    "select_by_hash",
     "DEFAULT_NAMESRV_ADDR",
     "MAX_MESSAGE_BYTES",
     "NAMESRV_ENV",

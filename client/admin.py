@@ -16,17 +16,21 @@ from rmqz.actors.broker.messages import (
     BROKER,
     BROKER_STATUS,
     CREATE_TOPIC,
+    GET_CONSUMER_LIST,
     MAX_QUEUE_ID,
+    QUERY_OFFSET,
     TOPIC_STATUS,
     CreateTopic,
     GetBrokerStatus,
+    GetConsumerList,
     GetTopicStatus,
+    QueryOffset,
 )
 from rmqz.actors.namesrv.messages import MASTER_ID
 
 from .address import parse_addr
 from .errors import MQClientError, NoRouteError
-from .model import check_topic
+from .model import check_group, check_topic
 from .namesrv import NamesrvClient
 from .pool import DEFAULT_TIMEOUT_MS, ClientPool
 
@@ -113,6 +117,58 @@ class Admin:
             else:
                 rows.append({**row, "state": UNREACHABLE, "error": _error_text(reply), "queues": []})
         return {"topic": topic, "brokers": rows}
+
+    def consumer_members(self, group: str) -> list[dict[str, Any]]:
+        """The group's live members as the brokers know them (every broker asked; a
+        member's freshest heartbeat wins): client id, topics, mode, queues held."""
+        check_group(group)
+        info = self.namesrv.cluster()
+        addrs = [a for bd in info.broker_addr_table.values() for a in bd.broker_addrs.values()]
+        replies = self._ask_all(addrs, GET_CONSUMER_LIST, GetConsumerList(group).to_dict())
+        members: dict[str, dict[str, Any]] = {}
+        for reply in replies.values():
+            details = reply.get("details") if isinstance(reply, dict) else None
+            for m in details if isinstance(details, list) else []:
+                if isinstance(m, dict) and isinstance(m.get("client_id"), str):
+                    known = members.get(m["client_id"])
+                    if known is None or m.get("last_seen_ms", 0) >= known.get("last_seen_ms", 0):
+                        members[m["client_id"]] = m
+        return [members[c] for c in sorted(members)]
+
+    def consumer_progress(self, group: str, topic: str | None = None) -> dict[str, Any]:
+        """Per queue of the group's topics (``topic``, else those its live members
+        consume): broker max offset, the group's committed offset, lag and owner."""
+        members = self.consumer_members(group)
+        topics = [check_topic(topic)] if topic else sorted({t for m in members for t in m.get("topics", [])})
+        if not topics:
+            raise NoRouteError(f"group {group!r} has no live member; name the topic with --topic")
+        owners = {tuple(q): m["client_id"] for m in members for q in m.get("queues", []) if len(q) == 3}
+        rows = []
+        for t in topics:
+            try:
+                status = self.topic_status(t)
+            except NoRouteError:
+                continue  # e.g. the retry topic before anything failed
+            masters = {}
+            for b in status["brokers"]:  # the master's view, else the first broker answering
+                if b["state"] == REACHABLE and (b["broker_id"] == MASTER_ID or b["broker_name"] not in masters):
+                    masters[b["broker_name"]] = b
+            for name, b in sorted(masters.items()):
+                queries = {q["queue_id"]: self._pool.request_async(b["address"], BROKER, QUERY_OFFSET,
+                                                                   QueryOffset(group, t, q["queue_id"]).to_dict())
+                           for q in b["queues"] if isinstance(q, dict) and "queue_id" in q}
+                futures_wait(list(queries.values()))
+                for q in b["queues"]:
+                    future = queries.get(q.get("queue_id"))
+                    committed = future.result().get("offset") if future and future.exception() is None else None
+                    high = q.get("max_offset")
+                    lag = high - committed if isinstance(high, int) and isinstance(committed, int) and committed >= 0 \
+                        else None
+                    rows.append({"topic": t, "broker_name": name, "queue_id": q.get("queue_id"), "broker_offset": high,
+                                 "consumer_offset": committed, "lag": lag,
+                                 "owner": owners.get((t, name, q.get("queue_id")))})
+        return {"group": group, "members": members, "queues": rows,
+                "total_lag": sum(r["lag"] for r in rows if isinstance(r["lag"], int))}
 
     def broker_status(self, address: str) -> dict[str, Any]:
         addr = parse_addr(address, "broker address")

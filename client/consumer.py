@@ -26,11 +26,13 @@ from rmqz.actors.broker.messages import (
     MAX_SUSPEND_MS,
     PULL_MESSAGE,
     QUERY_OFFSET,
+    SEARCH_OFFSET,
     TOPIC_STATUS,
     CommitOffset,
     GetTopicStatus,
     PullMessage,
     QueryOffset,
+    SearchOffset,
 )
 from rmqz.actors.namesrv.messages import MASTER_ID
 
@@ -139,6 +141,32 @@ class PullConsumer:
         if type(offset) is not int or offset < -1:
             raise MQClientError("malformed QueryOffset reply: 'offset' must be an int >= -1")
         return offset
+
+    def search_offset(self, mq: MessageQueue, timestamp_ms: int) -> int:
+        """The first offset of the queue stored at or after ``timestamp_ms`` (wall clock,
+        ms since the epoch); the queue's max offset when nothing was stored since."""
+        _check_range("timestamp_ms", timestamp_ms, 0, MAX_OFFSET)
+        reply = self._call(mq, SEARCH_OFFSET, SearchOffset(mq.topic, mq.queue_id, timestamp_ms).to_dict())
+        offset = reply.get("offset")
+        if type(offset) is not int or offset < 0:
+            raise MQClientError("malformed SearchOffsetByTimestamp reply: 'offset' must be an int >= 0")
+        return offset
+
+    def route(self, topic: str) -> RouteSnapshot:
+        """The topic's cached route (brokers and queues). Raises NoRouteError."""
+        return self._snapshot(check_topic(topic))
+
+    def invalidate_route(self, topic: str) -> None:
+        """Refetch the topic's route on its next use (after a routing error)."""
+        if self._routes is not None:
+            self._routes.invalidate(topic)
+
+    def request(self, addr: str, type_: str, body: dict[str, Any], timeout_ms: int | None = None) -> dict[str, Any]:
+        """One request to a broker (``host:port``), on this consumer's connections."""
+        return self._running_pool().request(addr, BROKER, type_, body, timeout_ms)
+
+    def request_async(self, addr: str, type_: str, body: dict[str, Any], timeout_ms: int | None = None) -> Future:
+        return self._running_pool().request_async(addr, BROKER, type_, body, timeout_ms)
 
     def min_offset(self, mq: MessageQueue) -> int:
         return self._queue_offsets(mq)[0]

@@ -97,6 +97,7 @@ class MessageExt:
     store_timestamp_ms: int = 0
     reconsume_times: int = 0
     broker_name: str = ""
+    commit_log_offset: int = 0  # where the broker group stores it (a send-back names it)
 
     @property
     def keys(self) -> str | None:
@@ -242,7 +243,8 @@ def _message(raw: object, mq: MessageQueue) -> MessageExt:
                       born_timestamp_ms=_field(raw, "born_ms", int, where, 0),
                       store_timestamp_ms=_field(raw, "store_ms", int, where, 0),
                       reconsume_times=_field(raw, "reconsume_times", int, where, 0),
-                      broker_name=mq.broker_name)
+                      broker_name=mq.broker_name,
+                      commit_log_offset=_field(raw, "physical_offset", int, where, 0))
 
 
 def parse_pull_reply(reply: Mapping[str, Any], mq: MessageQueue) -> PullResult:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
@@ -47,13 +48,13 @@ from rmqz.actors.broker.messages import (
     SendMessage,
 )
 
-from .errors import BrokerError, ClientTimeout, MQClientError, NoRouteError
+from .errors import BrokerError, ClientTimeout, InvalidMessage, MQClientError, NoRouteError
 from .model import MessageQueue, SendResult, build_message, check_batch, check_topic, parse_send_reply
 from .namesrv import NamesrvClient
 from .pool import ClientPool, check_timeout_ms, now_ms
 from .route import DEFAULT_ROUTE_REFRESH_MS, RouteCache, RouteSnapshot
 
-__all__ = ["FaultTable", "Producer", "SendResult"]
+__all__ = ["FaultTable", "Producer", "SendResult", "select_by_hash"]
 
 DEFAULT_GROUP = "DEFAULT_PRODUCER"
 DEFAULT_SEND_TIMEOUT_MS = 3_000
@@ -74,6 +75,12 @@ assert 1 <= RETRY_WORKERS <= 64
 # Retried on another broker. A routing error also refreshes the route at once.
 ROUTING_ERRORS = frozenset({TOPIC_NOT_EXIST, NOT_MASTER, NO_PERMISSION})
 RETRYABLE_ERRORS = ROUTING_ERRORS | {SYSTEM_BUSY, SYSTEM_ERROR, "UNKNOWN_TARGET", "TARGET_UNAVAILABLE"}
+
+
+def select_by_hash(queues: list[MessageQueue], sharding_key: str) -> MessageQueue:
+    """The default ordered-send selector: crc32 of the key (stable across processes,
+    unlike hash()) modulo the queue count."""
+    return queues[zlib.crc32(sharding_key.encode()) % len(queues)]
 
 
 class FaultTable:
@@ -111,6 +118,7 @@ class _SendJob:
     deadline_ms: int
     attempts_left: int
     outer: Future
+    fixed: Callable[[RouteSnapshot], MessageQueue] | None = None  # ordered send: this queue only
     tried: set[str] = field(default_factory=set)
     attempts: int = 0
     last_error: BaseException | None = None
@@ -203,12 +211,43 @@ class Producer:
         messages = [build_message(b, key, tags, properties, stamp) for b in bodies]
         return self._submit(topic, check_batch(messages))
 
+    def send_orderly(self, topic: str, body: bytes | str, sharding_key: str,
+                     key: str | Iterable[str] | None = None, tags: str | None = None,
+                     properties: Mapping[str, str] | None = None,
+                     selector: Callable[[list[MessageQueue], str], MessageQueue] | None = None) -> SendResult:
+        """Send to the queue the sharding key selects, so messages with the same key are
+        stored (and, with an orderly consumer, consumed) in send order. The default
+        selector is crc32(sharding_key) modulo the topic's write queues; ``selector(queues,
+        sharding_key)`` replaces it. ONE attempt: an ordered send never fails over to
+        another queue (that could reorder it), it raises instead."""
+        return self.send_orderly_async(topic, body, sharding_key, key, tags, properties, selector).result()
+
+    def send_orderly_async(self, topic: str, body: bytes | str, sharding_key: str,
+                           key: str | Iterable[str] | None = None, tags: str | None = None,
+                           properties: Mapping[str, str] | None = None,
+                           selector: Callable[[list[MessageQueue], str], MessageQueue] | None = None) -> Future:
+        check_topic(topic)
+        if not isinstance(sharding_key, str) or not sharding_key:
+            raise InvalidMessage("sharding_key must be a non-empty string")
+        choose = selector or select_by_hash
+
+        def fixed(snapshot: RouteSnapshot) -> MessageQueue:
+            queues = list(snapshot.write_queues)
+            mq = choose(queues, sharding_key)
+            if mq not in queues:
+                raise MQClientError(f"selector chose {mq!r}, which is not a write queue of {topic!r}")
+            return mq
+
+        return self._submit(topic, [build_message(body, key, tags, properties)], fixed)
+
     # ------------------------------------------------------------------ send path
 
-    def _submit(self, topic: str, messages: list[OutMessage]) -> Future:
+    def _submit(self, topic: str, messages: list[OutMessage],
+                fixed: Callable[[RouteSnapshot], MessageQueue] | None = None) -> Future:
         if self._state != "running":
             raise MQClientError("producer is not running (use `with Producer(...)` or call start())")
-        job = _SendJob(topic, messages, self._clock_ms() + self.send_timeout_ms, 1 + self.retry_times, Future())
+        attempts = 1 if fixed is not None else 1 + self.retry_times
+        job = _SendJob(topic, messages, self._clock_ms() + self.send_timeout_ms, attempts, Future(), fixed)
         self._attempt(job)
         return job.outer
 
@@ -229,7 +268,7 @@ class Producer:
                 return
             if job.attempts == 0:  # the budget starts once the route is known (auto-create)
                 job.deadline_ms = self._clock_ms() + self.send_timeout_ms
-            mq = self._select(snapshot, job.tried)
+            mq = job.fixed(snapshot) if job.fixed is not None else self._select(snapshot, job.tried)
             addr = snapshot.master_addr(mq.broker_name)
             remaining = job.deadline_ms - self._clock_ms()
             if addr is None or remaining <= 0:

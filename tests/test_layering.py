@@ -14,6 +14,7 @@ IMPURE = {"pykka", "zmq", "msgpack", "os", "time", "threading", "socket", "logur
 PURE_FILES = [
     "actors/namesrv/core.py", "actors/namesrv/messages.py",
     "actors/broker/messages.py", "actors/broker/ha_core.py",
+    "actors/broker/consumer_manager.py", "actors/broker/retry_core.py", "client/allocate.py",
     "actors/dledger/core.py", "actors/dledger/messages.py", "actors/dledger/quorum.py",
     "actors/dledger/memory_log.py",
     "transport/heartbeat.py", "cli/topology.py",

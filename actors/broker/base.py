@@ -12,25 +12,30 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
 
 from rmqz.actors.base import RmqzActor
 from rmqz.actors.broker import messages as proto
+from rmqz.actors.broker import retry_core
 from rmqz.actors.broker.config import BrokerConfig
+from rmqz.actors.broker.consumer_manager import CLUSTERING, ConsumerTable, MembershipError
 from rmqz.actors.broker.long_poll import HeldPull, PullHolds
 from rmqz.actors.namesrv import messages as ns
 from rmqz.actors.ticker import Tick
 from rmqz.storage import message_store as ms
-from rmqz.storage.errors import CorruptStoreError, MessageTooLargeError, StoreFailedError
-from rmqz.storage.metadata import PERM_READ, ConsumerOffsetStore, TopicConfigStore
-from rmqz.storage.record import RecordError
+from rmqz.storage.errors import CorruptStoreError, MessageTooLargeError, OffsetError, StoreFailedError
+from rmqz.storage.metadata import PERM_READ, ConsumerOffsetStore, DelayOffsetStore, TopicConfigStore
+from rmqz.storage.record import Message, RecordError, StoredMessage
 from rmqz.transport.envelope import EnvelopeError, Header, Inbound, pack_body, unpack_body
 
 MAX_REQUEST_BYTES = 72 * 1024 * 1024
+SCHEDULE_SCAN_BATCH = 32  # messages read per delay level per scan
+MAX_SEARCH_STEPS = 64  # binary search over a queue of up to 2**63 offsets
 assert MAX_REQUEST_BYTES > 64 * 1024 * 1024
+assert 1 <= SCHEDULE_SCAN_BATCH <= 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +75,9 @@ class BrokerDeps:
     # Thread-safe: asks the node to swap this broker's role (promotion). The node, not the
     # actor, restarts the role's actors: an actor cannot replace itself.
     request_role_change: Callable[[str], None] = lambda role: None
+    # Kept across a role swap: members need not re-join, schedule progress is not replayed.
+    consumers: ConsumerTable = field(default_factory=ConsumerTable)
+    delay_offsets: DelayOffsetStore | None = None  # None: loaded from <store>/config
 
 
 class BrokerBase(RmqzActor):
@@ -91,10 +99,18 @@ class BrokerBase(RmqzActor):
         self._cids = itertools.count(1)
         self._last: dict[str, int] = {}
         self._offsets_saved_version = self.offsets.data_version
+        self.consumers = deps.consumers
+        if deps.delay_offsets is None:
+            deps.delay_offsets = DelayOffsetStore(self.store.fs, os.path.join(self.store.root, "config"))
+            deps.delay_offsets.load()
+        self.delay_offsets = deps.delay_offsets
+        self.delay_levels = retry_core.parse_delay_levels(self.config.message_delay_level)
         self.handlers: dict[str, Callable[[Any, ReplyTo], None]] = {
             proto.PULL_MESSAGE: self._on_pull, proto.COMMIT_OFFSET: self._on_commit_offset,
             proto.QUERY_OFFSET: self._on_query_offset, proto.TOPIC_STATUS: self._on_topic_status,
-            proto.BROKER_STATUS: self._on_broker_status,
+            proto.BROKER_STATUS: self._on_broker_status, proto.HEARTBEAT_CONSUMER: self._on_heartbeat_consumer,
+            proto.UNREGISTER_CONSUMER: self._on_unregister_consumer,
+            proto.GET_CONSUMER_LIST: self._on_get_consumer_list, proto.SEARCH_OFFSET: self._on_search_offset,
         }
 
     # ---- life cycle ----------------------------------------------------------------------
@@ -151,7 +167,7 @@ class BrokerBase(RmqzActor):
             req = proto.decode_request(inbound.header.type, unpack_body(inbound.body, MAX_REQUEST_BYTES))
             handler = self.handlers.get(inbound.header.type)
             if handler is None:
-                raise Refusal(proto.NOT_MASTER if inbound.header.type in (proto.SEND_MESSAGE, proto.CREATE_TOPIC)
+                raise Refusal(proto.NOT_MASTER if inbound.header.type in proto.WRITE_REQUESTS
                               else proto.BAD_REQUEST, f"{inbound.header.type} is not served by a {self.ROLE.lower()}")
             handler(req, reply)
         except (EnvelopeError, proto.ProtocolError) as exc:
@@ -257,6 +273,125 @@ class BrokerBase(RmqzActor):
             "registered_with": sorted(self.registered_with), "stats": dict(self.stats), **self.status_extra(),
         })
 
+    def _on_search_offset(self, req: proto.SearchOffset, reply: ReplyTo) -> None:
+        """Binary search on store timestamps (they grow with the queue offset)."""
+        lo, hi = self.store.min_offset(req.topic, req.queue_id), self.store.max_offset(req.topic, req.queue_id)
+        for _ in range(MAX_SEARCH_STEPS):
+            if lo >= hi:
+                break
+            mid = (lo + hi) // 2
+            found = self.store.get_messages(req.topic, req.queue_id, mid, 1).messages
+            if found and found[0].store_timestamp_ms < req.timestamp_ms:
+                lo = mid + 1
+            else:
+                hi = mid
+        self._reply(reply, {"offset": lo})
+
+    # ---- consumer groups -----------------------------------------------------------------
+
+    def _on_heartbeat_consumer(self, req: proto.HeartbeatConsumer, reply: ReplyTo) -> None:
+        now = self.clock_ms()
+        try:
+            joined = self.consumers.heartbeat(req.group, req.client_id, req.topics, req.mode,
+                                              req.heartbeat_interval_ms, now, req.queues)
+        except MembershipError as exc:
+            raise Refusal(proto.BAD_REQUEST, str(exc)) from None
+        if joined:
+            logger.info("broker {}: consumer {} joined group {} ({})", self.node_id, req.client_id, req.group, req.mode)
+        if req.mode == CLUSTERING and len(req.group) <= retry_core.MAX_GROUP_TOPIC_GROUP_CHARS:
+            self.on_clustering_heartbeat(retry_core.retry_topic(req.group))
+        self._reply(reply, {"members": self.consumers.members(req.group, now)})
+
+    def on_clustering_heartbeat(self, retry_topic: str) -> None:
+        """Role hook: a master makes sure the group's retry topic exists (and is routed)."""
+
+    def _on_unregister_consumer(self, req: proto.UnregisterConsumer, reply: ReplyTo) -> None:
+        if self.consumers.unregister(req.group, req.client_id):
+            logger.info("broker {}: consumer {} left group {}", self.node_id, req.client_id, req.group)
+        self._reply(reply, {})
+
+    def _on_get_consumer_list(self, req: proto.GetConsumerList, reply: ReplyTo) -> None:
+        now = self.clock_ms()
+        self._reply(reply, {"members": self.consumers.members(req.group, now),
+                            "details": [m.to_dict() for m in self.consumers.details(req.group, now)]})
+
+    def _expire_consumers(self, now_ms: int) -> None:
+        for group, client_id in self.consumers.expire(now_ms):
+            logger.info("broker {}: consumer {} of group {} expired (no heartbeat)", self.node_id, client_id, group)
+
+    # ---- send-back and the schedule service (used by the roles that write) ----------------
+
+    def read_original(self, req: proto.SendBack) -> StoredMessage:
+        """The message a SendBack names, checked against the topic the consumer gave."""
+        log = self.store.commit_log
+        if not log.min_offset <= req.physical_offset < log.committed_offset:
+            raise Refusal(proto.SYSTEM_BUSY if req.physical_offset >= log.committed_offset else proto.BAD_REQUEST,
+                          f"no message at commit-log offset {req.physical_offset} on {self.config.broker_name} "
+                          f"(log holds {log.min_offset}..{log.committed_offset})")
+        try:
+            msg = log.read(req.physical_offset)
+        except OffsetError as exc:
+            raise Refusal(proto.BAD_REQUEST, f"no message at commit-log offset {req.physical_offset}: {exc}") from None
+        if msg.topic != req.topic:
+            raise Refusal(proto.BAD_REQUEST, f"the message at offset {req.physical_offset} belongs to {msg.topic}, "
+                                             f"not {req.topic}")
+        return msg
+
+    def send_back_copy(self, req: proto.SendBack, original: StoredMessage) -> tuple[retry_core.SendBackPlan, Message]:
+        if len(req.group) > retry_core.MAX_GROUP_TOPIC_GROUP_CHARS:
+            raise Refusal(proto.BAD_REQUEST, f"group name longer than {retry_core.MAX_GROUP_TOPIC_GROUP_CHARS} "
+                                             "chars has no retry topic")
+        origin_id = req.msg_id or proto.msg_id(self.config.broker_name, original.physical_offset)
+        plan = retry_core.plan_send_back(req.group, original.topic, original.properties, original.reconsume_times,
+                                         origin_id, req.delay_level, req.max_reconsume_times, len(self.delay_levels))
+        copy = Message(plan.topic, original.body, plan.queue_id, original.flag, plan.properties,
+                       original.born_timestamp_ms, reconsume_times=plan.reconsume_times)
+        return plan, copy
+
+    @staticmethod
+    def send_back_body(plan: retry_core.SendBackPlan) -> dict:
+        return {"status": proto.SEND_OK, "topic": plan.real_topic, "dead": plan.dead,
+                "reconsume_times": plan.reconsume_times, "delay_level": plan.delay_level}
+
+    def schedule_levels(self) -> list[int]:
+        """Delay levels whose schedule queue exists in the store (also levels beyond the
+        configured table, left by an earlier config: they use the last level's delay)."""
+        queues = self.store.queues
+        return [level for level in range(1, retry_core.MAX_DELAY_LEVELS + 1)
+                if (retry_core.SCHEDULE_TOPIC, level - 1) in queues]
+
+    def due_scheduled(self, level: int, now_wall_ms: int) -> tuple[int, list[StoredMessage], int]:
+        """(schedule offset now, messages due at the head of the level's queue, offset after
+        them). Messages of one level are due in store order, so the scan stops at the first
+        not due. An offset outside the queue (data deleted or cut) moves to its edge, with
+        no message. Changes nothing: the caller moves the offset (DLedger: through Raft)."""
+        offset = self.delay_offsets.get(level)
+        res = self.store.get_messages(retry_core.SCHEDULE_TOPIC, level - 1, offset, SCHEDULE_SCAN_BATCH)
+        if res.status in (ms.OFFSET_TOO_SMALL, ms.OFFSET_OVERFLOW_BADLY):
+            logger.warning("broker {}: schedule level {} offset {} outside its queue; moving to {}",
+                           self.node_id, level, offset, res.next_offset)
+            return offset, [], res.next_offset
+        if res.status != ms.FOUND:
+            return offset, [], offset
+        delay_ms = self.delay_levels[min(level, len(self.delay_levels)) - 1]
+        due = []
+        for m in res.messages:
+            if m.store_timestamp_ms + delay_ms > now_wall_ms:
+                break
+            due.append(m)
+        return offset, due, offset + len(due)
+
+    def real_message(self, scheduled: StoredMessage) -> Message | None:
+        """The message a scheduled one stands for, in its real topic (None: damaged)."""
+        real = retry_core.unschedule(scheduled.properties)
+        if real is None:
+            logger.error("broker {}: scheduled message at {} has no valid real topic; skipped",
+                         self.node_id, scheduled.physical_offset)
+            return None
+        topic, qid, props = real
+        return Message(topic, scheduled.body, qid, scheduled.flag, props, scheduled.born_timestamp_ms,
+                       reconsume_times=scheduled.reconsume_times)
+
     def role_name(self) -> str:
         return self.config.broker_role
 
@@ -303,6 +438,8 @@ class BrokerBase(RmqzActor):
         for held in self.holds.expire(now):
             self._pull_reply(held.reply, proto.NO_NEW_MSG, held.request.offset, 0, 0, [])
         self.on_tick(now)
+        if self.due("consumers", now, self.config.long_polling_check_interval_ms * 5):
+            self._expire_consumers(now)
         if self.due("checkpoint", now, self.config.checkpoint_interval_ms):
             self.store.checkpoint()
         if self.due("offsets", now, self.config.flush_consumer_offset_interval_ms):

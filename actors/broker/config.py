@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from rmqz.actors.broker.retry_core import DEFAULT_DELAY_LEVELS, parse_delay_levels
+
 ROLES = ("ASYNC_MASTER", "SYNC_MASTER", "SLAVE")
 FLUSH_TYPES = ("ASYNC_FLUSH", "SYNC_FLUSH")
 MAX_CONF_BYTES = 1024 * 1024
@@ -58,6 +60,8 @@ class BrokerConfig:
     slave_ack_timeout_ms: int = 3_000
     slave_metadata_sync_interval_ms: int = 10_000
     slave_lag_suggest_master_bytes: int = 1024 * 1024
+    # Delays of the retry levels (RocketMQ's messageDelayLevel; "ms" allowed for tests).
+    message_delay_level: str = DEFAULT_DELAY_LEVELS
     # DLedger: the group elects its master by Raft (RocketMQ's enableDLegerCommitLog).
     enable_dledger: bool = False
     dledger_group: str = ""
@@ -175,6 +179,10 @@ def _check(cfg: BrokerConfig) -> None:
         raise ConfigError(f"namesrvAddr: expected host:port;host:port, got {';'.join(cfg.namesrv_addr)!r}")
     if cfg.ha_master_address and not ADDR_PATTERN.fullmatch(cfg.ha_master_address):
         raise ConfigError(f"haMasterAddress: expected host:port, got {cfg.ha_master_address!r}")
+    try:
+        parse_delay_levels(cfg.message_delay_level)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if cfg.enable_dledger:
         _check_dledger(cfg)
     if cfg.max_message_size + 4096 > cfg.mapped_file_size_commit_log:

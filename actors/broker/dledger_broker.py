@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import itertools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
 
 from rmqz.actors.broker import dledger_entries as de
 from rmqz.actors.broker import messages as proto
+from rmqz.actors.broker import retry_core
 from rmqz.actors.broker.base import BrokerBase, BrokerDeps, Refusal, ReplyTo
 from rmqz.actors.dledger.actor import Apply, Propose, ProposeFailed, RoleChanged
 from rmqz.actors.dledger.core import LEADER
@@ -28,6 +29,8 @@ from rmqz.storage.json_file import load_json, require, save_json
 from rmqz.storage.metadata import PERM_WRITE, TopicConfig
 
 APPLIED_FILE = "applied.json"
+RETRY_TOPIC_PROPOSE_GAP_MS = 1_000  # a heartbeat re-proposes a missing retry topic at most this often
+assert RETRY_TOPIC_PROPOSE_GAP_MS > 0
 # One Raft entry travels whole in one App frame (transport limit 8 MiB): keep room for headers.
 MAX_PROPOSAL_BYTES = 6 * 1024 * 1024
 assert MAX_PROPOSAL_BYTES < 8 * 1024 * 1024
@@ -40,10 +43,13 @@ class AttachDLedger:
 
 @dataclass(frozen=True, slots=True)
 class AppliedPoint:
-    """The last applied Raft index and the commit-log end it produced (flushed)."""
+    """The last applied Raft index, the commit-log end it produced (flushed) and the
+    schedule offsets at that point (saved in the same file: they must agree exactly, since
+    re-applying an entry after a restart checks them)."""
 
     index: int
     offset: int
+    delay: dict[str, int] = field(default_factory=dict)
 
 
 def load_applied(fs: Any, dledger_dir: str) -> AppliedPoint:
@@ -53,7 +59,10 @@ def load_applied(fs: Any, dledger_dir: str) -> AppliedPoint:
         return AppliedPoint(0, 0)
     require(path, isinstance(raw, dict) and all(isinstance(raw.get(k), int) and raw[k] >= 0 for k in ("index", "offset")),
             "expected {\"index\": int, \"offset\": int}")
-    return AppliedPoint(raw["index"], raw["offset"])
+    delay = raw.get("delay", {})
+    require(path, isinstance(delay, dict) and all(k.isdigit() and isinstance(v, int) and v >= 0 for k, v in delay.items()),
+            "delay must map level to offset")
+    return AppliedPoint(raw["index"], raw["offset"], delay)
 
 
 class BrokerDLedger(BrokerBase):
@@ -73,8 +82,13 @@ class BrokerDLedger(BrokerBase):
         self.config.broker_id = self.follower_id
         self._queue_rr = itertools.count()
         self._offsets_proposed_version = -1
-        self.stats.update({"applied": 0, "proposals_failed": 0})
-        self.handlers.update({proto.SEND_MESSAGE: self._on_send, proto.CREATE_TOPIC: self._on_create_topic})
+        self.stats.update({"applied": 0, "proposals_failed": 0, "sent_back": 0, "scheduled_delivered": 0})
+        self.handlers.update({proto.SEND_MESSAGE: self._on_send, proto.CREATE_TOPIC: self._on_create_topic,
+                              proto.SEND_BACK: self._on_send_back})
+        # Schedule progress is replicated state: it comes from the applied point, not delayOffset.json.
+        self.delay_offsets.table = dict(applied.delay)
+        self._schedule_in_flight: set[int] = set()  # levels with a delivery proposed, not yet applied
+        self._retry_topics_proposed: dict[str, int] = {}
 
     def handle_AttachDLedger(self, msg: AttachDLedger) -> None:
         self.dledger = msg.ref
@@ -138,10 +152,67 @@ class BrokerDLedger(BrokerBase):
         self.dledger.tell(Propose(de.encode_topic(cfg), ("topic", reply, not exists)))
         return None
 
+    # ---- send-back and the schedule service ----------------------------------------------
+    #
+    # A send-back is a write like any other: the leader proposes the copy (to the schedule
+    # topic, or to the dead-letter topic) and answers once it is committed and applied. The
+    # schedule service runs on the leader only; each delivery is proposed together with the
+    # schedule offset it moves from and to, and applied only if that offset is unchanged, so
+    # a delivery proposed by an old leader and again by a new one is stored once.
+
+    def _on_send_back(self, req: proto.SendBack, reply: ReplyTo) -> None:
+        self._require_leader()
+        plan, copy = self.send_back_copy(req, self.read_original(req))
+        out = proto.OutMessage(copy.body, copy.properties, copy.flag, copy.born_timestamp_ms, copy.reconsume_times)
+        data = de.encode_messages(plan.topic, plan.queue_id, [out], self.store.clock_ms())
+        self.dledger.tell(Propose(data, ("sendback", reply, self.send_back_body(plan))))
+
+    def on_clustering_heartbeat(self, retry_topic: str) -> None:
+        if not self.is_leader or self.dledger is None or self.topics.get(retry_topic) is not None:
+            return
+        now = self.clock_ms()
+        if now - self._retry_topics_proposed.get(retry_topic, now - RETRY_TOPIC_PROPOSE_GAP_MS) < RETRY_TOPIC_PROPOSE_GAP_MS:
+            return
+        self._retry_topics_proposed[retry_topic] = now
+        self.dledger.tell(Propose(de.encode_topic(TopicConfig(retry_topic, 1, 1)), None))
+
+    def _propose_deliveries(self) -> None:
+        now_wall = self.store.clock_ms()
+        for level in self.schedule_levels():
+            if level in self._schedule_in_flight:
+                continue
+            offset, due, end = self.due_scheduled(level, now_wall)
+            if end == offset:
+                continue
+            run = self._same_target_run(due) if due else []
+            reals = [r for r in (self.real_message(m) for m in run) if r is not None]
+            target = (reals[0].topic, reals[0].queue_id) if reals else (retry_core.SCHEDULE_TOPIC, level - 1)
+            outs = [proto.OutMessage(r.body, r.properties, r.flag, r.born_timestamp_ms, r.reconsume_times) for r in reals]
+            to = run[-1].queue_offset + 1 if run else end
+            data = de.encode_messages(target[0], target[1], outs, now_wall, (level, offset, to))
+            self._schedule_in_flight.add(level)
+            self.dledger.tell(Propose(data, ("schedule", level)))
+
+    def _same_target_run(self, due: list) -> list:
+        """The longest prefix of due messages going to one (topic, queue): one entry each."""
+        first = retry_core.unschedule(due[0].properties)
+        if first is None:
+            return due[:1]
+        run = [due[0]]
+        for m in due[1:]:
+            real = retry_core.unschedule(m.properties)
+            if real is None or real[:2] != first[:2]:
+                break
+            run.append(m)
+        return run
+
     def handle_ProposeFailed(self, msg: ProposeFailed) -> None:
         self.stats["proposals_failed"] += 1
         if msg.token is None:
             return  # our own offsets proposal: the next interval proposes again
+        if msg.token[0] == "schedule":
+            self._schedule_in_flight.discard(msg.token[1])  # proposed again by the next scan
+            return
         addr = self.config.peers().get(msg.leader or "", "unknown")
         self._error(msg.token[1], proto.NOT_MASTER, f"{msg.reason}; leader is {msg.leader or 'not elected yet'} at {addr}")
 
@@ -167,22 +238,36 @@ class BrokerDLedger(BrokerBase):
             self._apply_offsets(item.offsets)
 
     def _apply_messages(self, item: de.MessagesEntry, token: Any) -> None:
-        if self.topics.get(item.topic) is None:
-            n = self.config.default_topic_queue_nums  # same on every node: deterministic
+        if token is not None and token[0] == "schedule":
+            self._schedule_in_flight.discard(token[1])
+        if item.delay is not None:
+            level, lo, hi = item.delay
+            if self.delay_offsets.get(level) != lo:
+                return  # delivered already (proposed twice across a leader change): same on every node
+            self.delay_offsets.set(level, hi)
+            self.stats["scheduled_delivered"] += len(item.messages)
+            if not item.messages:
+                return  # damaged scheduled messages, skipped
+        if self.topics.get(item.topic) is None and item.topic != retry_core.SCHEDULE_TOPIC:
+            # Same on every node: deterministic. Retry and dead-letter topics have one queue.
+            n = 1 if retry_core.is_group_topic(item.topic) else self.config.default_topic_queue_nums
             self._apply_topic(TopicConfig(item.topic, n, n))
-        msgs = [rec.Message(item.topic, m.body, item.queue_id, m.flag, m.properties, m.born_timestamp_ms)
-                for m in item.messages]
+        msgs = [rec.Message(item.topic, m.body, item.queue_id, m.flag, m.properties, m.born_timestamp_ms,
+                            reconsume_times=m.reconsume_times) for m in item.messages]
         try:
             results = self.store.put_messages(msgs, store_timestamp_ms=item.store_timestamp_ms)
         except (rec.RecordError, MessageTooLargeError) as exc:
             # Every node refuses the same entry the same way, so replicas stay identical.
-            if token is not None:
+            if token is not None and token[0] in ("send", "sendback"):
                 self._error(token[1], proto.MESSAGE_ILLEGAL, str(exc))
             return
         self.store.commit()
         self.stats["sent"] += len(results)
         self.wake_pulls((item.topic, item.queue_id))
-        if token is not None:
+        if token is not None and token[0] == "sendback":
+            self.stats["sent_back"] += 1
+            self._reply(token[1], token[2])
+        elif token is not None and token[0] == "send":
             self._reply(token[1], {
                 "status": proto.SEND_OK, "broker_name": self.config.broker_name, "queue_id": item.queue_id,
                 "results": [{"msg_id": proto.msg_id(self.config.broker_name, r.physical_offset),
@@ -211,6 +296,7 @@ class BrokerDLedger(BrokerBase):
         self.leader = msg.leader
         self.term = msg.term
         self.config.broker_id = 0 if self.is_leader else self.follower_id
+        self._schedule_in_flight.clear()  # proposals of an old term fail or are applied; a scan proposes again
         if self.is_leader != was:
             logger.warning("broker {} {} of {} at term {}", self.config.dledger_self_id,
                            "became LEADER (master, brokerId 0)" if self.is_leader else "is now a follower",
@@ -230,12 +316,15 @@ class BrokerDLedger(BrokerBase):
             self.save_applied()
         if self.is_leader and self.due("offsets_propose", now_ms, self.config.flush_consumer_offset_interval_ms):
             self._propose_offsets()
+        if self.is_leader and self.dledger is not None:
+            self._propose_deliveries()
 
     def save_applied(self) -> None:
         """Flush first: the applied point promises the store holds everything up to it."""
         self.store.flush()
         save_json(self.store.fs, os.path.join(self.dledger_dir, APPLIED_FILE),
-                  {"index": self.applied_index, "offset": self.store.commit_log.wrote_offset})
+                  {"index": self.applied_index, "offset": self.store.commit_log.wrote_offset,
+                   "delay": dict(self.delay_offsets.table)})
 
     def _propose_offsets(self) -> None:
         if self.offsets.data_version != self._offsets_proposed_version and self.offsets.table and self.dledger:

@@ -31,7 +31,11 @@ class MessagesEntry:
     topic: str
     queue_id: int
     store_timestamp_ms: int
-    messages: list[proto.OutMessage]
+    messages: list[proto.OutMessage]  # empty only with `delay` (skips damaged scheduled messages)
+    # The schedule service delivering due messages: (level, from_offset, to_offset). Applied
+    # only if the level's schedule offset is still from_offset, so a delivery proposed twice
+    # (by an old and a new leader) is stored once, on every node alike.
+    delay: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +48,13 @@ class OffsetsEntry:
     offsets: dict[str, dict[str, int]]  # "topic@group" -> {"queue_id": offset}
 
 
-def encode_messages(topic: str, queue_id: int, msgs: list[proto.OutMessage], store_timestamp_ms: int) -> bytes:
-    rows = [[m.body, m.properties, m.flag, m.born_timestamp_ms] for m in msgs]
-    return msgpack.packb([MESSAGES, topic, queue_id, store_timestamp_ms, rows], use_bin_type=True)
+def encode_messages(topic: str, queue_id: int, msgs: list[proto.OutMessage], store_timestamp_ms: int,
+                    delay: tuple[int, int, int] | None = None) -> bytes:
+    # A row has a 5th item (reconsume times) only when non-zero: older entries decode alike.
+    rows = [[m.body, m.properties, m.flag, m.born_timestamp_ms] + ([m.reconsume_times] if m.reconsume_times else [])
+            for m in msgs]
+    item = [MESSAGES, topic, queue_id, store_timestamp_ms, rows] + ([list(delay)] if delay is not None else [])
+    return msgpack.packb(item, use_bin_type=True)
 
 
 def encode_topic(cfg: TopicConfig) -> bytes:
@@ -71,16 +79,33 @@ def decode(data: bytes) -> MessagesEntry | TopicEntry | OffsetsEntry | None:
         raise EntryError(f"undecodable entry: {exc}") from exc
 
 
+def _row(r: Any) -> proto.OutMessage:
+    msg = proto.OutMessage.from_dict({"body": r[0], "properties": r[1], "flag": r[2], "born_ms": r[3]})
+    if len(r) > 4:
+        if not isinstance(r[4], int) or not 0 <= r[4] < 2**32:
+            raise ValueError("bad reconsume times")
+        msg.reconsume_times = r[4]
+    return msg
+
+
 def _decode(item: Any) -> MessagesEntry | TopicEntry | OffsetsEntry:
     if not isinstance(item, list) or not item:
         raise ValueError("entry must be a non-empty list")
     kind = item[0]
     if kind == MESSAGES:
-        _, topic, queue_id, ts, rows = item
-        msgs = [proto.OutMessage.from_dict({"body": r[0], "properties": r[1], "flag": r[2], "born_ms": r[3]}) for r in rows]
+        _, topic, queue_id, ts, rows, *rest = item
+        msgs = [_row(r) for r in rows]
         if not isinstance(topic, str) or not isinstance(queue_id, int) or not isinstance(ts, int):
             raise ValueError("bad batch header")
-        return MessagesEntry(topic, queue_id, ts, msgs)
+        delay = None
+        if rest:
+            level, lo, hi = rest[0]
+            if not all(isinstance(x, int) and x >= 0 for x in (level, lo, hi)) or hi < lo:
+                raise ValueError("bad delay advance")
+            delay = (level, lo, hi)
+        elif not msgs:
+            raise ValueError("empty batch")
+        return MessagesEntry(topic, queue_id, ts, msgs, delay)
     if kind == TOPIC:
         _, topic, read_q, write_q, perm, order = item
         cfg = TopicConfig(topic, read_q, write_q, perm, bool(order))

@@ -14,14 +14,14 @@ from typing import Any
 from loguru import logger
 
 from rmqz.actors.base import tell_quietly
-from rmqz.actors.broker import ha_core
+from rmqz.actors.broker import ha_core, retry_core
 from rmqz.actors.broker.ha_core import DataAvailable, SlaveAck, SlaveGone
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.base import AgentReady, BrokerBase, BrokerDeps, PrepareStop, Refusal, ReplyTo
 from rmqz.actors.broker.flush import FlushFailed, Flushed, FlushRequest
 from rmqz.storage.errors import StoreFailedError
 from rmqz.storage.metadata import PERM_WRITE, TopicConfig
-from rmqz.storage.record import Message
+from rmqz.storage.record import Message, StoredMessage
 
 MAX_FLUSH_WAITERS = 100_000
 assert MAX_FLUSH_WAITERS > 0
@@ -53,7 +53,9 @@ class BrokerMaster(BrokerBase):
         self.stats.update({"flush_timeouts": 0, "slave_timeouts": 0, "slave_not_available": 0})
         self._queue_rr = itertools.count()
         self.handlers.update({proto.SEND_MESSAGE: self._on_send, proto.CREATE_TOPIC: self._on_create_topic,
-                              proto.GET_METADATA: self._on_get_metadata})
+                              proto.GET_METADATA: self._on_get_metadata, proto.SEND_BACK: self._on_send_back})
+        self.stats.update({"sent_back": 0, "dead_lettered": 0, "scheduled_delivered": 0})
+        self._delay_saved_version = self.delay_offsets.data_version
 
     def before_stop(self) -> None:
         flushed = self.store.flush()
@@ -70,20 +72,79 @@ class BrokerMaster(BrokerBase):
             raise Refusal(proto.BAD_REQUEST, f"queue {qid} does not exist: {req.topic} has {cfg.write_queue_nums} write queues")
         now = self.store.clock_ms()  # wall clock, as born/store timestamps are
         msgs = [Message(req.topic, m.body, qid, m.flag, m.properties, m.born_timestamp_ms or now) for m in req.messages]
-        results = self.store.put_messages(msgs)
-        self.store.commit()
-        end = self.store.commit_log.committed_offset
+        results, end = self._append(msgs)
         self.stats["sent"] += len(results)
-        self.wake_pulls((req.topic, qid))
-        if self.ha_ref is not None:
-            self.ha_ref.tell(DataAvailable(end))
         body = {"status": proto.SEND_OK, "broker_name": self.config.broker_name, "queue_id": qid,
                 "results": [{"msg_id": proto.msg_id(self.config.broker_name, r.physical_offset),
                              "queue_offset": r.queue_offset} for r in results]}
+        self._await_durable(end, reply, body)
+
+    def _append(self, msgs: list[Message]) -> tuple[list, int]:
+        """Store a batch of one (topic, queue), wake its held pulls, tell the HA service."""
+        results = self.store.put_messages(msgs)
+        self.store.commit()
+        end = self.store.commit_log.committed_offset
+        self.wake_pulls((msgs[0].topic, msgs[0].queue_id))
+        if self.ha_ref is not None:
+            self.ha_ref.tell(DataAvailable(end))
+        return results, end
+
+    def _await_durable(self, end: int, reply: ReplyTo, body: dict) -> None:
+        """Answer once the write is as durable as configured (disk, then slaves)."""
         if self.config.flush_disk_type == "SYNC_FLUSH":
             self._await_flush(end, reply, body)
         else:
             self._await_slaves(end, reply, body)
+
+    # ---- send-back: retry and dead-letter topics -----------------------------------------
+
+    def _on_send_back(self, req: proto.SendBack, reply: ReplyTo) -> None:
+        plan, copy = self.send_back_copy(req, self.read_original(req))
+        self._ensure_group_topic(plan.real_topic)
+        _, end = self._append([copy])
+        self.stats["dead_lettered" if plan.dead else "sent_back"] += 1
+        self._await_durable(end, reply, self.send_back_body(plan))
+
+    def _ensure_group_topic(self, topic: str) -> None:
+        """Retry and dead-letter topics: one readable, writable queue (RocketMQ's too)."""
+        if self.topics.get(topic) is None:
+            self._put_topic(TopicConfig(topic, 1, 1))
+
+    def on_clustering_heartbeat(self, retry_topic: str) -> None:
+        self._ensure_group_topic(retry_topic)
+
+    # ---- the schedule service: delayed retries reach their retry topic -------------------
+
+    def _deliver_scheduled(self) -> None:
+        now_wall = self.store.clock_ms()  # store timestamps are wall clock
+        for level in self.schedule_levels():
+            offset, due, end = self.due_scheduled(level, now_wall)
+            for scheduled in due:
+                self._deliver_one(scheduled)
+                self.delay_offsets.set(level, scheduled.queue_offset + 1)
+            if end != offset and not due:
+                self.delay_offsets.set(level, end)
+
+    def _deliver_one(self, scheduled: StoredMessage) -> None:
+        real = self.real_message(scheduled)
+        if real is None:
+            return
+        if retry_core.is_group_topic(real.topic):
+            self._ensure_group_topic(real.topic)
+        self._append([real])
+        self.stats["scheduled_delivered"] += 1
+
+    def _persist_delay_offsets(self) -> None:
+        """Only what the disk holds: a delivered message must be flushed before its
+        schedule offset moves past it on disk, or a power loss could lose it."""
+        if self.delay_offsets.data_version != self._delay_saved_version:
+            self.store.flush()
+            self.delay_offsets.persist()
+            self._delay_saved_version = self.delay_offsets.data_version
+
+    def release(self) -> None:
+        super().release()
+        self._persist_delay_offsets()
 
     def _writable_topic(self, topic: str) -> TopicConfig:
         cfg = self.topics.get(topic)
@@ -200,6 +261,7 @@ class BrokerMaster(BrokerBase):
         self._reply(reply, {
             "topics": {t: self.topics.encode_entry(c) for t, c in self.topics.table.items()},
             "offsets": {k: self.offsets.encode_entry(v) for k, v in self.offsets.table.items()},
+            "delay_offsets": dict(self.delay_offsets.table),
             "data_version": self.topics.data_version,
         })
 
@@ -216,5 +278,8 @@ class BrokerMaster(BrokerBase):
             self._reply(reply, {**body, "status": proto.FLUSH_SLAVE_TIMEOUT})
         if self.due("flush", now_ms, self.config.flush_interval_commit_log_ms):
             self._request_flush()
+        self._deliver_scheduled()
+        if self.due("delay_offsets", now_ms, self.config.checkpoint_interval_ms):
+            self._persist_delay_offsets()
         if self.ha_ref is not None and self.due("ha_notify", now_ms, self.config.ha_send_heartbeat_interval_ms):
             tell_quietly(self.ha_ref, DataAvailable(self.store.commit_log.committed_offset))

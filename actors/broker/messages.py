@@ -27,8 +27,15 @@ BROKER_STATUS = "GetBrokerStatus"
 TOPIC_STATUS = "GetTopicStatus"
 GET_METADATA = "GetMetadata"  # a slave copies topics and offsets from its master
 PROMOTE = "PromoteToMaster"  # admin: a slave becomes its group's master (manual switch)
+HEARTBEAT_CONSUMER = "HeartbeatConsumer"  # a consumer group member is alive (RocketMQ HEART_BEAT)
+UNREGISTER_CONSUMER = "UnregisterConsumer"  # a member leaves cleanly (UNREGISTER_CLIENT)
+GET_CONSUMER_LIST = "GetConsumerList"  # live members of a group (GET_CONSUMER_LIST_BY_GROUP)
+SEND_BACK = "SendBack"  # a failed message goes to retry / DLQ (CONSUMER_SEND_MSG_BACK)
+SEARCH_OFFSET = "SearchOffsetByTimestamp"  # first queue offset stored at or after a time
 REQUEST_TYPES = frozenset({SEND_MESSAGE, PULL_MESSAGE, CREATE_TOPIC, COMMIT_OFFSET, QUERY_OFFSET,
-                           BROKER_STATUS, TOPIC_STATUS, GET_METADATA, PROMOTE})
+                           BROKER_STATUS, TOPIC_STATUS, GET_METADATA, PROMOTE, HEARTBEAT_CONSUMER,
+                           UNREGISTER_CONSUMER, GET_CONSUMER_LIST, SEND_BACK, SEARCH_OFFSET})
+WRITE_REQUESTS = frozenset({SEND_MESSAGE, CREATE_TOPIC, SEND_BACK})  # a slave answers NOT_MASTER
 
 # HA replication tells (kind="tell"): slave -> master actor HA_SERVICE, master -> slave HA_CLIENT.
 HA_SERVICE = "ha"
@@ -62,6 +69,12 @@ MAX_PULL_MESSAGES = 1024
 MAX_SUSPEND_MS = 60_000
 MAX_NAME_CHARS = 255
 MAX_QUEUE_ID = 1023
+MAX_RECONSUME_TIMES = 10_000
+MAX_DELAY_LEVEL = 64
+MAX_CONSUMER_TOPICS = 64
+MAX_CONSUMER_QUEUES = 4_096
+CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:@%|-]{1,255}")
+MODES = ("CLUSTERING", "BROADCASTING")
 GROUP_PATTERN = re.compile(r"[A-Za-z0-9_%|-]{1,255}")
 TOPIC_PATTERN = re.compile(r"[A-Za-z0-9_%|-]{1,127}")
 assert MAX_PULL_MESSAGES <= 4096 and MAX_BATCH_MESSAGES <= 10_000
@@ -123,6 +136,8 @@ class OutMessage:
     properties: dict[str, str] = field(default_factory=dict)
     flag: int = 0
     born_timestamp_ms: int = 0
+    # Set by the broker only (send-back copies, in DLedger entries); never read from a client.
+    reconsume_times: int = 0
 
     def to_dict(self) -> dict:
         return {"body": self.body, "properties": self.properties, "flag": self.flag, "born_ms": self.born_timestamp_ms}
@@ -275,10 +290,133 @@ class PromoteToMaster:
         return cls(role)
 
 
+def _client_id(d: dict) -> str:
+    client_id = _get(d, "client_id", str)
+    if not CLIENT_ID_PATTERN.fullmatch(client_id):
+        raise ProtocolError(f"bad client id {client_id!r}: 1-255 chars of A-Z a-z 0-9 _ . : @ % | -")
+    return client_id
+
+
+@dataclass(slots=True)
+class HeartbeatConsumer:
+    """A member of ``group`` is alive; it consumes ``topics`` and holds ``queues`` now
+    ([topic, broker name, queue id], for consumer-progress). The broker drops it after
+    three silent ``heartbeat_interval_ms``."""
+
+    group: str
+    client_id: str
+    topics: list[str]
+    mode: str = "CLUSTERING"
+    heartbeat_interval_ms: int = 1_000
+    queues: list[tuple[str, str, int]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"group": self.group, "client_id": self.client_id, "topics": self.topics, "mode": self.mode,
+                "heartbeat_interval_ms": self.heartbeat_interval_ms, "queues": [list(q) for q in self.queues]}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> HeartbeatConsumer:
+        d = _map(d)
+        topics = _get(d, "topics", list)
+        if len(topics) > MAX_CONSUMER_TOPICS:
+            raise ProtocolError(f"at most {MAX_CONSUMER_TOPICS} topics")
+        for t in topics:
+            _topic({"topic": t})
+        mode = _get(d, "mode", str, "CLUSTERING")
+        if mode not in MODES:
+            raise ProtocolError(f"mode must be one of {', '.join(MODES)}")
+        raw = _get(d, "queues", list, [])
+        if len(raw) > MAX_CONSUMER_QUEUES:
+            raise ProtocolError(f"at most {MAX_CONSUMER_QUEUES} queues")
+        queues = []
+        for q in raw:
+            if not (isinstance(q, list) and len(q) == 3 and isinstance(q[1], str) and len(q[1]) <= MAX_NAME_CHARS):
+                raise ProtocolError("a queue is [topic, broker name, queue id]")
+            queues.append((_topic({"topic": q[0]}), q[1], _int({"q": q[2]}, "q", 0, MAX_QUEUE_ID)))
+        return cls(_group(d), _client_id(d), topics, mode,
+                   _int(d, "heartbeat_interval_ms", 50, 120_000, 1_000), queues)
+
+
+@dataclass(slots=True)
+class UnregisterConsumer:
+    group: str
+    client_id: str
+
+    def to_dict(self) -> dict:
+        return {"group": self.group, "client_id": self.client_id}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> UnregisterConsumer:
+        d = _map(d)
+        return cls(_group(d), _client_id(d))
+
+
+@dataclass(slots=True)
+class GetConsumerList:
+    group: str
+
+    def to_dict(self) -> dict:
+        return {"group": self.group}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> GetConsumerList:
+        return cls(_group(_map(d)))
+
+
+@dataclass(slots=True)
+class SendBack:
+    """A consumer could not handle the message stored at ``physical_offset`` (pulled from
+    ``topic``): store a copy in the group's retry topic after a delay, or in its dead-letter
+    topic. ``delay_level`` 0 lets the broker choose (growing with every failure), < 0 sends
+    it to the dead-letter topic at once."""
+
+    group: str
+    topic: str
+    physical_offset: int
+    msg_id: str = ""
+    delay_level: int = 0
+    max_reconsume_times: int = 16
+
+    def to_dict(self) -> dict:
+        return {"group": self.group, "topic": self.topic, "physical_offset": self.physical_offset,
+                "msg_id": self.msg_id, "delay_level": self.delay_level,
+                "max_reconsume_times": self.max_reconsume_times}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> SendBack:
+        d = _map(d)
+        msg_id_ = _get(d, "msg_id", str, "")
+        if len(msg_id_) > MAX_NAME_CHARS:
+            raise ProtocolError("msg_id too long")
+        return cls(_group(d), _topic(d), _int(d, "physical_offset", 0, 2**63 - 1), msg_id_,
+                   _int(d, "delay_level", -1, MAX_DELAY_LEVEL, 0),
+                   _int(d, "max_reconsume_times", 0, MAX_RECONSUME_TIMES, 16))
+
+
+@dataclass(slots=True)
+class SearchOffset:
+    """The first offset of the queue whose message was stored at or after ``timestamp_ms``
+    (the queue's max offset when none was)."""
+
+    topic: str
+    queue_id: int
+    timestamp_ms: int
+
+    def to_dict(self) -> dict:
+        return {"topic": self.topic, "queue_id": self.queue_id, "timestamp_ms": self.timestamp_ms}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> SearchOffset:
+        d = _map(d)
+        return cls(_topic(d), _int(d, "queue_id", 0, MAX_QUEUE_ID), _int(d, "timestamp_ms", 0, 2**63 - 1))
+
+
 REQUESTS: dict[str, type] = {
     SEND_MESSAGE: SendMessage, PULL_MESSAGE: PullMessage, CREATE_TOPIC: CreateTopic,
     COMMIT_OFFSET: CommitOffset, QUERY_OFFSET: QueryOffset, TOPIC_STATUS: GetTopicStatus,
     BROKER_STATUS: GetBrokerStatus, GET_METADATA: GetMetadata, PROMOTE: PromoteToMaster,
+    HEARTBEAT_CONSUMER: HeartbeatConsumer, UNREGISTER_CONSUMER: UnregisterConsumer,
+    GET_CONSUMER_LIST: GetConsumerList, SEND_BACK: SendBack, SEARCH_OFFSET: SearchOffset,
 }
 assert set(REQUESTS) == REQUEST_TYPES
 
@@ -304,10 +442,18 @@ def decode_request(type_name: str, body: Any) -> Any:
 # GetTopicStatus-> {"topic": str, "queues": [{"queue_id", "min_offset", "max_offset"}]}
 # PromoteToMaster -> {"promoting": true, "role": str}   (slaves only; the swap follows)
 # GetMetadata   -> {"topics": {topic: {read_queue_nums, write_queue_nums, perm, order}},
-#                   "offsets": {"topic@group": {"qid": offset}}, "data_version": int}
+#                   "offsets": {"topic@group": {"qid": offset}}, "delay_offsets": {"level": offset},
+#                   "data_version": int}
 # GetBrokerStatus -> {"cluster", "broker_name", "broker_id", "role", "address", "pid",
 #                     "flush_disk_type", "commit_log": {"min", "max", "flushed"},
 #                     "topics": int, "stats": {...}}
+# HeartbeatConsumer -> {"members": [client_id, ...]}   (sorted live members of the group)
+# UnregisterConsumer -> {}
+# GetConsumerList -> {"members": [client_id, ...], "details": [{"client_id", "topics", "mode",
+#                     "heartbeat_interval_ms", "last_seen_ms", "queues": [[topic, broker, qid]]}]}
+# SendBack      -> {"status": SEND_OK|..., "topic": str (retry or DLQ topic), "dead": bool,
+#                   "reconsume_times": int, "delay_level": int}   (masters / DLedger leaders only)
+# SearchOffsetByTimestamp -> {"offset": int}
 
 
 @dataclass(slots=True)

@@ -161,3 +161,10 @@ class BrokerSlave(BrokerBase):
                 # Keep the larger: consumers may have committed here while the master was down.
                 if mine is None or offset > mine:
                     self.offsets.commit(group, topic, qid, offset)
+        delays = meta.get("delay_offsets", {})
+        before = self.delay_offsets.data_version
+        for level, offset in delays.items() if isinstance(delays, dict) else ():
+            if str(level).isdigit() and isinstance(offset, int) and offset > self.delay_offsets.get(int(level)):
+                self.delay_offsets.set(int(level), offset)  # a promoted slave goes on from here
+        if self.delay_offsets.data_version != before:
+            self.delay_offsets.persist()

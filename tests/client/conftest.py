@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 
 from rmqz.actors.broker import messages as bm
+from rmqz.actors.broker import retry_core
+from rmqz.actors.broker.consumer_manager import ConsumerTable
 from rmqz.actors.namesrv.core import RouteInfoManager
 from rmqz.actors.namesrv.messages import RegisterBroker, TopicConfig
 from rmqz.transport.agent import TransportAgent
@@ -83,6 +85,7 @@ class FakeStore:
     topics: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # (read, write, perm)
     queues: dict[tuple[str, int], list[dict]] = field(default_factory=dict)
     offsets: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    consumers: ConsumerTable = field(default_factory=ConsumerTable)
     data_version: int = 0
     physical: int = 0
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -228,6 +231,45 @@ class FakeBroker:
         reads = self.store.topics[req.topic][0]
         return {"topic": req.topic, "queues": [
             {"queue_id": q, "min_offset": 0, "max_offset": len(self.store.queue(req.topic, q))} for q in range(reads)]}
+
+    def _on_HeartbeatConsumer(self, req: bm.HeartbeatConsumer, inbound: Inbound) -> Any:
+        now = int(time.monotonic() * 1000)
+        self.store.consumers.heartbeat(req.group, req.client_id, req.topics, req.mode, req.heartbeat_interval_ms,
+                                       now, req.queues)
+        return {"members": self.store.consumers.members(req.group, now)}
+
+    def _on_UnregisterConsumer(self, req: bm.UnregisterConsumer, inbound: Inbound) -> Any:
+        self.store.consumers.unregister(req.group, req.client_id)
+        return {}
+
+    def _on_GetConsumerList(self, req: bm.GetConsumerList, inbound: Inbound) -> Any:
+        now = int(time.monotonic() * 1000)
+        return {"members": self.store.consumers.members(req.group, now),
+                "details": [m.to_dict() for m in self.store.consumers.details(req.group, now)]}
+
+    def _on_SearchOffset(self, req: bm.SearchOffset, inbound: Inbound) -> Any:
+        queue = self.store.queue(req.topic, req.queue_id)
+        return {"offset": next((m["queue_offset"] for m in queue if m["store_ms"] >= req.timestamp_ms), len(queue))}
+
+    def _on_SendBack(self, req: bm.SendBack, inbound: Inbound) -> Any:
+        """No delay here: the copy lands in the retry (or dead-letter) topic at once."""
+        if self.broker_id != 0:
+            return bm.NOT_MASTER, "slave"
+        original = next((m for q in self.store.queues.values() for m in q
+                         if m["physical_offset"] == req.physical_offset), None)
+        if original is None:
+            return bm.BAD_REQUEST, "no such message"
+        plan = retry_core.plan_send_back(req.group, req.topic, original["properties"], original["reconsume_times"],
+                                         req.msg_id, req.delay_level, req.max_reconsume_times, 3)
+        self.store.add_topic(plan.real_topic, 1)
+        self.register()
+        queue = self.store.queue(plan.real_topic, 0)
+        self.store.physical += 100
+        props = retry_core.unschedule(plan.properties)[2] if not plan.dead else plan.properties
+        queue.append({**original, "msg_id": bm.msg_id(self.name, self.store.physical), "queue_offset": len(queue),
+                      "physical_offset": self.store.physical, "properties": props,
+                      "reconsume_times": plan.reconsume_times})
+        return {"status": bm.SEND_OK, "topic": plan.real_topic, "dead": plan.dead}
 
     def _on_GetBrokerStatus(self, req: bm.GetBrokerStatus, inbound: Inbound) -> Any:
         return {"cluster": self.cluster, "broker_name": self.name, "broker_id": self.broker_id,

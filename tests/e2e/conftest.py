@@ -137,37 +137,53 @@ def _bindable(port: int) -> bool:
     return True
 
 
-@pytest.fixture
-def rmqz_up(tmp_path: Path) -> Iterator[Callable[[str], UpCluster]]:
-    """rmqz_up(topology) starts `rmqz up` and returns once every node is ready."""
-    started: list[UpCluster] = []
-
-    def up(topology: str, nodes: int = 8) -> UpCluster:
-        base = free_port_block(nodes)
-        data_dir = tmp_path / f"up-{topology}"
-        log = open(tmp_path / f"up-{topology}.out", "wb")
+def start_up_cluster(topology: str, work_dir: Path, nodes: int = 8) -> UpCluster:
+    """Run `rmqz up` (data and log under work_dir) and return once every node is ready. A
+    topology is a built-in name or the path of a .toml file. Stop it with stop_up_cluster."""
+    base = free_port_block(nodes)
+    label = Path(topology).stem if topology.endswith(".toml") else topology
+    data_dir = work_dir / f"up-{label}"
+    log_path = work_dir / f"up-{label}.out"
+    with open(log_path, "wb") as log:
         popen = subprocess.Popen([sys.executable, "-m", "rmqz.cli.main", "up", "--topology", topology,
                                   "--data-dir", str(data_dir), "--base-port", str(base), "--no-status"],
                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        cluster = UpCluster(popen, data_dir, f"127.0.0.1:{base}")
+    cluster = UpCluster(popen, data_dir, f"127.0.0.1:{base}")
+    deadline = time.monotonic() + UP_READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if popen.poll() is not None:
+            raise AssertionError(f"rmqz up exited: {log_path.read_text()}")
+        try:
+            if cluster.state()["state"] == "running" and all(n["state"] == "running" for n in cluster.state()["nodes"]):
+                return cluster
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.1)
+    stop_up_cluster(cluster)
+    raise AssertionError(f"cluster {topology} not ready: {log_path.read_text()}")
+
+
+def stop_up_cluster(cluster: UpCluster) -> None:
+    if cluster.popen.poll() is None:
+        cluster.popen.send_signal(signal.SIGTERM)
+        try:
+            cluster.popen.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            cluster.popen.kill()
+            cluster.popen.wait(timeout=KILL_WAIT_S)
+
+
+@pytest.fixture
+def rmqz_up(tmp_path: Path) -> Iterator[Callable[[str], UpCluster]]:
+    """rmqz_up(topology) starts `rmqz up` and returns once every node is ready. A topology
+    is a built-in name or the path of a .toml file."""
+    started: list[UpCluster] = []
+
+    def up(topology: str, nodes: int = 8) -> UpCluster:
+        cluster = start_up_cluster(topology, tmp_path, nodes)
         started.append(cluster)
-        deadline = time.monotonic() + UP_READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            assert popen.poll() is None, f"rmqz up exited: {(tmp_path / f'up-{topology}.out').read_text()}"
-            try:
-                if cluster.state()["state"] == "running" and all(n["state"] == "running" for n in cluster.state()["nodes"]):
-                    return cluster
-            except (OSError, ValueError, KeyError):
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"cluster {topology} not ready: {(tmp_path / f'up-{topology}.out').read_text()}")
+        return cluster
 
     yield up
     for cluster in started:
-        if cluster.popen.poll() is None:
-            cluster.popen.send_signal(signal.SIGTERM)
-            try:
-                cluster.popen.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                cluster.popen.kill()
-                cluster.popen.wait(timeout=KILL_WAIT_S)
+        stop_up_cluster(cluster)

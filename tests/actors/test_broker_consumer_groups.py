@@ -1,0 +1,250 @@
+"""Consumer-group requests at the actor level: real broker actors and stores, a recording
+transport, hand-driven clocks (the broker's monotonic one and the store's wall clock, which
+schedules retries). No sockets."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from rmqz.actors.base import Ping
+from rmqz.actors.broker import dledger_entries as de
+from rmqz.actors.broker import messages as proto
+from rmqz.actors.broker.base import BrokerDeps
+from rmqz.actors.broker.config import BrokerConfig
+from rmqz.actors.broker.master import BrokerMaster
+from rmqz.actors.broker.slave import BrokerSlave
+from rmqz.actors.ticker import Tick
+from rmqz.storage.message_store import MessageStore, StoreConfig
+from rmqz.storage.metadata import ConsumerOffsetStore, DelayOffsetStore, TopicConfigStore
+from rmqz.transport.envelope import Header, Inbound, pack_body, unpack_body
+
+WAIT_S = 5.0
+DELAYS = "1s 2s 3s"
+
+
+class Agent:
+    def __init__(self) -> None:
+        self.replies: dict[int, tuple[Header, dict]] = {}
+        self.cond = threading.Condition()
+
+    def reply(self, token, header, body):
+        with self.cond:
+            self.replies[header.cid] = (header, unpack_body(body, 1 << 26))
+            self.cond.notify_all()
+
+    def send(self, endpoint, header, body):
+        pass
+
+    def wait_reply(self, cid):
+        with self.cond:
+            assert self.cond.wait_for(lambda: cid in self.replies, WAIT_S), f"no reply to {cid}"
+            return self.replies[cid]
+
+
+class Sink:
+    """Stands in for the FlushService: flush requests are dropped (ASYNC_FLUSH)."""
+
+    def tell(self, msg):
+        pass
+
+
+class Clock:
+    def __init__(self, now_ms: int) -> None:
+        self.now_ms = now_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
+class Node:
+    """One broker actor on its store; ``restart()`` reopens everything from disk."""
+
+    def __init__(self, root, cls=BrokerMaster, **config) -> None:
+        self.root, self.cls, self.config = root, cls, config
+        self.wall = Clock(1_700_000_000_000)
+        self.mono = Clock(1_000)
+        self.agent = Agent()
+        self.cids = iter(range(1, 1_000_000))
+        self._open()
+
+    def _open(self) -> None:
+        config = BrokerConfig(**{"listen_port": 10911, "message_delay_level": DELAYS,
+                                 "broker_id": 0 if self.cls is BrokerMaster else 1,
+                                 "broker_role": "ASYNC_MASTER" if self.cls is BrokerMaster else "SLAVE",
+                                 **self.config})
+        self.store = MessageStore(StoreConfig(str(self.root / "store"), commit_log_segment_bytes=1 << 20,
+                                              max_message_bytes=1 << 16), clock_ms=self.wall)
+        self.store.open()
+        cfg = str(self.root / "store" / "config")
+        topics, offsets, delays = TopicConfigStore(self.store.fs, cfg), ConsumerOffsetStore(self.store.fs, cfg), \
+            DelayOffsetStore(self.store.fs, cfg)
+        for table in (topics, offsets, delays):
+            table.load()
+        deps = BrokerDeps(config, self.store, self.agent, topics, offsets, self.mono, delay_offsets=delays)
+        self.ref = self.cls.start(deps, Sink()) if self.cls is BrokerMaster else self.cls.start(deps)
+
+    def restart(self) -> None:
+        self.stop()
+        self._open()
+
+    def stop(self) -> None:
+        if self.ref.is_alive():
+            self.ref.stop()
+        self.store.close()
+
+    def ask(self, type_name: str, body: dict) -> tuple[Header, dict]:
+        cid = next(self.cids)
+        header = Header(kind="request", src="client-1", dst="broker", type=type_name, cid=cid)
+        self.ref.tell(Inbound(header, pack_body(body), b"token", None))
+        return self.agent.wait_reply(cid)
+
+    def ok(self, type_name: str, body: dict) -> dict:
+        header, reply = self.ask(type_name, body)
+        assert header.kind == "reply", reply
+        return reply
+
+    def send(self, topic: str, *bodies: bytes, queue_id: int = 0) -> dict:
+        return self.ok(proto.SEND_MESSAGE, proto.SendMessage(topic, queue_id, [proto.OutMessage(b) for b in bodies]).to_dict())
+
+    def pull(self, topic: str, offset: int = 0, queue_id: int = 0) -> list[dict]:
+        reply = self.ok(proto.PULL_MESSAGE, proto.PullMessage("g", topic, queue_id, offset).to_dict())
+        return reply["messages"]
+
+    def tick(self, advance_wall_ms: int = 0, advance_mono_ms: int = 0) -> None:
+        self.wall.now_ms += advance_wall_ms
+        self.mono.now_ms += advance_mono_ms
+        self.ref.tell(Tick(self.mono.now_ms))
+        self.ref.ask(Ping())
+
+    def send_back(self, msg: dict, topic: str = "Orders", max_times: int = 16, level: int = 0) -> tuple[Header, dict]:
+        return self.ask(proto.SEND_BACK, proto.SendBack("g", topic, msg["physical_offset"], msg["msg_id"], level,
+                                                        max_times).to_dict())
+
+
+@pytest.fixture
+def node(tmp_path):
+    made: list[Node] = []
+
+    def make(**kw) -> Node:
+        n = Node(tmp_path / f"n{len(made)}", **kw)
+        made.append(n)
+        return n
+
+    yield make
+    for n in made:
+        if n.ref.is_alive():
+            n.ref.stop()
+
+
+def heartbeat(node: Node, client_id: str, mode: str = "CLUSTERING", interval_ms: int = 1_000) -> dict:
+    return node.ok(proto.HEARTBEAT_CONSUMER, proto.HeartbeatConsumer("g", client_id, ["Orders"], mode, interval_ms,
+                                                                      [("Orders", "broker-a", 0)]).to_dict())
+
+
+def test_heartbeats_make_members_and_silent_members_expire(node):
+    n = node()
+    assert heartbeat(n, "c1")["members"] == ["c1"]
+    assert heartbeat(n, "c2", interval_ms=100)["members"] == ["c1", "c2"]
+    listed = n.ok(proto.GET_CONSUMER_LIST, proto.GetConsumerList("g").to_dict())
+    assert listed["members"] == ["c1", "c2"] and listed["details"][0]["queues"] == [["Orders", "broker-a", 0]]
+    n.tick(advance_mono_ms=300)  # three of c2's 100 ms intervals
+    assert n.ok(proto.GET_CONSUMER_LIST, proto.GetConsumerList("g").to_dict())["members"] == ["c1"]
+    n.ok(proto.UNREGISTER_CONSUMER, proto.UnregisterConsumer("g", "c1").to_dict())
+    assert n.ok(proto.GET_CONSUMER_LIST, proto.GetConsumerList("g").to_dict())["members"] == []
+
+
+def test_a_clustering_heartbeat_creates_the_groups_retry_topic_with_one_queue(node):
+    n = node()
+    heartbeat(n, "c1", mode="BROADCASTING")
+    assert n.store is not None and n.ref.proxy().topics.get().get("%RETRY%g") is None
+    heartbeat(n, "c1")
+    cfg = n.ref.proxy().topics.get().get("%RETRY%g")
+    assert (cfg.read_queue_nums, cfg.write_queue_nums) == (1, 1)
+
+
+def test_a_sent_back_message_reaches_the_retry_topic_only_after_its_delay(node):
+    n = node()
+    n.send("Orders", b"payload")
+    [msg] = n.pull("Orders")
+    header, reply = n.send_back(msg)
+    assert header.kind == "reply" and reply["topic"] == "%RETRY%g" and reply["reconsume_times"] == 1
+    assert reply["delay_level"] == 3 and not reply["dead"]  # 3 + 0 failures, capped at the table's 3
+    n.tick(advance_wall_ms=2_999)
+    assert n.pull("%RETRY%g") == []
+    n.tick(advance_wall_ms=1)
+    [retry] = n.pull("%RETRY%g")
+    assert retry["body"] == b"payload" and retry["reconsume_times"] == 1
+    assert retry["properties"]["RETRY_TOPIC"] == "Orders" and retry["properties"]["ORIGIN_MESSAGE_ID"] == msg["msg_id"]
+    assert "DELAY" not in retry["properties"] and "REAL_TOPIC" not in retry["properties"]
+
+
+def test_after_max_reconsume_times_the_copy_goes_to_the_dead_letter_topic_at_once(node):
+    n = node()
+    n.send("Orders", b"poison")
+    [msg] = n.pull("Orders")
+    for times in range(2):
+        n.send_back(msg, topic=msg.get("_topic", "Orders"), max_times=2)
+        n.tick(advance_wall_ms=3_000)
+        [msg] = n.pull("%RETRY%g", offset=times)
+        msg["_topic"] = "%RETRY%g"
+        assert msg["reconsume_times"] == times + 1
+    header, reply = n.send_back(msg, topic="%RETRY%g", max_times=2)
+    assert reply["dead"] and reply["topic"] == "%DLQ%g"
+    [dead] = n.pull("%DLQ%g")
+    assert dead["body"] == b"poison" and dead["reconsume_times"] == 3
+    assert dead["properties"]["RETRY_TOPIC"] == "Orders"
+
+
+def test_a_send_back_naming_the_wrong_topic_or_offset_is_refused(node):
+    n = node()
+    n.send("Orders", b"x")
+    [msg] = n.pull("Orders")
+    assert n.send_back(msg, topic="Other")[1]["code"] == proto.BAD_REQUEST
+    assert n.send_back({**msg, "physical_offset": msg["physical_offset"] + 1})[1]["code"] == proto.BAD_REQUEST
+    assert n.send_back({**msg, "physical_offset": 10**9})[1]["code"] == proto.SYSTEM_BUSY
+
+
+def test_a_scheduled_retry_survives_a_broker_restart(node):
+    n = node()
+    n.send("Orders", b"later")
+    [msg] = n.pull("Orders")
+    n.send_back(msg)
+    n.restart()  # before the delay is up; nothing was delivered
+    n.tick(advance_wall_ms=3_000)
+    [retry] = n.pull("%RETRY%g")
+    assert retry["body"] == b"later"
+    n.tick(advance_mono_ms=2_000)  # the delay offset is saved (after a flush)
+    n.restart()
+    n.tick(advance_wall_ms=10_000)
+    assert len(n.pull("%RETRY%g")) == 1, "a delivered retry is not delivered again after a restart"
+
+
+def test_search_offset_finds_the_first_message_stored_at_or_after_a_time(node):
+    n = node()
+    start = n.wall.now_ms
+    for i in range(5):
+        n.send("Orders", f"m{i}".encode())
+        n.wall.now_ms += 1_000
+    search = lambda ts: n.ok(proto.SEARCH_OFFSET, proto.SearchOffset("Orders", 0, ts).to_dict())["offset"]  # noqa: E731
+    assert [search(start + d) for d in (-1, 0, 1, 2_000, 4_000, 4_001, 99_999)] == [0, 0, 1, 2, 4, 5, 5]
+
+
+def test_a_slave_keeps_members_but_refuses_send_back_as_not_master(node):
+    n = node(cls=BrokerSlave)
+    assert heartbeat(n, "c1")["members"] == ["c1"]
+    header, reply = n.ask(proto.SEND_BACK, proto.SendBack("g", "Orders", 0).to_dict())
+    assert header.kind == "error" and reply["code"] == proto.NOT_MASTER
+
+
+def test_dledger_entries_carry_reconsume_times_and_the_schedule_advance():
+    msgs = [proto.OutMessage(b"a", {"K": "v"}, 0, 5, reconsume_times=2), proto.OutMessage(b"b")]
+    item = de.decode(de.encode_messages("%RETRY%g", 0, msgs, 99, (3, 10, 12)))
+    assert [m.reconsume_times for m in item.messages] == [2, 0] and item.delay == (3, 10, 12)
+    plain = de.decode(de.encode_messages("T", 1, [proto.OutMessage(b"c")], 7))
+    assert plain.delay is None and plain.messages[0].body == b"c"
+    skip = de.decode(de.encode_messages("SCHEDULE_TOPIC_XXXX", 0, [], 7, (1, 4, 5)))
+    assert skip.messages == [] and skip.delay == (1, 4, 5)
+    with pytest.raises(de.EntryError):
+        de.decode(de.encode_messages("T", 1, [], 7))  # an empty batch is only a schedule skip

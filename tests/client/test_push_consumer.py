@@ -1,0 +1,189 @@
+"""PushConsumer, ordered sends and local offsets against the in-process fakes (real
+sockets, a fake broker that answers heartbeats, member lists and send-backs)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, defaultdict
+
+import pytest
+
+from rmqz.actors.broker import messages as bm
+from rmqz.client import (
+    BROADCASTING,
+    CONSUME_SUCCESS,
+    RECONSUME_LATER,
+    BrokerError,
+    MessageQueue,
+    MQClientError,
+    NoRouteError,
+    Producer,
+    PushConsumer,
+)
+from rmqz.client.offset_store import LocalOffsetStore
+from rmqz.client.producer import select_by_hash
+
+FAST = {"rebalance_interval_ms": 100, "heartbeat_interval_ms": 100, "commit_interval_ms": 100, "suspend_ms": 50}
+
+
+class Collector:
+    def __init__(self, fail_first: set[bytes] = frozenset()) -> None:
+        self.got: dict[bytes, list] = defaultdict(list)
+        self.fail_first = set(fail_first)
+        self.lock = threading.Lock()
+
+    def __call__(self, msg):
+        with self.lock:
+            self.got[msg.body].append(msg)
+            if msg.body in self.fail_first:
+                self.fail_first.discard(msg.body)
+                raise RuntimeError("first attempt fails")
+        return CONSUME_SUCCESS
+
+    def total(self) -> int:
+        with self.lock:
+            return sum(len(v) for v in self.got.values())
+
+
+# ---------------------------------------------------------------------------- ordered sends
+
+
+def test_ordered_sends_put_one_sharding_key_on_one_queue(two_brokers):
+    with Producer(two_brokers.namesrv_addr) as producer:
+        placed = defaultdict(set)
+        for i in range(40):
+            key = f"order-{i % 5}"
+            r = producer.send_orderly("TopicA", f"{key}:{i}", sharding_key=key)
+            placed[key].add((r.broker_name, r.queue_id))
+    assert all(len(queues) == 1 for queues in placed.values())
+    assert len({q for qs in placed.values() for q in qs}) > 1, "different keys spread over queues"
+
+
+def test_an_ordered_send_never_fails_over_to_another_queue(two_brokers):
+    queues = [MessageQueue("TopicA", b, q) for b in ("broker-a", "broker-b") for q in range(4)]
+    key = next(k for k in (f"k{i}" for i in range(100)) if select_by_hash(queues, k).broker_name == "broker-a")
+    two_brokers.broker("broker-a").send_error = bm.SYSTEM_BUSY
+    with Producer(two_brokers.namesrv_addr) as producer:
+        with pytest.raises(BrokerError, match="SYSTEM_BUSY"):
+            producer.send_orderly("TopicA", "x", sharding_key=key)
+        assert producer.send("TopicA", "y").broker_name == "broker-b", "plain sends still fail over"
+    assert two_brokers.broker("broker-a").requests[bm.SEND_MESSAGE] == 1, "one attempt, no retry"
+    assert two_brokers.broker("broker-b").requests[bm.SEND_MESSAGE] == 1, "only the plain send went there"
+
+
+# ---------------------------------------------------------------------------- push consumer
+
+
+def test_two_members_split_the_queues_and_consume_everything_once(two_brokers, wait):
+    one, two = Collector(), Collector()
+    with PushConsumer(two_brokers.namesrv_addr, "g", "TopicA", one, start_from="first", **FAST) as a, \
+            PushConsumer(two_brokers.namesrv_addr, "g", "TopicA", two, start_from="first", **FAST) as b:
+        assert wait(lambda: len(a.assigned_queues()) == len(b.assigned_queues()) == 4
+                    and not set(a.assigned_queues()) & set(b.assigned_queues()))
+        assert sorted(a.members()) == sorted([a.client_id, b.client_id])
+        with Producer(two_brokers.namesrv_addr) as producer:
+            for i in range(40):
+                producer.send("TopicA", f"m{i}")
+        assert wait(lambda: one.total() + two.total() == 40)
+        time.sleep(0.2)
+    counts = Counter(body for c in (one, two) for body, msgs in c.got.items() for _ in msgs)
+    assert set(counts.values()) == {1} and len(counts) == 40
+    assert one.total() and two.total()
+
+
+def test_a_handler_exception_sends_the_message_back_and_it_returns_with_reconsume_times(two_brokers, wait):
+    handler = Collector(fail_first={b"fragile"})
+    with Producer(two_brokers.namesrv_addr) as producer:
+        producer.send("TopicA", "fragile")
+    with PushConsumer(two_brokers.namesrv_addr, "g", "TopicA", handler, start_from="first", **FAST) as consumer:
+        assert wait(lambda: len(handler.got[b"fragile"]) == 2)
+        assert consumer.stats["sent_back"] == 1
+    first, again = handler.got[b"fragile"]
+    assert (first.reconsume_times, again.reconsume_times) == (0, 1)
+    assert again.topic == "TopicA", "the retry shows the original topic"
+
+
+def test_committed_offsets_make_a_new_member_start_after_what_was_consumed(two_brokers, wait):
+    with Producer(two_brokers.namesrv_addr) as producer:
+        for i in range(10):
+            producer.send("TopicA", f"old{i}")
+    first = Collector()
+    with PushConsumer(two_brokers.namesrv_addr, "g", "TopicA", first, start_from="first", **FAST):
+        assert wait(lambda: first.total() == 10)
+    with Producer(two_brokers.namesrv_addr) as producer:
+        for i in range(5):
+            producer.send("TopicA", f"new{i}")
+    second = Collector()
+    with PushConsumer(two_brokers.namesrv_addr, "g", "TopicA", second, start_from="first", **FAST):
+        assert wait(lambda: second.total() == 5)
+        time.sleep(0.2)
+    assert sorted(second.got) == [f"new{i}".encode() for i in range(5)]
+
+
+def test_start_from_a_timestamp_skips_older_messages(two_brokers, wait):
+    with Producer(two_brokers.namesrv_addr) as producer:
+        for i in range(4):
+            producer.send("TopicA", f"before{i}")
+        time.sleep(0.05)
+        since = int(time.time() * 1000)
+        for i in range(4):
+            producer.send("TopicA", f"after{i}")
+    got = Collector()
+    with PushConsumer(two_brokers.namesrv_addr, "g", "TopicA", got, start_from="timestamp",
+                      start_timestamp_ms=since, **FAST):
+        assert wait(lambda: got.total() == 4)
+        time.sleep(0.2)
+    assert sorted(got.got) == [f"after{i}".encode() for i in range(4)]
+
+
+def test_broadcasting_members_need_their_own_offset_directory(two_brokers, tmp_path):
+    with PushConsumer(two_brokers.namesrv_addr, "g", "TopicA", Collector(), mode=BROADCASTING,
+                      offset_store_dir=str(tmp_path), **FAST) as member:
+        assert len(member.assigned_queues()) == 8
+        with pytest.raises(MQClientError, match="in use by another broadcasting consumer"):
+            PushConsumer(two_brokers.namesrv_addr, "g", "TopicA", Collector(), mode=BROADCASTING,
+                         offset_store_dir=str(tmp_path)).start()
+
+
+def test_local_offsets_survive_a_reopen(tmp_path):
+    mq = MessageQueue("T", "broker-a", 3)
+    store = LocalOffsetStore(str(tmp_path), "g")
+    store.update(mq, 42)
+    assert store.persist([mq]) == []
+    store.close()
+    again = LocalOffsetStore(str(tmp_path), "g")
+    assert again.read_stored(mq) == 42 and again.read_stored(MessageQueue("T", "broker-a", 4)) is None
+    again.close()
+
+
+def test_consuming_a_missing_topic_fails_at_start(two_brokers):
+    with pytest.raises(NoRouteError):
+        PushConsumer(two_brokers.namesrv_addr, "g", "Missing", Collector()).start()
+
+
+@pytest.mark.parametrize(("kwargs", "fragment"), [
+    ({"mode": "PUSH"}, "mode"),
+    ({"mode": BROADCASTING}, "offset_store_dir"),
+    ({"start_from": "timestamp"}, "start_timestamp_ms"),
+    ({"start_from": "middle"}, "start_from"),
+    ({"consume_threads": 0}, "consume_threads"),
+    ({"rebalance_interval_ms": 1}, "rebalance_interval_ms"),
+])
+def test_bad_settings_are_refused_when_the_consumer_is_made(kwargs, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        PushConsumer("127.0.0.1:9876", "g", "T", Collector(), **kwargs)
+
+
+def test_a_handler_returning_reconsume_later_is_a_failure_too(two_brokers, wait):
+    calls = []
+
+    def handler(msg):
+        calls.append(msg.reconsume_times)
+        return RECONSUME_LATER if len(calls) == 1 else CONSUME_SUCCESS
+
+    with Producer(two_brokers.namesrv_addr) as producer:
+        producer.send("TopicA", "once")
+    with PushConsumer(two_brokers.namesrv_addr, "g", "TopicA", handler, start_from="first", **FAST):
+        assert wait(lambda: len(calls) == 2)
+    assert calls == [0, 1]
