@@ -27,7 +27,7 @@ from rmqz.actors.namesrv import messages as ns
 from rmqz.actors.ticker import Tick
 from rmqz.storage import message_store as ms
 from rmqz.storage.errors import CorruptStoreError, MessageTooLargeError, OffsetError, StoreFailedError
-from rmqz.storage.metadata import PERM_READ, ConsumerOffsetStore, DelayOffsetStore, TopicConfigStore
+from rmqz.storage.metadata import PERM_READ, ConsumerOffsetStore, DelayOffsetStore, TopicConfigStore, SubscriptionGroupStore
 from rmqz.storage.record import Message, RecordError, StoredMessage
 from rmqz.transport.envelope import EnvelopeError, Header, Inbound, pack_body, unpack_body
 
@@ -78,6 +78,7 @@ class BrokerDeps:
     # Kept across a role swap: members need not re-join, schedule progress is not replayed.
     consumers: ConsumerTable = field(default_factory=ConsumerTable)
     delay_offsets: DelayOffsetStore | None = None  # None: loaded from <store>/config
+    groups: SubscriptionGroupStore | None = None  # None: loaded from <store>/config
 
 
 class BrokerBase(RmqzActor):
@@ -104,6 +105,10 @@ class BrokerBase(RmqzActor):
             deps.delay_offsets = DelayOffsetStore(self.store.fs, os.path.join(self.store.root, "config"))
             deps.delay_offsets.load()
         self.delay_offsets = deps.delay_offsets
+        if deps.groups is None:
+            deps.groups = SubscriptionGroupStore(self.store.fs, os.path.join(self.store.root, "config"))
+            deps.groups.load()
+        self.groups = deps.groups
         self.delay_levels = retry_core.parse_delay_levels(self.config.message_delay_level)
         self.handlers: dict[str, Callable[[Any, ReplyTo], None]] = {
             proto.PULL_MESSAGE: self._on_pull, proto.COMMIT_OFFSET: self._on_commit_offset,
@@ -298,9 +303,14 @@ class BrokerBase(RmqzActor):
             raise Refusal(proto.BAD_REQUEST, str(exc)) from None
         if joined:
             logger.info("broker {}: consumer {} joined group {} ({})", self.node_id, req.client_id, req.group, req.mode)
+            self.on_group_seen(req.group)
         if req.mode == CLUSTERING and len(req.group) <= retry_core.MAX_GROUP_TOPIC_GROUP_CHARS:
             self.on_clustering_heartbeat(retry_core.retry_topic(req.group))
         self._reply(reply, {"members": self.consumers.members(req.group, now)})
+
+    def on_group_seen(self, group: str) -> None:
+        """Role hook: a master records the subscription group (RocketMQ auto-creates it on the
+        first heartbeat); slaves copy it with the rest of the metadata."""
 
     def on_clustering_heartbeat(self, retry_topic: str) -> None:
         """Role hook: a master makes sure the group's retry topic exists (and is routed)."""

@@ -26,6 +26,17 @@ class MasterAddress:
 
 
 @dataclass(frozen=True, slots=True)
+class MasterSilent:
+    """HAClient -> BrokerSlave: nothing heard from this master for a while."""
+
+    address: str
+
+
+MASTER_SILENT_HEARTBEATS = 3
+assert MASTER_SILENT_HEARTBEATS >= 2
+
+
+@dataclass(frozen=True, slots=True)
 class Appended:
     """BrokerSlave -> HAClient: the slave's log now ends at offset."""
 
@@ -85,10 +96,13 @@ class HAClient(RmqzActor):
         now = self.clock_ms()
         if now - self.last_report_ms >= self.config.ha_send_heartbeat_interval_ms:
             self._report()
-        if not self.master_silent and now - self.last_heard_ms > self.config.ha_housekeeping_interval_ms:
+        silence_ms = MASTER_SILENT_HEARTBEATS * self.config.ha_send_heartbeat_interval_ms
+        if self.master is not None and not self.master_silent and now - self.last_heard_ms > silence_ms:
             self.master_silent = True
-            logger.warning("slave {}: master {} silent for {} ms", self.node_id, self.master,
-                           self.config.ha_housekeeping_interval_ms)
+            logger.warning("slave {}: master {} silent for {} ms; looking for the group's master", self.node_id,
+                           self.master, silence_ms)
+            # The slave asks the NameServers again: a promoted slave may be the master now.
+            tell_quietly(self.slave_ref, MasterSilent(self.master))
 
     def _report(self) -> None:
         if self.master is None:

@@ -20,7 +20,7 @@ from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.base import AgentReady, BrokerBase, BrokerDeps, PrepareStop, Refusal, ReplyTo
 from rmqz.actors.broker.flush import FlushFailed, Flushed, FlushRequest
 from rmqz.storage.errors import StoreFailedError
-from rmqz.storage.metadata import PERM_WRITE, TopicConfig
+from rmqz.storage.metadata import PERM_WRITE, TopicConfig, SubscriptionGroupConfig
 from rmqz.storage.record import Message, StoredMessage
 
 MAX_FLUSH_WAITERS = 100_000
@@ -262,8 +262,14 @@ class BrokerMaster(BrokerBase):
             "topics": {t: self.topics.encode_entry(c) for t, c in self.topics.table.items()},
             "offsets": {k: self.offsets.encode_entry(v) for k, v in self.offsets.table.items()},
             "delay_offsets": dict(self.delay_offsets.table),
+            "groups": {g: self.groups.encode_entry(c) for g, c in self.groups.table.items()},
             "data_version": self.topics.data_version,
         })
+
+    def on_group_seen(self, group: str) -> None:
+        if group not in self.groups.table:
+            self.groups.put(SubscriptionGroupConfig(group))
+            self.groups.persist()
 
     def status_extra(self) -> dict:
         return {"slaves": {str(sid): p.acked_offset for sid, p in self.group.slaves.items()},

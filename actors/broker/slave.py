@@ -13,7 +13,7 @@ from loguru import logger
 from rmqz.actors.base import tell_quietly
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.base import BrokerBase, BrokerDeps
-from rmqz.actors.broker.ha_client import Appended, MasterAddress, ReplicaData
+from rmqz.actors.broker.ha_client import Appended, MasterAddress, MasterSilent, ReplicaData
 from rmqz.storage.errors import CorruptStoreError
 from rmqz.transport.envelope import EnvelopeError, Inbound, unpack_body
 
@@ -36,6 +36,7 @@ class BrokerSlave(BrokerBase):
         self.pending = bytearray()  # a partial record at the end of the last transfer
         self.master_max = 0
         self.master_addr: str | None = self.config.ha_master_address or None
+        self.looking_for_master = False  # our master went silent: ask the NameServers every second
         self.stats.update({"replicated_bytes": 0, "out_of_order": 0, "truncations": 0})
         self.handlers[proto.PROMOTE] = self._on_promote
 
@@ -120,12 +121,17 @@ class BrokerSlave(BrokerBase):
     def on_registered(self, result: Any) -> None:
         addr = result.get("master_addr") if isinstance(result, dict) else None
         if isinstance(addr, str) and addr and not self.config.ha_master_address and addr != self.master_addr:
+            self.looking_for_master = False
             self.master_addr = addr
             tell_quietly(self.ha_client, MasterAddress(addr))
             self._sync_metadata()
 
+    def handle_MasterSilent(self, msg: MasterSilent) -> None:
+        if not self.config.ha_master_address and msg.address == self.master_addr:
+            self.looking_for_master = True
+
     def on_tick(self, now_ms: int) -> None:
-        if self.master_addr is None and self.due("find_master", now_ms, FIND_MASTER_INTERVAL_MS):
+        if (self.master_addr is None or self.looking_for_master) and self.due("find_master", now_ms, FIND_MASTER_INTERVAL_MS):
             self._register_all()  # the NameServer answers with the master's address once it knows it
         if self.due("flush", now_ms, self.config.flush_interval_commit_log_ms):
             self.store.flush()
@@ -161,6 +167,12 @@ class BrokerSlave(BrokerBase):
                 # Keep the larger: consumers may have committed here while the master was down.
                 if mine is None or offset > mine:
                     self.offsets.commit(group, topic, qid, offset)
+        groups = meta.get("groups", {})
+        copied = {g: self.groups.decode_entry(g, c) for g, c in groups.items()} if isinstance(groups, dict) else {}
+        if copied and copied != self.groups.table:
+            self.groups.table = {**self.groups.table, **copied}
+            self.groups.data_version += 1
+            self.groups.persist()
         delays = meta.get("delay_offsets", {})
         before = self.delay_offsets.data_version
         for level, offset in delays.items() if isinstance(delays, dict) else ():

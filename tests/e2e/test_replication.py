@@ -219,3 +219,45 @@ def test_old_master_rejoining_as_slave_cuts_what_the_new_master_never_had(group,
     g.m, g.s = g.s, RpcClient(f"tcp://127.0.0.1:{g.s_port}", timeout_ms=8000, retries=0)
     g.wait_slave_caught_up()
     assert g.pull_all(g.s) == [f"shared-{i}".encode() for i in range(10)] + [b"new-master"]
+
+
+def test_admin_promote_makes_a_slave_master_and_the_other_slave_follows_it(group, tmp_path):
+    import subprocess
+    import sys
+
+    g = group("ASYNC_MASTER")
+    third_port = find_free_port()
+    conf = tmp_path / "broker-2.conf"
+    conf.write_text(f"brokerName=broker-a\nbrokerId=2\nbrokerRole=SLAVE\nnamesrvAddr=127.0.0.1:{g.ns_port}\n"
+                    f"listenPort={third_port}\nstorePathRootDir={tmp_path / 'store-2'}\n"
+                    "mappedFileSizeCommitLog=1048576\nmaxMessageSize=65536\n")
+    g.start_rmqz("broker", "-c", str(conf), endpoint=f"tcp://127.0.0.1:{third_port}")
+    third = RpcClient(f"tcp://127.0.0.1:{third_port}", timeout_ms=8000, retries=0)
+    for i in range(10):
+        g.send(f"before-{i}".encode())
+    g.wait_slave_caught_up()
+
+    def rmqz_admin(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "rmqz.cli.main", "admin", *args, "-n", f"127.0.0.1:{g.ns_port}"],
+                              capture_output=True, text=True, timeout=60)
+
+    refused = rmqz_admin("promote", "--broker", "broker-a", "--id", "1")
+    assert refused.returncode != 0 and "still answers" in refused.stderr  # the master is alive
+    kill9(g.master)
+    done = rmqz_admin("promote", "--broker", "broker-a", "--id", "1")
+    assert done.returncode == 0, done.stderr
+    res = g.call(g.s, proto.SEND_MESSAGE, proto.SendMessage("Orders", 0, [proto.OutMessage(b"after")]).to_dict())
+    assert res["status"] == proto.SEND_OK
+    deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
+    while True:  # the other slave finds the new master through the NameServer and copies from it
+        try:
+            body = [m["body"] for m in g.call(third, proto.PULL_MESSAGE, proto.PullMessage(
+                "check", "Orders", 0, 0, max_messages=100).to_dict())["messages"]]
+            if body and body[-1] == b"after":
+                break
+        except RemoteError:
+            pass
+        assert time.monotonic() < deadline, "the remaining slave never followed the promoted master"
+        time.sleep(0.2)
+    assert body == [f"before-{i}".encode() for i in range(10)] + [b"after"]
+    third.close()
