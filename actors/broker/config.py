@@ -35,6 +35,9 @@ class BrokerConfig:
     flush_disk_type: str = "ASYNC_FLUSH"
     namesrv_addr: list[str] = field(default_factory=lambda: ["127.0.0.1:9876"])
     listen_host: str = "127.0.0.1"
+    # RocketMQ's brokerIP1: the address registered with NameServers and given to peers, when
+    # the bind address is not reachable as such (0.0.0.0 in a container).
+    broker_ip1: str = ""
     listen_port: int = 10911
     store_path_root_dir: str = "store"
     auto_create_topic_enable: bool = True
@@ -81,7 +84,8 @@ class BrokerConfig:
 
     @property
     def address(self) -> str:
-        return f"{self.listen_host}:{self.listen_port}"
+        """What clients, NameServers and peers are told to use."""
+        return f"{self.broker_ip1 or self.listen_host}:{self.listen_port}"
 
     @property
     def is_master(self) -> bool:
@@ -100,6 +104,7 @@ ALIASES = {
     "dLegerGroup": "dledger_group",
     "dLegerPeers": "dledger_peers",
     "dLegerSelfId": "dledger_self_id",
+    "brokerIP1": "broker_ip1",
     "haHousekeepingInterval": "ha_housekeeping_interval_ms",
 }
 INT_LIMITS = {
@@ -177,6 +182,10 @@ def _check(cfg: BrokerConfig) -> None:
             raise ConfigError(f"{what}: 1-64 chars of A-Z a-z 0-9 _ . -, got {name!r}")
     if not cfg.namesrv_addr or not all(ADDR_PATTERN.fullmatch(a) for a in cfg.namesrv_addr):
         raise ConfigError(f"namesrvAddr: expected host:port;host:port, got {';'.join(cfg.namesrv_addr)!r}")
+    if cfg.listen_host in ("0.0.0.0", "*") and not cfg.broker_ip1:
+        raise ConfigError("listenHost binds every interface: set brokerIP1 to the address others should use")
+    if cfg.broker_ip1 and not ADDR_PATTERN.fullmatch(f"{cfg.broker_ip1}:1"):
+        raise ConfigError(f"brokerIP1: expected a host name or IP, got {cfg.broker_ip1!r}")
     if cfg.ha_master_address and not ADDR_PATTERN.fullmatch(cfg.ha_master_address):
         raise ConfigError(f"haMasterAddress: expected host:port, got {cfg.ha_master_address!r}")
     try:

@@ -1,0 +1,43 @@
+"""broker.conf parsing: RocketMQ key names, strict values, clear errors naming the key."""
+
+import pytest
+
+from rmqz.actors.broker.config import ConfigError, from_properties, parse_properties
+
+
+def conf(text: str):
+    return from_properties(parse_properties(text))
+
+
+def test_rocketmq_keys_and_snake_case_both_work():
+    c = conf("brokerName=broker-b\nbroker_id=1\nbrokerRole=SLAVE\nflushDiskType=SYNC_FLUSH\n"
+             "namesrvAddr=10.0.0.1:9876;10.0.0.2:9876\nlistenPort=10911\nslaveReadEnable=true\n")
+    assert (c.broker_name, c.broker_id, c.broker_role, c.flush_disk_type) == ("broker-b", 1, "SLAVE", "SYNC_FLUSH")
+    assert c.namesrv_addr == ["10.0.0.1:9876", "10.0.0.2:9876"] and c.slave_read_enable
+
+
+@pytest.mark.parametrize("text, key", [
+    ("brokerRole=BOSS", "brokerRole"), ("flushDiskType=SOMETIMES", "flushDiskType"),
+    ("listenPort=99999", "listenPort"), ("slaveReadEnable=yes", "slaveReadEnable"),
+    ("typoKey=1", "typoKey"), ("brokerId=1", "brokerRole"), ("namesrvAddr=nohost", "namesrvAddr"),
+])
+def test_bad_values_are_errors_that_name_the_key(text, key):
+    with pytest.raises(ConfigError, match=key):
+        conf(text)
+
+
+def test_dledger_peers_must_include_this_node_at_its_own_address():
+    ok = conf("enableDLegerCommitLog=true\ndLegerPeers=n0-127.0.0.1:10911;n1-127.0.0.1:10912;n2-127.0.0.1:10913\n"
+              "dLegerSelfId=n1\nlistenPort=10912\n")
+    assert list(ok.peers()) == ["n0", "n1", "n2"] and ok.dledger_group == ok.broker_name
+    with pytest.raises(ConfigError, match="dLegerSelfId"):
+        conf("enableDLegerCommitLog=true\ndLegerPeers=n0-127.0.0.1:10911\ndLegerSelfId=n9\nlistenPort=10911\n")
+    with pytest.raises(ConfigError, match="listens on"):
+        conf("enableDLegerCommitLog=true\ndLegerPeers=n0-127.0.0.1:10911\ndLegerSelfId=n0\nlistenPort=10999\n")
+
+
+def test_binding_every_interface_needs_an_advertised_address():
+    c = conf("listenHost=0.0.0.0\nbrokerIP1=broker-a-0\nlistenPort=10911\n")
+    assert c.address == "broker-a-0:10911"  # what NameServers, clients and peers are told
+    with pytest.raises(ConfigError, match="brokerIP1"):
+        conf("listenHost=0.0.0.0\n")
