@@ -7,7 +7,6 @@ on the same open store, and the new role is saved so a restart keeps it.
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 
-import pykka
 import pytest
 
 from rmqz.actors.base import ChildFailed, Ping

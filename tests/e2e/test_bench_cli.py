@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,13 +18,14 @@ import pytest
 
 from rmqz.transport.client import ClientError, RpcClient
 
+from .conftest import free_port_block
+
 pytestmark = pytest.mark.e2e
 
 RUN_TIMEOUT_S = 120.0  # generous: nothing here is a timing assertion
 UP_READY_S = 30.0
 UP_STOP_S = 20.0
 PING_TIMEOUT_MS = 500
-PORT_RANGE = (20_000, 30_000)
 PRODUCE_KEYS = {"msgs_per_s", "mib_per_s", "p50_ms", "p99_ms", "p999_ms", "max_ms", "sent", "failed", "mode", "size"}
 CONSUME_KEYS = {"msgs_per_s", "mib_per_s", "consumed", "elapsed_s"}
 
@@ -88,23 +87,6 @@ def test_bench_consume_produces_the_missing_messages_then_consumes_them() -> Non
 
 
 # ---------------------------------------------------------------------------- a running cluster
-
-
-def free_port_block(count: int) -> int:
-    for _ in range(200):
-        base = random.randrange(*PORT_RANGE)
-        if all(_bindable(base + i) for i in range(count)):
-            return base
-    raise RuntimeError(f"no block of {count} free ports")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _ping(addr: str) -> bool:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -19,12 +18,13 @@ import pytest
 
 from rmqz.transport.client import ClientError, RpcClient
 
+from .conftest import free_port_block
+
 pytestmark = pytest.mark.e2e
 
 WAIT_S = 20.0  # generous: nothing here is a timing assertion
 EXIT_WAIT_S = 20.0
 PING_TIMEOUT_MS = 500
-PORT_RANGE = (20_000, 30_000)  # below the ephemeral range, where client sockets live
 TWO_NAMESRVS = '''
 name = "two-ns"
 description = "two NameServers, no brokers"
@@ -33,24 +33,6 @@ name = "ns-0"
 [[namesrv]]
 name = "ns-1"
 '''
-
-
-def free_port_block(count: int) -> int:
-    """A base port with `count` consecutive ports free right now on 127.0.0.1."""
-    for _ in range(200):
-        base = random.randrange(*PORT_RANGE)
-        if all(_bindable(base + i) for i in range(count)):
-            return base
-    raise RuntimeError(f"no block of {count} free ports")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def ping(endpoint: str) -> bool:
