@@ -192,6 +192,13 @@ class Producer:
         NoRouteError, BrokerError, ClientTimeout (all MQClientError)."""
         return self.send_async(topic, body, key, tags, properties).result()
 
+    def send_oneway(self, topic: str, body: bytes | str, key: str | Iterable[str] | None = None,
+                    tags: str | None = None, properties: Mapping[str, str] | None = None) -> None:
+        """Fire and forget (RocketMQ's sendOneway): returns at once and never reports the
+        outcome. Validation errors still raise here. For logs and metrics that may be lost."""
+        future = self.send_async(topic, body, key, tags, properties)
+        future.add_done_callback(_forget_outcome)
+
     def send_batch(self, topic: str, bodies: Iterable[bytes | str], key: str | Iterable[str] | None = None,
                    tags: str | None = None, properties: Mapping[str, str] | None = None) -> SendResult:
         """Send several messages in ONE request to ONE queue (stored together, in order)."""
@@ -399,3 +406,9 @@ class Producer:
                               f"topics automatically (autoCreateTopicEnable=false); create it first with "
                               f"`rmqz admin create-topic -t {topic}`")
         raise errors[0]
+
+
+def _forget_outcome(future: Future) -> None:
+    """A oneway send's result is not reported; retrieve the exception so nothing warns."""
+    if not future.cancelled():
+        future.exception()

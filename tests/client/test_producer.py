@@ -213,3 +213,9 @@ def test_sending_needs_a_started_producer(two_brokers):
     producer.shutdown()  # idempotent
     with pytest.raises(MQClientError):
         producer.send("TopicA", "x")
+
+
+def test_send_oneway_returns_at_once_and_the_message_is_stored(two_brokers, wait):
+    with Producer(two_brokers.namesrv_addr) as producer:
+        assert producer.send_oneway("TopicA", b"fire-and-forget") is None
+        assert wait(lambda: sum(sum(stored(b).values()) for b in two_brokers.brokers) == 1)
