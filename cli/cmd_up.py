@@ -101,8 +101,14 @@ class _StopFlag:
                                       "ports above it.")
 @click.option("--no-status", is_flag=True,
               help="No live table: print one line per node state change instead.")
-def up(topology_spec: str, data_dir: str | None, base_port: int, no_status: bool) -> None:
+@click.option("--runtime", type=click.Choice(["local", "docker"]), default="local", show_default=True,
+              help="local: one process per node here; docker: containers of our image on a private "
+                   "network (dledger3, 2m-2s-sync).")
+def up(topology_spec: str, data_dir: str | None, base_port: int, no_status: bool, runtime: str) -> None:
     """Start a local cluster (one process per node) and supervise it until Ctrl-C."""
+    if runtime == "docker":
+        from .docker_runtime import run_docker
+        sys.exit(run_docker(topology_spec, os.path.abspath(data_dir or os.path.join(DEFAULT_DATA_ROOT, f"docker-{topology_spec}"))))
     topology, plans, data_dir = _plan(topology_spec, data_dir, base_port)
     live_status = not no_status and sys.stdout.isatty()
     _setup_logging(data_dir)
