@@ -26,7 +26,7 @@ from rmqz.actors.dledger.core import LEADER
 from rmqz.storage import record as rec
 from rmqz.storage.errors import MessageTooLargeError
 from rmqz.storage.json_file import load_json, require, save_json
-from rmqz.storage.metadata import PERM_WRITE, TopicConfig
+from rmqz.storage.metadata import PERM_WRITE, TopicConfig, SubscriptionGroupConfig
 
 APPLIED_FILE = "applied.json"
 RETRY_TOPIC_PROPOSE_GAP_MS = 1_000  # a heartbeat re-proposes a missing retry topic at most this often
@@ -236,6 +236,19 @@ class BrokerDLedger(BrokerBase):
                 self._reply(token[1], {"topic": item.config.topic, "created": token[2]})
         elif isinstance(item, de.OffsetsEntry):
             self._apply_offsets(item.offsets)
+        elif isinstance(item, de.GroupEntry):
+            self._apply_group(item)
+
+    def _apply_group(self, item: de.GroupEntry) -> None:
+        cfg = SubscriptionGroupConfig(item.group, retry_max_times=item.retry_max_times)
+        if self.groups.table.get(item.group) != cfg:
+            self.groups.put(cfg)
+            self.groups.persist()
+
+    def on_group_seen(self, group: str) -> None:
+        """A group's first heartbeat at the leader: replicate the group through Raft."""
+        if self.is_leader and self.dledger is not None and group not in self.groups.table:
+            self.dledger.tell(Propose(de.encode_group(group, SubscriptionGroupConfig(group).retry_max_times), None))
 
     def _apply_messages(self, item: de.MessagesEntry, token: Any) -> None:
         if token is not None and token[0] == "schedule":

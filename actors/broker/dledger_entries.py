@@ -19,6 +19,7 @@ from rmqz.storage.metadata import TopicConfig
 MESSAGES = 1
 TOPIC = 2
 OFFSETS = 3
+GROUP = 4
 MAX_ENTRY_BYTES = 72 * 1024 * 1024
 
 
@@ -62,11 +63,23 @@ def encode_topic(cfg: TopicConfig) -> bytes:
                          use_bin_type=True)
 
 
+@dataclass(frozen=True, slots=True)
+class GroupEntry:
+    """A subscription group, so every node (and a future leader) knows it."""
+
+    group: str
+    retry_max_times: int
+
+
+def encode_group(group: str, retry_max_times: int) -> bytes:
+    return msgpack.packb([GROUP, group, retry_max_times], use_bin_type=True)
+
+
 def encode_offsets(offsets: dict[str, dict[str, int]]) -> bytes:
     return msgpack.packb([OFFSETS, offsets], use_bin_type=True)
 
 
-def decode(data: bytes) -> MessagesEntry | TopicEntry | OffsetsEntry | None:
+def decode(data: bytes) -> MessagesEntry | TopicEntry | OffsetsEntry | GroupEntry | None:
     """None for the leader's no-op entry."""
     if not data:
         return None
@@ -88,7 +101,7 @@ def _row(r: Any) -> proto.OutMessage:
     return msg
 
 
-def _decode(item: Any) -> MessagesEntry | TopicEntry | OffsetsEntry:
+def _decode(item: Any) -> MessagesEntry | TopicEntry | OffsetsEntry | GroupEntry:
     if not isinstance(item, list) or not item:
         raise ValueError("entry must be a non-empty list")
     kind = item[0]
@@ -115,4 +128,9 @@ def _decode(item: Any) -> MessagesEntry | TopicEntry | OffsetsEntry:
         if not isinstance(item[1], dict):
             raise ValueError("offsets must be a map")
         return OffsetsEntry(item[1])
+    if kind == GROUP:
+        _, group, retry_max = item
+        if not isinstance(group, str) or not group or not isinstance(retry_max, int) or retry_max < 0:
+            raise ValueError("bad subscription group")
+        return GroupEntry(group, retry_max)
     raise ValueError(f"unknown entry kind {kind!r}")

@@ -128,3 +128,28 @@ def test_paused_leader_is_replaced_and_rejoins_without_losing_acknowledged_messa
             os.kill(victim["pid"], signal.SIGCONT)
         wait_acked_more_than(load, len(load.acked) + 20)
     check(cluster.namesrv, load)
+
+
+def test_subscription_groups_are_replicated_to_every_node_through_raft(rmqz_up):
+    import json as _json
+
+    from rmqz.client import PushConsumer
+
+    cluster = rmqz_up("dledger3")
+    with Producer(cluster.namesrv) as producer:  # the topic must exist before a consumer starts
+        producer.send("Raft", b"hello")
+    with PushConsumer(cluster.namesrv, "billing", "Raft", lambda m: "CONSUME_SUCCESS", heartbeat_interval_ms=500):
+        deadline = time.monotonic() + LEADER_TIMEOUT_S
+        members = [n for n in cluster.state()["nodes"] if n["name"].startswith("broker-")]
+        while True:
+            have = []
+            for n in members:
+                path = cluster.data_dir / n["name"] / "store" / "config" / "subscriptionGroup.json"
+                try:
+                    have.append("billing" in _json.loads(path.read_text())["table"])
+                except (OSError, ValueError, KeyError):
+                    have.append(False)
+            if all(have):
+                break
+            assert time.monotonic() < deadline, f"group not on every node: {have}"
+            time.sleep(0.2)
