@@ -20,6 +20,7 @@ from loguru import logger
 from rmqz.actors.broker import dledger_entries as de
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker import retry_core
+from rmqz.actors.broker.master import in_memory_max_bytes
 from rmqz.actors.broker.base import BrokerBase, BrokerDeps, Refusal, ReplyTo
 from rmqz.actors.dledger.actor import Apply, Propose, ProposeFailed, RoleChanged
 from rmqz.actors.dledger.core import LEADER
@@ -79,6 +80,8 @@ class BrokerDLedger(BrokerBase):
         self.term = 0
         peers = sorted(self.config.peers())
         self.follower_id = 1 + peers.index(self.config.dledger_self_id)
+        self.cold_bytes = in_memory_max_bytes(self.config.access_message_in_memory_max_ratio,
+                                              self.config.access_message_in_memory_max_bytes)
         self.config.broker_id = self.follower_id
         self._queue_rr = itertools.count()
         self._offsets_proposed_version = -1
@@ -318,7 +321,17 @@ class BrokerDLedger(BrokerBase):
             self._register_all()  # routes move now, not at the next heartbeat
 
     def suggest_broker(self, last_physical_offset: int | None, queue_offset: int) -> int:
-        return self.config.broker_id
+        """slaveReadEnable: the leader sends a consumer reading cold data (further behind the
+        head than memory holds) to a follower, as a master sends it to its slave; a follower
+        with nothing new sends it back to the leader. Followers only hold committed data."""
+        if not self.config.slave_read_enable:
+            return self.config.broker_id
+        if not self.is_leader:
+            return 0 if last_physical_offset is None else self.config.broker_id
+        if last_physical_offset is None or self.store.commit_log.wrote_offset - last_physical_offset <= self.cold_bytes:
+            return 0
+        followers = [1 + i for i, p in enumerate(sorted(self.config.peers())) if p != self.config.dledger_self_id]
+        return followers[queue_offset % len(followers)] if followers else 0
 
     # ---- time ----------------------------------------------------------------------------
 

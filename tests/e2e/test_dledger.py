@@ -153,3 +153,51 @@ def test_subscription_groups_are_replicated_to_every_node_through_raft(rmqz_up):
                 break
             assert time.monotonic() < deadline, f"group not on every node: {have}"
             time.sleep(0.2)
+
+
+DLEDGER3_READ_OFFLOAD = """
+name = "dledger3-offload"
+[[namesrv]]
+name = "namesrv-0"
+""" + "".join(f"""
+[[broker]]
+name = "broker-a-n{i}"
+broker_name = "broker-a"
+broker_id = {i}
+dledger_id = "n{i}"
+role = "ASYNC_MASTER"
+flush = "ASYNC_FLUSH"
+[broker.extra]
+slaveReadEnable = true
+accessMessageInMemoryMaxBytes = 4096
+""" for i in range(3))
+
+
+def test_leader_sends_cold_reads_to_a_follower_that_serves_them(rmqz_up, tmp_path):
+    from rmqz.actors.broker import messages as proto
+    from rmqz.transport.client import RpcClient
+    from rmqz.transport.envelope import pack_body, unpack_body
+
+    topo = tmp_path / "dledger3-offload.toml"
+    topo.write_text(DLEDGER3_READ_OFFLOAD)
+    cluster = rmqz_up(str(topo))
+    with Producer(cluster.namesrv) as producer:
+        for i in range(200):
+            producer.send_orderly("Cold", f"c-{i:04d}".encode() * 10, "one-queue")
+    lead = leader(cluster.namesrv)
+    with Admin(cluster.namesrv) as admin:
+        by_id = {b["broker_id"]: b["address"] for b in admin.cluster()}
+        status = admin.topic_status("Cold")["brokers"]
+        qid = next(q["queue_id"] for row in status if row["broker_id"] == 0 for q in row["queues"] if q["max_offset"] == 200)
+
+    def pull(addr: str, offset: int) -> dict:
+        with RpcClient(f"tcp://{addr}", timeout_ms=5000, retries=0) as c:
+            _, raw = c.request(proto.BROKER, proto.PULL_MESSAGE, pack_body(
+                proto.PullMessage("cold", "Cold", qid, offset, max_messages=4).to_dict()))
+        return unpack_body(raw, 1 << 24)
+
+    cold = pull(lead["address"], 0)
+    assert cold["suggest_which_broker_id"] != 0  # far behind the head: go to a follower
+    follower = pull(by_id[cold["suggest_which_broker_id"]], cold["next_offset"])
+    assert follower["status"] == proto.FOUND and follower["messages"][0]["queue_offset"] == 4
+    assert pull(lead["address"], 199)["suggest_which_broker_id"] == 0  # at the head: stay
