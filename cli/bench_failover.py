@@ -108,13 +108,15 @@ def wait_running(data_dir: Path, timeout_s: float) -> None:
     raise CliError("the cluster did not come back to all nodes running")
 
 
-def drain(namesrv: str, expected: set[str]) -> Counter:
+def drain(namesrv: str, expected: set[str], topic: str = TOPIC, timeout_s: float = DRAIN_TIMEOUT_S) -> Counter:
+    """The no-loss checker: read the topic from the start until every expected value was seen
+    (or the timeout); returns how often each value was read (duplicates show as counts > 1)."""
     seen: Counter = Counter()
-    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     with PullConsumer(namesrv, "failover-checker") as consumer:
         offsets: dict = {}
         while not expected <= set(seen) and time.monotonic() < deadline:
-            for q in consumer.queues(TOPIC):
+            for q in consumer.queues(topic):
                 try:
                     res = consumer.pull(q, offsets.get(q, 0), max_messages=1024)
                 except MQClientError:

@@ -13,7 +13,8 @@ from collections import Counter
 
 import pytest
 
-from rmqz.client import Admin, MQClientError, Producer, PullConsumer
+from rmqz.cli.bench_failover import drain
+from rmqz.client import Admin, MQClientError, Producer
 
 pytestmark = pytest.mark.e2e
 LEADER_TIMEOUT_S = 30.0
@@ -74,25 +75,9 @@ def wait_acked_more_than(load: Load, count: int) -> None:
         time.sleep(0.05)
 
 
-def drain(namesrv: str, expected: set[str]) -> Counter:
-    seen: Counter = Counter()
-    deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    with PullConsumer(namesrv, "raft-checker") as consumer:
-        offsets: dict = {}
-        while not expected <= set(seen) and time.monotonic() < deadline:
-            for q in consumer.queues("Raft"):
-                try:
-                    res = consumer.pull(q, offsets.get(q, 0), max_messages=512)
-                except MQClientError:
-                    continue
-                seen.update(m.body.decode() for m in res.messages)
-                offsets[q] = res.next_offset
-    return seen
-
-
 def check(namesrv: str, load: Load) -> None:
     acked = set(load.acked)
-    seen = drain(namesrv, acked)
+    seen = drain(namesrv, acked, topic="Raft", timeout_s=DRAIN_TIMEOUT_S)
     lost = acked - set(seen)
     dups = sum(c - 1 for c in seen.values() if c > 1)
     print(f"acked={len(acked)} failed_sends={load.failed} consumed={len(seen)} duplicates={dups} lost={len(lost)}")
