@@ -115,6 +115,11 @@ class FaultyFileSystem(OsFileSystem):
         self._open[path] = handle
         return handle
 
+    def open_reader(self, path: str) -> FaultySegmentFile:
+        """Readers share the writer's handle: they must see its unsynced writes (the page
+        cache). Closing a faulty handle is a no-op, so a reader can never close the writer's."""
+        return self.open_segment(path, self.file_size(path))
+
     def remove(self, path: str) -> None:
         handle = self._open.pop(path, None)
         if handle is not None:

@@ -23,8 +23,14 @@ class SegmentFile(Protocol):
     def close(self) -> None: ...
 
 
+class SegmentReader(Protocol):
+    def pread(self, length: int, offset: int) -> bytes: ...
+    def close(self) -> None: ...
+
+
 class FileSystem(Protocol):
     def open_segment(self, path: str, size: int) -> SegmentFile: ...
+    def open_reader(self, path: str) -> SegmentReader: ...
     def file_size(self, path: str) -> int: ...
     def listdir(self, path: str) -> list[str]: ...
     def makedirs(self, path: str) -> None: ...
@@ -84,9 +90,29 @@ class OsSegmentFile:
             self._fd = -1
 
 
+class OsSegmentReader:
+    """A read-only handle on a segment another thread writes: it shares the page cache, so
+    it sees every pwrite as soon as it returns, and it can neither create nor grow a file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def pread(self, length: int, offset: int) -> bytes:
+        return os.pread(self._fd, length, offset)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class OsFileSystem:
     def open_segment(self, path: str, size: int) -> OsSegmentFile:
         return OsSegmentFile(path, size)
+
+    def open_reader(self, path: str) -> OsSegmentReader:
+        return OsSegmentReader(path)
 
     def file_size(self, path: str) -> int:
         return os.stat(path).st_size

@@ -20,15 +20,17 @@ from loguru import logger
 from . import record as rec
 from .checkpoint import ABORT_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from .commit_log import CommitLog
-from .consume_queue import DEFAULT_UNITS_PER_SEGMENT, ConsumeQueue
+from .consume_queue import DEFAULT_UNITS_PER_SEGMENT, ConsumeQueue, CqUnit
 from .errors import CorruptStoreError, OffsetError, StorageError
 from .fs import FileSystem, OsFileSystem
+from .queue_index import (  # noqa: F401  (re-exported: callers import them from here)
+    FOUND, MAX_PULL_BYTES, MAX_PULL_MESSAGES, NO_MESSAGE_IN_QUEUE, OFFSET_OVERFLOW_BADLY,
+    OFFSET_OVERFLOW_ONE, OFFSET_TOO_SMALL, GetResult, QueueIndex,
+)
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 DEFAULT_SEGMENT_BYTES = 1 << 30
 MAX_BATCH_MESSAGES = 10_000
-MAX_PULL_MESSAGES = 1024
-MAX_PULL_BYTES = 16 * 1024 * 1024
 assert MAX_PULL_MESSAGES <= MAX_BATCH_MESSAGES
 
 
@@ -52,23 +54,6 @@ class PutResult:
     store_timestamp_ms: int
 
 
-# GetMessageStatus, as RocketMQ names them.
-FOUND = "FOUND"
-NO_MESSAGE_IN_QUEUE = "NO_MESSAGE_IN_QUEUE"
-OFFSET_OVERFLOW_ONE = "OFFSET_OVERFLOW_ONE"
-OFFSET_OVERFLOW_BADLY = "OFFSET_OVERFLOW_BADLY"
-OFFSET_TOO_SMALL = "OFFSET_TOO_SMALL"
-
-
-@dataclass(slots=True)
-class GetResult:
-    status: str
-    messages: list[rec.StoredMessage]
-    next_offset: int
-    min_offset: int
-    max_offset: int
-
-
 @dataclass(slots=True)
 class RecoveryReport:
     clean: bool
@@ -80,7 +65,7 @@ class RecoveryReport:
     seconds: float
 
 
-class MessageStore:
+class MessageStore(QueueIndex):
     def __init__(self, config: StoreConfig, fs: FileSystem | None = None,
                  clock_ms: Callable[[], int] | None = None) -> None:
         self.config = config
@@ -90,6 +75,7 @@ class MessageStore:
         self.commit_log = CommitLog(self.fs, os.path.join(self.root, "commitlog"),
                                     config.commit_log_segment_bytes, config.max_message_bytes)
         self.queues: dict[tuple[str, int], ConsumeQueue] = {}
+        self.units_per_segment = config.consume_queue_units_per_segment
         self.dispatched_offset = 0
         self._opened = False
 
@@ -157,27 +143,6 @@ class MessageStore:
         start = max(self.commit_log.min_offset, min(dispatched, end))
         self.dispatched_offset = start
         return self.dispatch(end)
-
-    def _load_queues(self, durable_ends: dict[str, int]) -> None:
-        base = os.path.join(self.root, "consumequeue")
-        self.fs.makedirs(base)
-        for topic in self.fs.listdir(base):
-            if not rec.TOPIC_PATTERN.fullmatch(topic):
-                raise CorruptStoreError(os.path.join(base, topic), 0, "not a topic directory")
-            for qid in self.fs.listdir(os.path.join(base, topic)):
-                if not qid.isdigit() or int(qid) > rec.MAX_QUEUE_ID:
-                    raise CorruptStoreError(os.path.join(base, topic, qid), 0, "not a queue directory")
-                self._queue(topic, int(qid), load=durable_ends.get(f"{topic}/{qid}", 0))
-
-    def _queue(self, topic: str, queue_id: int, load: int | None = None) -> ConsumeQueue:
-        key = (topic, queue_id)
-        cq = self.queues.get(key)
-        if cq is None:
-            path = os.path.join(self.root, "consumequeue", topic, str(queue_id))
-            cq = ConsumeQueue(self.fs, path, topic, queue_id, self.config.consume_queue_units_per_segment)
-            cq.load(load) if load is not None else self.fs.makedirs(path)
-            self.queues[key] = cq
-        return cq
 
     def close(self) -> None:
         """Clean shutdown: flush everything, record the clean end, remove the abort marker."""
@@ -250,10 +215,6 @@ class MessageStore:
         checkpoint time: they can always be rebuilt from the log)."""
         return self.commit_log.flush()
 
-    def _flush_queues(self) -> None:
-        for cq in self.queues.values():
-            cq.flush()
-
     def checkpoint(self) -> Checkpoint:
         """Make consume queues durable, then record how far the store is known good."""
         dispatched = self.dispatched_offset
@@ -261,9 +222,6 @@ class MessageStore:
         cp = Checkpoint(self.commit_log.flushed_offset, dispatched, None, self._queue_ends())
         save_checkpoint(self.fs, self.root, cp)
         return cp
-
-    def _queue_ends(self) -> dict[str, int]:
-        return {f"{t}/{q}": cq.max_offset for (t, q), cq in self.queues.items()}
 
     def truncate(self, offset: int) -> None:
         """Cut the log (replica divergence, Raft conflict) and the index with it."""
@@ -276,41 +234,12 @@ class MessageStore:
 
     # ---- reading -------------------------------------------------------------------------
 
-    def get_messages(self, topic: str, queue_id: int, offset: int, max_count: int = 32,
-                     max_bytes: int = MAX_PULL_BYTES) -> GetResult:
-        cq = self.queues.get((topic, queue_id))
-        if cq is None or cq.max_offset == 0:
-            return GetResult(NO_MESSAGE_IN_QUEUE, [], 0, 0, 0)
-        lo, hi = cq.min_offset, cq.max_offset
-        if offset < lo:
-            return GetResult(OFFSET_TOO_SMALL, [], lo, lo, hi)
-        if offset == hi:
-            return GetResult(OFFSET_OVERFLOW_ONE, [], offset, lo, hi)
-        if offset > hi:
-            return GetResult(OFFSET_OVERFLOW_BADLY, [], hi, lo, hi)
-        messages: list[rec.StoredMessage] = []
-        total = 0
-        for unit in cq.get_range(offset, min(max_count, MAX_PULL_MESSAGES)):
-            if messages and total + unit.size > max_bytes:
-                break
-            msg = self.commit_log.read(unit.commit_log_offset, unit.size)
-            if (msg.topic, msg.queue_id, msg.queue_offset) != (topic, queue_id, unit.queue_offset):
-                raise CorruptStoreError(cq.files.directory, unit.queue_offset * 20,
-                                        "consume queue unit points at another message")
-            messages.append(msg)
-            total += unit.size
-        return GetResult(FOUND, messages, offset + len(messages), lo, hi)
-
-    def max_offset(self, topic: str, queue_id: int) -> int:
-        cq = self.queues.get((topic, queue_id))
-        return cq.max_offset if cq else 0
-
-    def min_offset(self, topic: str, queue_id: int) -> int:
-        cq = self.queues.get((topic, queue_id))
-        return cq.min_offset if cq else 0
-
-    def topics(self) -> set[str]:
-        return {t for t, _ in self.queues}
+    def read_unit(self, cq: ConsumeQueue, unit: CqUnit) -> rec.StoredMessage:
+        msg = self.commit_log.read(unit.commit_log_offset, unit.size)
+        if (msg.topic, msg.queue_id, msg.queue_offset) != (cq.topic, cq.queue_id, unit.queue_offset):
+            raise CorruptStoreError(cq.files.directory, unit.queue_offset * 20,
+                                    "consume queue unit points at another message")
+        return msg
 
 
 __all__ = ["MessageStore", "StoreConfig", "PutResult", "GetResult", "RecoveryReport", "StorageError", "OffsetError"]

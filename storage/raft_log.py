@@ -504,6 +504,27 @@ class RaftLog:
             raise CorruptStoreError(path, local, f"entry {self._first + at}: {reason}")
         return term, index, buf[pos + HEADER_BYTES:pos + size]
 
+    def data_offset(self, index: int) -> int:
+        """Log offset of an entry's data: where a reader finds its payload in the segment
+        files (a DLedger broker's consume queues point there: one write path)."""
+        self._check()
+        if type(index) is not int or not self._first <= index <= self._last():
+            raise LogIndexError(f"{self.directory}: no entry {index!r}, the log holds [{self._first}, {self._last()}]")
+        return self._offsets[index - self._first] + HEADER_BYTES
+
+    def end_offset(self, index: int) -> int:
+        """Log offset just past an entry (0 for index 0, the empty log)."""
+        self._check()
+        if index == 0:
+            return 0
+        if type(index) is not int or not self._first <= index <= self._last():
+            raise LogIndexError(f"{self.directory}: no entry {index!r}, the log holds [{self._first}, {self._last()}]")
+        return self._offsets[index - self._first] + self._sizes[index - self._first]
+
+    @property
+    def entries_directory(self) -> str:
+        return self._files.directory
+
     def locate(self, index: int) -> tuple[str, int, int]:
         """(segment path, offset in that file, record size) of an entry: for diagnostics."""
         self._check()

@@ -1,8 +1,9 @@
-"""BrokerDLedger: a broker whose commit log is driven by its DLedger (Raft) group.
+"""BrokerDLedger: a broker whose commit log is its DLedger (Raft) log.
 
 Every write is proposed as a Raft entry and applied, in index order, on every node of the
-group, so all replicas build byte-identical commit logs and consume queues, and consumers
-only ever see committed messages. The leader answers SEND_OK once its entry is committed
+group. One write path: a message is written once, inside its entry; applying indexes the
+entry's records into consume queues that point into the Raft log (storage/dledger_store.py),
+so all replicas build identical queues and consumers only ever see committed messages. The leader answers SEND_OK once its entry is committed
 (a majority holds it) and applied. Role follows leadership: the leader registers with the
 NameServers as brokerId 0 at once (clients need not wait for a route poll), followers as
 their own ids, and followers refuse writes with NOT_MASTER naming the leader.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,7 @@ from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker import retry_core
 from rmqz.actors.broker.master import in_memory_max_bytes
 from rmqz.actors.broker.base import BrokerBase, BrokerDeps, Refusal, ReplyTo
+from rmqz.actors.broker.dledger_roles import LeaderTick
 from rmqz.actors.dledger.actor import Apply, Propose, ProposeFailed, RoleChanged
 from rmqz.actors.dledger.core import LEADER
 from rmqz.storage import record as rec
@@ -30,6 +33,9 @@ from rmqz.storage.json_file import load_json, require, save_json
 from rmqz.storage.metadata import PERM_WRITE, TopicConfig, SubscriptionGroupConfig
 
 APPLIED_FILE = "applied.json"
+APPLIED_VERSION = 2  # 2: the Raft log is the commit log (version 1 had a separate one)
+MAX_RECOVERY_POINTS = 1024  # applied points kept until the log is known synced past them
+assert MAX_RECOVERY_POINTS > 0
 RETRY_TOPIC_PROPOSE_GAP_MS = 1_000  # a heartbeat re-proposes a missing retry topic at most this often
 assert RETRY_TOPIC_PROPOSE_GAP_MS > 0
 # One Raft entry travels whole in one App frame (transport limit 8 MiB): keep room for headers.
@@ -44,13 +50,15 @@ class AttachDLedger:
 
 @dataclass(frozen=True, slots=True)
 class AppliedPoint:
-    """The last applied Raft index, the commit-log end it produced (flushed) and the
-    schedule offsets at that point (saved in the same file: they must agree exactly, since
-    re-applying an entry after a restart checks them)."""
+    """A recovery point: the last applied Raft index, the log offset just past it, the
+    schedule offsets at that point (they must agree exactly: re-applying a delivery checks
+    them) and the consume-queue units known durable. Saved only once the Raft log is synced
+    past `index`, so after a crash (or power loss) the log always holds what it names."""
 
     index: int
-    offset: int
+    end: int
     delay: dict[str, int] = field(default_factory=dict)
+    queue_ends: dict[str, int] = field(default_factory=dict)
 
 
 def load_applied(fs: Any, dledger_dir: str) -> AppliedPoint:
@@ -58,12 +66,17 @@ def load_applied(fs: Any, dledger_dir: str) -> AppliedPoint:
     raw = load_json(fs, path)
     if raw is None:
         return AppliedPoint(0, 0)
-    require(path, isinstance(raw, dict) and all(isinstance(raw.get(k), int) and raw[k] >= 0 for k in ("index", "offset")),
-            "expected {\"index\": int, \"offset\": int}")
-    delay = raw.get("delay", {})
+    require(path, isinstance(raw, dict) and raw.get("version") == APPLIED_VERSION,
+            f"expected a version {APPLIED_VERSION} applied point (older stores kept a separate commit log: "
+            "wipe this node's store and let it copy the group's log)")
+    require(path, all(isinstance(raw.get(k), int) and raw[k] >= 0 for k in ("index", "end")),
+            "expected {\"index\": int, \"end\": int}")
+    delay, ends = raw.get("delay", {}), raw.get("queue_ends", {})
     require(path, isinstance(delay, dict) and all(k.isdigit() and isinstance(v, int) and v >= 0 for k, v in delay.items()),
             "delay must map level to offset")
-    return AppliedPoint(raw["index"], raw["offset"], delay)
+    require(path, isinstance(ends, dict) and all(isinstance(v, int) and v >= 0 for v in ends.values()),
+            "queue_ends must map queue names to unit counts")
+    return AppliedPoint(raw["index"], raw["end"], delay, ends)
 
 
 class BrokerDLedger(BrokerBase):
@@ -75,6 +88,10 @@ class BrokerDLedger(BrokerBase):
         self.dledger: Any = None
         self.dledger_dir = dledger_dir
         self.applied_index = applied.index
+        self.synced_index = applied.index  # the Raft log is fsynced up to here (from Apply)
+        # (index, end, schedule offsets) after each applied batch, until synced past it.
+        self._points: deque[AppliedPoint] = deque(maxlen=MAX_RECOVERY_POINTS)
+        self._saved_index = applied.index
         self.is_leader = False
         self.leader: str | None = None
         self.term = 0
@@ -123,21 +140,30 @@ class BrokerDLedger(BrokerBase):
         if qid >= queues:
             raise Refusal(proto.BAD_REQUEST, f"queue {qid} does not exist: {req.topic} has {queues} write queues")
         self._validate(req)
-        data = de.encode_messages(req.topic, qid, req.messages, self.store.clock_ms())
+        data = self._encode([self._message(req.topic, qid, m) for m in req.messages], self.store.clock_ms())
         if len(data) > MAX_PROPOSAL_BYTES:
             raise Refusal(proto.MESSAGE_ILLEGAL, f"batch of {len(data)} bytes exceeds {MAX_PROPOSAL_BYTES} "
                                                  "(one Raft entry must fit a transport frame): send smaller batches")
         self.dledger.tell(Propose(data, ("send", reply)))
 
     def _validate(self, req: proto.SendMessage) -> None:
-        """Refuse here what apply would refuse: a bad entry must never enter the log."""
-        topic_b = rec.validate_topic(req.topic)
+        """A bad message must never enter the log: every node would have to index it."""
+        rec.validate_topic(req.topic)
         for m in req.messages:
             if len(m.body) > self.config.max_message_size:
                 raise MessageTooLargeError(f"body of {len(m.body)} bytes exceeds maxMessageSize {self.config.max_message_size}")
-            size = rec.encoded_size(topic_b, rec.encode_properties(m.properties), m.body)
-            if size > self.store.commit_log.max_record_bytes:
-                raise MessageTooLargeError(f"record of {size} bytes does not fit a segment")
+
+    @staticmethod
+    def _message(topic: str, queue_id: int, m: proto.OutMessage) -> rec.Message:
+        return rec.Message(topic, m.body, queue_id, m.flag, m.properties, m.born_timestamp_ms,
+                           reconsume_times=m.reconsume_times)
+
+    def _encode(self, msgs: list[rec.Message], store_timestamp_ms: int,
+                delay: tuple[int, int, int] | None = None) -> bytes:
+        try:
+            return de.encode_messages(msgs, store_timestamp_ms, self.store.max_record_bytes, delay)
+        except rec.RecordError as exc:
+            raise Refusal(proto.MESSAGE_ILLEGAL, str(exc)) from None
 
     def _on_create_topic(self, req: proto.CreateTopic, reply: ReplyTo) -> None:
         self._require_leader()
@@ -166,8 +192,9 @@ class BrokerDLedger(BrokerBase):
     def _on_send_back(self, req: proto.SendBack, reply: ReplyTo) -> None:
         self._require_leader()
         plan, copy = self.send_back_copy(req, self.read_original(req))
-        out = proto.OutMessage(copy.body, copy.properties, copy.flag, copy.born_timestamp_ms, copy.reconsume_times)
-        data = de.encode_messages(plan.topic, plan.queue_id, [out], self.store.clock_ms())
+        msg = rec.Message(plan.topic, copy.body, plan.queue_id, copy.flag, copy.properties, copy.born_timestamp_ms,
+                          reconsume_times=copy.reconsume_times)
+        data = self._encode([msg], self.store.clock_ms())
         self.dledger.tell(Propose(data, ("sendback", reply, self.send_back_body(plan))))
 
     def on_clustering_heartbeat(self, retry_topic: str) -> None:
@@ -189,10 +216,12 @@ class BrokerDLedger(BrokerBase):
                 continue
             run = self._same_target_run(due) if due else []
             reals = [r for r in (self.real_message(m) for m in run) if r is not None]
-            target = (reals[0].topic, reals[0].queue_id) if reals else (retry_core.SCHEDULE_TOPIC, level - 1)
-            outs = [proto.OutMessage(r.body, r.properties, r.flag, r.born_timestamp_ms, r.reconsume_times) for r in reals]
             to = run[-1].queue_offset + 1 if run else end
-            data = de.encode_messages(target[0], target[1], outs, now_wall, (level, offset, to))
+            try:
+                data = de.encode_messages(reals, now_wall, self.store.max_record_bytes, (level, offset, to))
+            except rec.RecordError as exc:  # a message the schedule cannot deliver: skip it, loudly
+                logger.error("broker {}: cannot deliver scheduled messages of level {} at {}: {}", self.node_id, level, offset, exc)
+                data = de.encode_messages([], now_wall, self.store.max_record_bytes, (level, offset, to))
             self._schedule_in_flight.add(level)
             self.dledger.tell(Propose(data, ("schedule", level)))
 
@@ -222,17 +251,21 @@ class BrokerDLedger(BrokerBase):
     # ---- apply: every node, in index order -----------------------------------------------
 
     def handle_Apply(self, msg: Apply) -> None:
-        for entry in msg.entries:
+        for entry, at, end in zip(msg.entries, msg.data_offsets, msg.ends):
             if entry.index <= self.applied_index:
-                continue  # re-delivered after a restart: already in the store
-            self._apply_one(entry.index, entry.data, msg.tokens.get(entry.index))
+                continue  # re-delivered after a restart: already indexed
+            self._apply_one(entry.data, at, end, msg.tokens.get(entry.index))
+            self.store.advance(end)
             self.applied_index = entry.index
             self.stats["applied"] += 1
+        self.store.commit()
+        self.synced_index = max(self.synced_index, msg.synced_index)
+        self._points.append(AppliedPoint(self.applied_index, self.store.applied_end, dict(self.delay_offsets.table)))
 
-    def _apply_one(self, index: int, data: bytes, token: Any) -> None:
+    def _apply_one(self, data: bytes, at: int, end: int, token: Any) -> None:
         item = de.decode(data)  # EntryError: the Raft log is damaged; crash rather than diverge
         if isinstance(item, de.MessagesEntry):
-            self._apply_messages(item, token)
+            self._apply_messages(item, memoryview(data)[item.records_at:], at + item.records_at, end, token)
         elif isinstance(item, de.TopicEntry):
             self._apply_topic(item.config)
             if token is not None:
@@ -253,7 +286,7 @@ class BrokerDLedger(BrokerBase):
         if self.is_leader and self.dledger is not None and group not in self.groups.table:
             self.dledger.tell(Propose(de.encode_group(group, SubscriptionGroupConfig(group).retry_max_times), None))
 
-    def _apply_messages(self, item: de.MessagesEntry, token: Any) -> None:
+    def _apply_messages(self, item: de.MessagesEntry, records: memoryview, at: int, end: int, token: Any) -> None:
         if token is not None and token[0] == "schedule":
             self._schedule_in_flight.discard(token[1])
         if item.delay is not None:
@@ -261,33 +294,27 @@ class BrokerDLedger(BrokerBase):
             if self.delay_offsets.get(level) != lo:
                 return  # delivered already (proposed twice across a leader change): same on every node
             self.delay_offsets.set(level, hi)
-            self.stats["scheduled_delivered"] += len(item.messages)
-            if not item.messages:
+            if item.empty:
                 return  # damaged scheduled messages, skipped
-        if self.topics.get(item.topic) is None and item.topic != retry_core.SCHEDULE_TOPIC:
-            # Same on every node: deterministic. Retry and dead-letter topics have one queue.
-            n = 1 if retry_core.is_group_topic(item.topic) else self.config.default_topic_queue_nums
-            self._apply_topic(TopicConfig(item.topic, n, n))
-        msgs = [rec.Message(item.topic, m.body, item.queue_id, m.flag, m.properties, m.born_timestamp_ms,
-                            reconsume_times=m.reconsume_times) for m in item.messages]
-        try:
-            results = self.store.put_messages(msgs, store_timestamp_ms=item.store_timestamp_ms)
-        except (rec.RecordError, MessageTooLargeError) as exc:
-            # Every node refuses the same entry the same way, so replicas stay identical.
-            if token is not None and token[0] in ("send", "sendback"):
-                self._error(token[1], proto.MESSAGE_ILLEGAL, str(exc))
-            return
-        self.store.commit()
-        self.stats["sent"] += len(results)
-        self.wake_pulls((item.topic, item.queue_id))
+        indexed = self.store.index_records(records, at, end)  # CorruptStoreError: damaged log, crash
+        if item.delay is not None:
+            self.stats["scheduled_delivered"] += len(indexed)
+        for topic in {r.topic for r in indexed}:
+            if self.topics.get(topic) is None and topic != retry_core.SCHEDULE_TOPIC:
+                # Same on every node: deterministic. Retry and dead-letter topics have one queue.
+                n = 1 if retry_core.is_group_topic(topic) else self.config.default_topic_queue_nums
+                self._apply_topic(TopicConfig(topic, n, n))
+        self.stats["sent"] += len(indexed)
+        for key in {(r.topic, r.queue_id) for r in indexed}:
+            self.wake_pulls(key)
         if token is not None and token[0] == "sendback":
             self.stats["sent_back"] += 1
             self._reply(token[1], token[2])
         elif token is not None and token[0] == "send":
             self._reply(token[1], {
-                "status": proto.SEND_OK, "broker_name": self.config.broker_name, "queue_id": item.queue_id,
+                "status": proto.SEND_OK, "broker_name": self.config.broker_name, "queue_id": indexed[0].queue_id,
                 "results": [{"msg_id": proto.msg_id(self.config.broker_name, r.physical_offset),
-                             "queue_offset": r.queue_offset} for r in results]})
+                             "queue_offset": r.queue_offset} for r in indexed]})
 
     def _apply_topic(self, cfg: TopicConfig) -> None:
         before = self.topics.data_version
@@ -328,7 +355,7 @@ class BrokerDLedger(BrokerBase):
             return self.config.broker_id
         if not self.is_leader:
             return 0 if last_physical_offset is None else self.config.broker_id
-        if last_physical_offset is None or self.store.commit_log.wrote_offset - last_physical_offset <= self.cold_bytes:
+        if last_physical_offset is None or self.store.applied_end - last_physical_offset <= self.cold_bytes:
             return 0
         followers = [1 + i for i, p in enumerate(sorted(self.config.peers())) if p != self.config.dledger_self_id]
         return followers[queue_offset % len(followers)] if followers else 0
@@ -336,21 +363,32 @@ class BrokerDLedger(BrokerBase):
     # ---- time ----------------------------------------------------------------------------
 
     def on_tick(self, now_ms: int) -> None:
-        if self.due("flush", now_ms, self.config.flush_interval_commit_log_ms):
-            self.store.flush()
         if self.due("applied", now_ms, self.config.checkpoint_interval_ms):
             self.save_applied()
-        if self.is_leader and self.due("offsets_propose", now_ms, self.config.flush_consumer_offset_interval_ms):
+
+    def handle_LeaderTick(self, msg: LeaderTick) -> None:
+        """From LeaderDuties, which runs only while this node leads (dledger_roles.py). The
+        check stays: a tick may arrive just after leadership was lost."""
+        if not self.is_leader or self.dledger is None:
+            return
+        if self.due("offsets_propose", msg.now_ms, self.config.flush_consumer_offset_interval_ms):
             self._propose_offsets()
-        if self.is_leader and self.dledger is not None:
-            self._propose_deliveries()
+        self._propose_deliveries()
 
     def save_applied(self) -> None:
-        """Flush first: the applied point promises the store holds everything up to it."""
-        self.store.flush()
+        """Save the newest recovery point the synced Raft log covers. Queues first: the point
+        promises every unit up to its end is durable."""
+        point = None
+        while self._points and self._points[0].index <= self.synced_index:
+            point = self._points.popleft()
+        if point is None or point.index <= self._saved_index:
+            return
+        queue_ends = self.store.checkpoint()
         save_json(self.store.fs, os.path.join(self.dledger_dir, APPLIED_FILE),
-                  {"index": self.applied_index, "offset": self.store.commit_log.wrote_offset,
-                   "delay": dict(self.delay_offsets.table)})
+                  {"version": APPLIED_VERSION, "index": point.index, "end": point.end,
+                   "delay": point.delay, "queue_ends": queue_ends})
+        self._saved_index = point.index
+        self.store.saved(point.end)
 
     def _propose_offsets(self) -> None:
         if self.offsets.data_version != self._offsets_proposed_version and self.offsets.table and self.dledger:

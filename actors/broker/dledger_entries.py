@@ -1,26 +1,39 @@
 """What a DLedger (Raft) entry carries for the broker, and how it is encoded.
 
 Every change to a DLedger broker's state goes through the Raft log and is applied, in index
-order, on every node: message batches, topic configs, consumer offsets. Applying must be
-deterministic (byte-identical commit logs on every replica), so a batch carries the store
-timestamp the leader chose. An empty entry is the no-op a new leader appends.
+order, on every node: message batches, topic configs, consumer offsets, groups. Applying
+must be deterministic, so everything (the store timestamp too) is decided by the leader.
+An empty entry is the no-op a new leader appends.
+
+A message batch is binary, not msgpack: its payload after a fixed header is commit-log
+records (storage/record.py), because the Raft log IS the commit log — consume queues point
+at those records where they lie in the log (storage/dledger_store.py). The header's first
+byte is 0xC1, a byte msgpack never produces, so the two kinds cannot be confused:
+
+    magic u8 (0xC1) | version u8 | has_delay u8 | pad u8 | delay_level u32 |
+    delay_from u64 | delay_to u64 | records...
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
-from rmqz.actors.broker import messages as proto
+from rmqz.storage import record as rec
+from rmqz.storage.dledger_store import UNPLACED
 from rmqz.storage.metadata import TopicConfig
 
-MESSAGES = 1
-TOPIC = 2
+TOPIC = 2  # kinds of the msgpack entries; message batches are binary (RECORDS_MAGIC)
 OFFSETS = 3
 GROUP = 4
 MAX_ENTRY_BYTES = 72 * 1024 * 1024
+RECORDS_MAGIC = 0xC1  # msgpack's one never-used byte
+RECORDS_VERSION = 1
+RECORDS_HEADER = struct.Struct(">BBBxIQQ")
+assert RECORDS_HEADER.size == 24
 
 
 class EntryError(ValueError):
@@ -29,10 +42,11 @@ class EntryError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class MessagesEntry:
-    topic: str
-    queue_id: int
-    store_timestamp_ms: int
-    messages: list[proto.OutMessage]  # empty only with `delay` (skips damaged scheduled messages)
+    """Records start at byte `records_at` of the entry's data (not parsed here: the store
+    verifies and indexes them where they lie in the log)."""
+
+    records_at: int
+    empty: bool
     # The schedule service delivering due messages: (level, from_offset, to_offset). Applied
     # only if the level's schedule offset is still from_offset, so a delivery proposed twice
     # (by an old and a new leader) is stored once, on every node alike.
@@ -49,13 +63,20 @@ class OffsetsEntry:
     offsets: dict[str, dict[str, int]]  # "topic@group" -> {"queue_id": offset}
 
 
-def encode_messages(topic: str, queue_id: int, msgs: list[proto.OutMessage], store_timestamp_ms: int,
+def encode_messages(msgs: list[rec.Message], store_timestamp_ms: int, max_record_bytes: int,
                     delay: tuple[int, int, int] | None = None) -> bytes:
-    # A row has a 5th item (reconsume times) only when non-zero: older entries decode alike.
-    rows = [[m.body, m.properties, m.flag, m.born_timestamp_ms] + ([m.reconsume_times] if m.reconsume_times else [])
-            for m in msgs]
-    item = [MESSAGES, topic, queue_id, store_timestamp_ms, rows] + ([list(delay)] if delay is not None else [])
-    return msgpack.packb(item, use_bin_type=True)
+    """A batch as one entry. Raises RecordError / ValueError for a message the store would
+    refuse, so a bad message never enters the log."""
+    parts = [RECORDS_HEADER.pack(RECORDS_MAGIC, RECORDS_VERSION, delay is not None, *(delay or (0, 0, 0)))]
+    for m in msgs:
+        topic_b = rec.validate_topic(m.topic)
+        if not 0 <= m.queue_id <= rec.MAX_QUEUE_ID:
+            raise rec.RecordError(f"queue id {m.queue_id} out of range 0..{rec.MAX_QUEUE_ID}")
+        props_b = rec.encode_properties(m.properties)
+        if rec.encoded_size(topic_b, props_b, m.body) > max_record_bytes:
+            raise rec.RecordError(f"record of {rec.encoded_size(topic_b, props_b, m.body)} bytes exceeds {max_record_bytes}")
+        parts.append(rec.encode_record(m, UNPLACED, UNPLACED, store_timestamp_ms, topic_b, props_b))
+    return b"".join(parts)
 
 
 def encode_topic(cfg: TopicConfig) -> bytes:
@@ -80,11 +101,13 @@ def encode_offsets(offsets: dict[str, dict[str, int]]) -> bytes:
 
 
 def decode(data: bytes) -> MessagesEntry | TopicEntry | OffsetsEntry | GroupEntry | None:
-    """None for the leader's no-op entry."""
+    """None for the leader's no-op entry; EntryError for anything this node cannot read."""
     if not data:
         return None
     if len(data) > MAX_ENTRY_BYTES:
         raise EntryError(f"entry of {len(data)} bytes")
+    if data[0] == RECORDS_MAGIC:
+        return _decode_records_header(data)
     try:
         item = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=MAX_ENTRY_BYTES)
         return _decode(item)
@@ -92,33 +115,26 @@ def decode(data: bytes) -> MessagesEntry | TopicEntry | OffsetsEntry | GroupEntr
         raise EntryError(f"undecodable entry: {exc}") from exc
 
 
-def _row(r: Any) -> proto.OutMessage:
-    msg = proto.OutMessage.from_dict({"body": r[0], "properties": r[1], "flag": r[2], "born_ms": r[3]})
-    if len(r) > 4:
-        if not isinstance(r[4], int) or not 0 <= r[4] < 2**32:
-            raise ValueError("bad reconsume times")
-        msg.reconsume_times = r[4]
-    return msg
+def _decode_records_header(data: bytes) -> MessagesEntry:
+    if len(data) < RECORDS_HEADER.size:
+        raise EntryError(f"message entry of {len(data)} bytes is shorter than its header")
+    _, version, has_delay, level, lo, hi = RECORDS_HEADER.unpack_from(data, 0)
+    if version != RECORDS_VERSION or has_delay not in (0, 1):
+        raise EntryError(f"message entry version {version} (this node reads {RECORDS_VERSION})")
+    empty = len(data) == RECORDS_HEADER.size
+    if not has_delay:
+        if empty:
+            raise EntryError("message entry without messages")
+        return MessagesEntry(RECORDS_HEADER.size, False)
+    if hi < lo:
+        raise EntryError("bad delay advance")
+    return MessagesEntry(RECORDS_HEADER.size, empty, (level, lo, hi))
 
 
 def _decode(item: Any) -> MessagesEntry | TopicEntry | OffsetsEntry | GroupEntry:
     if not isinstance(item, list) or not item:
         raise ValueError("entry must be a non-empty list")
     kind = item[0]
-    if kind == MESSAGES:
-        _, topic, queue_id, ts, rows, *rest = item
-        msgs = [_row(r) for r in rows]
-        if not isinstance(topic, str) or not isinstance(queue_id, int) or not isinstance(ts, int):
-            raise ValueError("bad batch header")
-        delay = None
-        if rest:
-            level, lo, hi = rest[0]
-            if not all(isinstance(x, int) and x >= 0 for x in (level, lo, hi)) or hi < lo:
-                raise ValueError("bad delay advance")
-            delay = (level, lo, hi)
-        elif not msgs:
-            raise ValueError("empty batch")
-        return MessagesEntry(topic, queue_id, ts, msgs, delay)
     if kind == TOPIC:
         _, topic, read_q, write_q, perm, order = item
         cfg = TopicConfig(topic, read_q, write_q, perm, bool(order))

@@ -30,6 +30,7 @@ GET_RAFT_STATUS = "GetRaftStatus"  # admin request (kind="request") -> status()
 TRANSFER_LEADER = "TransferLeader"  # admin request {"to": peer id}
 MAX_RAFT_FRAME_BYTES = 80 * 1024 * 1024
 COMMIT_SAVE_INTERVAL_MS = 1_000
+DEFAULT_FLUSH_INTERVAL_MS = 500  # flushIntervalCommitLog: the log is the commit log
 MAX_PENDING_PROPOSALS = 100_000
 assert MAX_PENDING_PROPOSALS > 0
 
@@ -53,6 +54,9 @@ class ProposeFailed:
 class Apply:
     entries: list[Entry]
     tokens: dict[int, Any]  # index -> token of entries this node proposed
+    data_offsets: list[int]  # per entry: log offset of its data (the records a broker indexes)
+    ends: list[int]  # per entry: log offset just past it
+    synced_index: int  # the log is fsynced up to here: a recovery point may name no more
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +104,8 @@ class RaftLogStorage:
 class DLedgerNode(RmqzActor):
     def __init__(self, self_id: str, peers: dict[str, str], raft_log: Any, agent: Any, broker_ref: Any,
                  applied: int, sync_writes: bool, config: RaftConfig, clock_ms: Any, seed: int,
-                 *, name: str = DLEDGER, supervisor: Any = None) -> None:
+                 *, flush_interval_ms: int = DEFAULT_FLUSH_INTERVAL_MS, role_listeners: tuple = (),
+                 name: str = DLEDGER, supervisor: Any = None) -> None:
         super().__init__(name=name, supervisor=supervisor)
         self.self_id = self_id
         self.peers = peers  # peer id -> host:port
@@ -108,12 +113,15 @@ class DLedgerNode(RmqzActor):
         self.log = raft_log
         self.agent = agent
         self.broker_ref = broker_ref
+        self.role_listeners = role_listeners  # e.g. the roles supervisor: swaps actors on RoleChanged
         self.sync_writes = sync_writes
         self.clock_ms = clock_ms
         self.core = RaftCore(self_id, list(peers), RaftLogStorage(raft_log), config, random.Random(seed), applied=applied)
         self.pending: dict[int, tuple[int, Any]] = {}  # index -> (term, token)
         self.saved_commit = raft_log.hard_state()[2]
         self.last_commit_save_ms = clock_ms()
+        self.flush_interval_ms = flush_interval_ms  # ASYNC_FLUSH: fsync the log this often
+        self.last_flush_ms = clock_ms()
         self.bad_messages = 0
 
     # ---- inputs --------------------------------------------------------------------------
@@ -139,8 +147,13 @@ class DLedgerNode(RmqzActor):
     def handle_Tick(self, _tick: Tick) -> None:
         self.core.tick()
         self._drive()
-        if self.clock_ms() - self.last_commit_save_ms >= COMMIT_SAVE_INTERVAL_MS:
+        now = self.clock_ms()
+        if now - self.last_commit_save_ms >= COMMIT_SAVE_INTERVAL_MS:
             self._save_commit()
+        if not self.sync_writes and now - self.last_flush_ms >= self.flush_interval_ms:
+            self.last_flush_ms = now
+            if self.log.synced_index() < self.log.last_index():
+                self.log.sync()  # an fsync error raises: the node stops rather than go on in doubt
 
     def handle_Propose(self, msg: Propose) -> None:
         if len(self.pending) >= MAX_PENDING_PROPOSALS:
@@ -258,7 +271,9 @@ class DLedgerNode(RmqzActor):
             for _, (_, token) in sorted(self.pending.items()):
                 tell_quietly(self.broker_ref, ProposeFailed(token, ss.leader, "leadership lost"))
             self.pending.clear()
-        tell_quietly(self.broker_ref, RoleChanged(ss.role, ss.leader, self.core.term))
+        changed = RoleChanged(ss.role, ss.leader, self.core.term)
+        for ref in (self.broker_ref, *self.role_listeners):
+            tell_quietly(ref, changed)
 
     def _apply(self, entries: list[Entry]) -> None:
         tokens = {}
@@ -270,7 +285,9 @@ class DLedgerNode(RmqzActor):
                 tokens[e.index] = mine[1]
             else:  # another leader's entry took this index: ours was lost
                 tell_quietly(self.broker_ref, ProposeFailed(mine[1], self.core.leader, "entry overwritten"))
-        tell_quietly(self.broker_ref, Apply(entries, tokens))
+        offsets = [self.log.data_offset(e.index) for e in entries]
+        ends = [self.log.end_offset(e.index) for e in entries]
+        tell_quietly(self.broker_ref, Apply(entries, tokens, offsets, ends, self.log.synced_index()))
 
     def release(self) -> None:
         try:

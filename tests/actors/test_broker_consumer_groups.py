@@ -10,6 +10,7 @@ import pytest
 
 from rmqz.actors.base import Ping
 from rmqz.actors.broker import dledger_entries as de
+from rmqz.storage import record as rec
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.base import BrokerDeps
 from rmqz.actors.broker.config import BrokerConfig
@@ -238,13 +239,18 @@ def test_a_slave_keeps_members_but_refuses_send_back_as_not_master(node):
     assert header.kind == "error" and reply["code"] == proto.NOT_MASTER
 
 
-def test_dledger_entries_carry_reconsume_times_and_the_schedule_advance():
-    msgs = [proto.OutMessage(b"a", {"K": "v"}, 0, 5, reconsume_times=2), proto.OutMessage(b"b")]
-    item = de.decode(de.encode_messages("%RETRY%g", 0, msgs, 99, (3, 10, 12)))
-    assert [m.reconsume_times for m in item.messages] == [2, 0] and item.delay == (3, 10, 12)
-    plain = de.decode(de.encode_messages("T", 1, [proto.OutMessage(b"c")], 7))
-    assert plain.delay is None and plain.messages[0].body == b"c"
-    skip = de.decode(de.encode_messages("SCHEDULE_TOPIC_XXXX", 0, [], 7, (1, 4, 5)))
-    assert skip.messages == [] and skip.delay == (1, 4, 5)
+def test_dledger_message_entries_carry_records_and_the_schedule_advance():
+    msgs = [rec.Message("%RETRY%g", b"a", 0, 0, {"K": "v"}, 5, reconsume_times=2), rec.Message("%RETRY%g", b"b")]
+    data = de.encode_messages(msgs, 99, 1 << 20, (3, 10, 12))
+    item = de.decode(data)
+    assert item.delay == (3, 10, 12) and not item.empty
+    first = rec.decode_record(data, item.records_at, 0)
+    assert (first.body, first.reconsume_times, first.store_timestamp_ms) == (b"a", 2, 99)
+    plain = de.decode(de.encode_messages([rec.Message("T", b"c", 1)], 7, 1 << 20))
+    assert plain.delay is None
+    skip = de.decode(de.encode_messages([], 7, 1 << 20, (1, 4, 5)))
+    assert skip.empty and skip.delay == (1, 4, 5)
     with pytest.raises(de.EntryError):
-        de.decode(de.encode_messages("T", 1, [], 7))  # an empty batch is only a schedule skip
+        de.decode(de.encode_messages([], 7, 1 << 20))  # an empty batch is only a schedule skip
+    with pytest.raises(rec.RecordError):
+        de.encode_messages([rec.Message("T", b"x" * 100)], 7, 64)  # never a record the store would refuse

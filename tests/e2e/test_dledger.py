@@ -186,3 +186,22 @@ def test_leader_sends_cold_reads_to_a_follower_that_serves_them(rmqz_up, tmp_pat
     follower = pull(by_id[cold["suggest_which_broker_id"]], cold["next_offset"])
     assert follower["status"] == proto.FOUND and follower["messages"][0]["queue_offset"] == 4
     assert pull(lead["address"], 199)["suggest_which_broker_id"] == 0  # at the head: stay
+
+
+def test_every_node_writes_messages_once_in_its_raft_log_and_indexes_them(rmqz_up):
+    cluster = rmqz_up("dledger3")
+    body = b"m" * 1024
+    with Producer(cluster.namesrv) as producer:
+        for _ in range(200):
+            assert producer.send("Once", body).status == "SEND_OK"
+    members = [n for n in cluster.state()["nodes"] if n["name"].startswith("broker-")]
+    deadline = time.monotonic() + LEADER_TIMEOUT_S
+    for n in members:
+        store = cluster.data_dir / n["name"] / "store"
+        assert not (store / "commitlog").exists()  # one write path: no second copy of the bodies
+        while not (store / "consumequeue" / "Once").exists():  # followers index on apply
+            assert time.monotonic() < deadline, f"{n['name']} never indexed topic Once"
+            time.sleep(0.2)
+    with Admin(cluster.namesrv) as admin:
+        queues = [q for row in admin.topic_status("Once")["brokers"] for q in row["queues"]]
+    assert sum(q["max_offset"] for q in queues) >= 200
