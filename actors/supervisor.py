@@ -54,6 +54,7 @@ __all__ = [
     "GetChildren",
     "RemoveListener",
     "StartChildren",
+    "StopChildren",
     "Supervisor",
 ]
 
@@ -111,6 +112,15 @@ class StartChildren:
     the reply is ``{name: ref}`` of all children, or ``ChildStartError``."""
 
     specs: tuple[ChildSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StopChildren:
+    """Stop these children (last started first) and forget them: a planned stop, not a
+    failure (a role swap stops one role's actors before starting the other's). Unknown
+    names are ignored. Sent with ``ask`` (returns the names stopped) or ``tell``."""
+
+    names: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +231,14 @@ class Supervisor(RmqzActor):
         self._specs.extend(msg.specs)
         logger.info("{}: started {}", self.name, [s.name for s in msg.specs])
         return dict(self._refs)
+
+    def handle_StopChildren(self, msg: StopChildren) -> list[str]:
+        stopped = [s.name for s in reversed(self._specs) if s.name in msg.names]
+        for name in stopped:
+            self._forget(name)
+        if stopped:
+            logger.info("{}: stopped {}", self.name, stopped)
+        return stopped
 
     def _check_new_specs(self, specs: tuple[ChildSpec, ...]) -> None:
         if self._escalated:

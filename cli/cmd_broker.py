@@ -1,8 +1,8 @@
 """`rmqz broker -c broker.conf`: one broker node. Part of the composition root: it builds the
-store, then the role's actors (master: FlushService -> HAService -> BrokerMaster; slave:
-BrokerSlave -> HAClient), then the transport agent, then the ticker, and stops them in
-reverse order. It also carries out a promotion: the slave's actors stop, the master's start
-on the same open store, and the new role is saved so a restart keeps it.
+store, then the root supervisor's children for the role (cli/broker_roles.py), then the
+transport agent, then the ticker, and stops them in reverse order. It also carries out a
+promotion: the supervisor stops the slave's children and starts the master's on the same
+open store, and the new role is saved so a restart keeps it.
 """
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ from loguru import logger
 
 from rmqz.actors.broker.base import AgentReady, BrokerDeps, PrepareStop
 from rmqz.actors.broker.config import BrokerConfig, ConfigError, from_properties, parse_properties
-from rmqz.actors.broker.flush import FlushService
-from rmqz.actors.broker.ha_client import HAClient
-from rmqz.actors.broker.ha_service import AttachBroker, HAService
-from rmqz.actors.broker.master import BrokerMaster
-from rmqz.actors.broker.dledger_broker import AttachDLedger, BrokerDLedger, load_applied
-from rmqz.actors.broker.slave import AttachHAClient, BrokerSlave
-from rmqz.actors.dledger.actor import DLedgerNode, PeerDown
-from rmqz.actors.dledger.core import RaftConfig
+from rmqz.actors.broker.dledger_broker import load_applied
+from rmqz.actors.dledger.actor import PeerDown
+from rmqz.storage import record as rec
+from rmqz.storage.dledger_store import DLedgerStore
 from rmqz.storage.raft_log import RaftLog
+from rmqz.storage.raft_reader import RaftLogReader
 from rmqz.actors.ticker import Ticker, monotonic_ms
-from rmqz.cli.process import EXIT_FAILURE, FailureWatch, NodeCommand, StopSignal, UserError, setup_logging
+from rmqz.actors.base import stop_ref
+from rmqz.actors.supervisor import ChildStartError, StartChildren, StopChildren, Supervisor
+from rmqz.cli.broker_roles import dledger_dir, dledger_specs, master_specs, slave_specs
+from rmqz.cli.process import EXIT_FAILURE, NodeCommand, StopSignal, UserError, setup_logging
 from rmqz.storage.errors import StorageError
 from rmqz.storage.fs import OsFileSystem
 from rmqz.storage.json_file import load_json, save_json
@@ -76,7 +76,7 @@ def _apply_saved_role(config: BrokerConfig) -> None:
 def open_store(config: BrokerConfig, repair: bool) -> MessageStore:
     store_config = StoreConfig(config.store_path_root_dir, commit_log_segment_bytes=config.mapped_file_size_commit_log,
                                max_message_bytes=config.max_message_size, truncate_corrupt_flushed=repair)
-    store = MessageStore(store_config, OsFileSystem())
+    store = MessageStore(store_config, store_file_system())
     try:
         store.open()
     except StorageError as exc:
@@ -93,7 +93,9 @@ class BrokerNode:
         self.config = config
         self.store = store
         self.stop = StopSignal()
-        self.watch = FailureWatch(self.stop)
+        # The root of the node's supervision tree: an escalation (any stateful child failed)
+        # ends the process with EXIT_FAILURE; `rmqz up` restarts it and it recovers from disk.
+        self.root = Supervisor.start(name="node", on_escalate=self._escalate)
         self.role_changes: queue.Queue[str] = queue.Queue(maxsize=4)
         self.agent = TransportAgent(f"{config.broker_name}-{config.broker_id}", f"tcp://{config.listen_host}:{config.listen_port}",
                                     on_peer_event=self._on_peer_event)
@@ -102,6 +104,10 @@ class BrokerNode:
                                delay_offsets=delay_offsets)
         self.ticker = Ticker()
         self.actors: dict = {}
+
+    def _escalate(self, reason: str) -> None:
+        # Runs on the supervisor's thread: only signal the main thread.
+        self.stop.request_stop(EXIT_FAILURE, reason)
 
     def _request_role_change(self, role: str) -> None:
         try:
@@ -117,25 +123,41 @@ class BrokerNode:
 
     def start_role(self) -> None:
         if self.config.enable_dledger:
-            self.raft_log = self.raft_log or open_raft_log(self.config, self.store)
-            self.actors = start_dledger(self.deps, self.watch, self.raft_log)
+            assert self.raft_log is not None, "a DLedger node opens its Raft log with its store"
+            specs = dledger_specs(self.deps, self.root, self.raft_log, self.ticker)
         elif self.config.is_master:
-            self.actors = start_master(self.deps, self.watch)
+            specs = master_specs(self.deps, self.root)
         else:
-            self.actors = start_slave(self.deps, self.watch)
+            specs = slave_specs(self.deps, self.root)
+        try:
+            self.actors = {s.name: ref for s, ref in zip(specs, self._start_children(specs))}
+        except ChildStartError as exc:
+            raise UserError(f"broker could not start: {exc}") from None
         for name, ref in self.actors.items():
             if name in ("broker", "ha", "haclient", "dledger"):
                 self.agent.register(name, ref)
-            if name != "flush":
+            if name not in ("flush", "roles"):
                 interval = self.config.dledger_tick_ms if name == "dledger" else self.config.long_polling_check_interval_ms
                 self.ticker.subscribe(ref, interval)
 
+    def _start_children(self, specs) -> list:
+        refs = self.root.ask(StartChildren(specs), timeout=STOP_TIMEOUT_S * len(specs))
+        return [refs[s.name] for s in specs]
+
     def stop_role(self) -> None:
-        for name, ref in reversed(list(self.actors.items())):  # reverse start order
+        """A planned stop of the role's children, last started first (not a failure)."""
+        for ref in self.actors.values():
             self.ticker.unsubscribe(ref)
-            if ref.is_alive():
-                ref.stop(timeout=STOP_TIMEOUT_S)
+        if self.root.is_alive():
+            self.root.ask(StopChildren(tuple(self.actors)), timeout=STOP_TIMEOUT_S * max(1, len(self.actors)))
         self.actors = {}
+
+    def _stop_tree(self) -> None:
+        try:
+            self.stop_role()
+        except Exception as exc:  # the root escalated meanwhile: it stops its children itself
+            logger.warning("broker: stopping the role's actors: {}", exc)
+        stop_ref(self.root, int(STOP_TIMEOUT_S * 1000))
 
     def run(self) -> int:
         self.stop.install()
@@ -156,7 +178,7 @@ class BrokerNode:
             if "broker" in self.actors:
                 _prepare_stop(self.actors["broker"])
             self.agent.stop()
-            self.stop_role()
+            self._stop_tree()
             close_store(self.store, code)
             if self.raft_log is not None:
                 close_raft_log(self.raft_log, code)
@@ -180,11 +202,7 @@ class BrokerNode:
             return
         save_json(self.store.fs, os.path.join(self.config.store_path_root_dir, "config", ROLE_FILE), {"broker_role": role})
         old_id = self.config.broker_id
-        self.watch.planned_exits(True)
-        try:
-            self.stop_role()
-        finally:
-            self.watch.planned_exits(False)
+        self.stop_role()
         self.agent.unregister("haclient")
         self.config.broker_id, self.config.broker_role = 0, role
         self.start_role()
@@ -193,7 +211,10 @@ class BrokerNode:
 
 
 def run_broker(config: BrokerConfig, repair: bool = False) -> int:
-    store = open_store(config, repair)
+    if repair and config.enable_dledger:
+        raise UserError("--repair cuts a master/slave commit log; a DLedger node's log is its Raft log: "
+                        "wipe the node's store and it copies the group's log back")
+    raft_log, store = open_dledger_store(config) if config.enable_dledger else (None, open_store(config, repair))
     config_dir = os.path.join(config.store_path_root_dir, "config")
     topics, offsets = TopicConfigStore(store.fs, config_dir), ConsumerOffsetStore(store.fs, config_dir)
     delay_offsets = DelayOffsetStore(store.fs, config_dir)
@@ -203,66 +224,43 @@ def run_broker(config: BrokerConfig, repair: bool = False) -> int:
         delay_offsets.load()
     except StorageError as exc:
         store.crash()
+        if raft_log is not None:
+            raft_log.crash()
         raise UserError(str(exc)) from None
-    return BrokerNode(config, store, topics, offsets, delay_offsets).run()
+    node = BrokerNode(config, store, topics, offsets, delay_offsets)
+    node.raft_log = raft_log
+    return node.run()
 
 
-def start_master(deps: BrokerDeps, watch: FailureWatch) -> dict:
-    """FlushService -> HAService -> BrokerMaster (start order; stop is the reverse)."""
-    flush = FlushService.start(name="flush", supervisor=watch)
-    node_id = f"{deps.config.broker_name}-{deps.config.broker_id}@{deps.config.address}"
-    ha = HAService.start(deps.config, deps.store.commit_log, deps.agent, node_id, deps.clock_ms, supervisor=watch)
-    broker = BrokerMaster.start(deps, flush, ha, name="broker", supervisor=watch)
-    ha.tell(AttachBroker(broker))
-    return {"flush": flush, "ha": ha, "broker": broker}
-
-
-def start_slave(deps: BrokerDeps, watch: FailureWatch) -> dict:
-    """BrokerSlave -> HAClient. The client starts from the slave's recovered end."""
-    log = deps.store.commit_log
-    broker = BrokerSlave.start(deps, name="broker", supervisor=watch)
-    client = HAClient.start(deps.config, deps.agent, broker, deps.clock_ms, log.wrote_offset,
-                            log.last_record_before(log.wrote_offset), supervisor=watch)
-    broker.tell(AttachHAClient(client))
-    return {"broker": broker, "haclient": client}
-
-
-def dledger_dir(config: BrokerConfig) -> str:
-    return os.path.join(config.store_path_root_dir, "dledger")
-
-
-def open_raft_log(config: BrokerConfig, store: MessageStore) -> RaftLog:
-    """Open the Raft log and bring the store back to the last applied point: whatever the
-    store holds beyond it is cut and re-applied from the log, so it cannot diverge."""
-    log = RaftLog(store.fs, os.path.join(dledger_dir(config), "log"), max_entry_bytes=config.max_message_size * 2 + 65536)
+def open_dledger_store(config: BrokerConfig) -> tuple[RaftLog, DLedgerStore]:
+    """Open the Raft log (it is the commit log), then the consume queues over it, cut back to
+    the last saved applied point: the Raft node re-delivers every entry after it."""
+    fs = store_file_system()
+    log = RaftLog(fs, os.path.join(dledger_dir(config), "log"), max_entry_bytes=config.max_message_size * 2 + 65536)
     try:
         log.open()
-        applied = load_applied(store.fs, dledger_dir(config))
-    except StorageError as exc:
-        raise UserError(f"cannot open the DLedger log: {exc}") from None
+        applied = load_applied(fs, dledger_dir(config))
+        _check_applied_point(log, applied)
+        reader = RaftLogReader(fs, log.entries_directory, log.segment_bytes)
+        store = DLedgerStore(config.store_path_root_dir, fs, reader, max_record_bytes(config), clock_ms=None)
+        store.open(applied.end, applied.queue_ends)
+    except (StorageError, UserError) as exc:
+        log.crash()
+        raise UserError(f"cannot open the DLedger store: {exc}") from None
+    return log, store
+
+
+def max_record_bytes(config: BrokerConfig) -> int:
+    return config.max_message_size + rec.HEADER_BYTES + rec.MAX_TOPIC_BYTES + rec.MAX_PROPERTIES_BYTES
+
+
+def _check_applied_point(log: RaftLog, applied) -> None:
     if applied.index > log.last_index():
-        raise UserError(f"DLedger log ends at {log.last_index()} but the store applied up to {applied.index}: "
-                        "this node lost Raft entries (power loss with ASYNC_FLUSH?); wipe its store to resync")
-    if store.commit_log.wrote_offset > applied.offset:
-        logger.info("store holds {} bytes beyond the applied point {}; cutting them to re-apply from the Raft log",
-                    store.commit_log.wrote_offset - applied.offset, applied.index)
-        store.truncate(applied.offset)
-    elif store.commit_log.wrote_offset < applied.offset:
-        raise UserError(f"store ends at {store.commit_log.wrote_offset}, before the applied point {applied.offset}")
-    return log
-
-
-def start_dledger(deps: BrokerDeps, watch: FailureWatch, raft_log: RaftLog) -> dict:
-    """BrokerDLedger -> DLedgerNode. The Raft node re-delivers entries after the applied point."""
-    config = deps.config
-    applied = load_applied(deps.store.fs, dledger_dir(config))
-    broker = BrokerDLedger.start(deps, applied, dledger_dir(config), name="broker", supervisor=watch)
-    raft = RaftConfig(election_ticks=config.dledger_election_ticks, heartbeat_ticks=config.dledger_heartbeat_ticks)
-    node = DLedgerNode.start(config.dledger_self_id, config.peers(), raft_log, deps.agent, broker, applied.index,
-                             config.flush_disk_type == "SYNC_FLUSH", raft, deps.clock_ms,
-                             seed=hash((config.dledger_self_id, os.getpid())) & 0xFFFFFFFF, supervisor=watch)
-    broker.tell(AttachDLedger(node))
-    return {"broker": broker, "dledger": node}
+        raise UserError(f"the Raft log ends at {log.last_index()} but the store applied up to {applied.index}: "
+                        "this node lost synced Raft entries (disk damage?); wipe its store to resync from the group")
+    if log.end_offset(applied.index) != applied.end:
+        raise UserError(f"applied point {applied.index} ends at {applied.end} but that entry ends at "
+                        f"{log.end_offset(applied.index)} in the Raft log: the files do not belong together")
 
 
 def close_raft_log(log: RaftLog, code: int) -> None:
@@ -294,3 +292,20 @@ def _prepare_stop(node) -> None:
         node.ask(PrepareStop(), timeout=STOP_TIMEOUT_S)
     except Exception as exc:  # the actor died meanwhile: its on_failure already reported it
         logger.warning("broker could not prepare its stop: {}", exc)
+
+
+STORE_FS_ENV = "RMQZ_STORE_FS"  # "faulty": set by `rmqz chaos` for its power-loss faults only
+
+
+def store_file_system() -> OsFileSystem:
+    """The file layer under the stores. With RMQZ_STORE_FS=faulty (chaos power-loss runs) the
+    writes since the last fsync live only in this process's memory, so a kill -9 of the node
+    drops them like a power cut (storage/faulty_fs.py)."""
+    kind = os.environ.get(STORE_FS_ENV, "os")
+    if kind == "os":
+        return OsFileSystem()
+    if kind != "faulty":
+        raise UserError(f"{STORE_FS_ENV} must be 'os' or 'faulty', not {kind!r}")
+    from rmqz.storage.faulty_fs import FaultyFileSystem
+    logger.warning("{}=faulty: unsynced writes are lost when this process dies (power-loss test mode)", STORE_FS_ENV)
+    return FaultyFileSystem()

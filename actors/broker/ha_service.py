@@ -10,7 +10,7 @@ from typing import Any
 
 from loguru import logger
 
-from rmqz.actors.base import RmqzActor, tell_quietly
+from rmqz.actors.base import ChildExited, ChildFailed, RmqzActor, tell_quietly
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.config import BrokerConfig
 from rmqz.actors.broker.ha_core import SlaveGone
@@ -81,15 +81,30 @@ class HAService(RmqzActor):
             return None
         write = HAWriteHalf.start(report.slave_id, report.address, self.log, self.agent, self.node_id,
                                   self.config.ha_transfer_batch_size, self.config.ha_send_heartbeat_interval_ms,
-                                  self.clock_ms, name=f"ha-write-{report.slave_id}")
+                                  self.clock_ms, name=f"ha-write-{report.slave_id}", supervisor=self.actor_ref)
         read = HAReadHalf.start(report.slave_id, write, self.actor_ref, self.broker_ref,
-                                self.config.ha_housekeeping_interval_ms, self.clock_ms, name=f"ha-read-{report.slave_id}")
+                                self.config.ha_housekeeping_interval_ms, self.clock_ms, name=f"ha-read-{report.slave_id}",
+                                supervisor=self.actor_ref)
         self.conns[report.slave_id] = Connection(report.address, read, write)
         logger.info("slave {} connected from {} at offset {}", report.slave_id, report.address, report.offset)
         return self.conns[report.slave_id]
 
     def handle_ConnectionClosed(self, msg: ConnectionClosed) -> None:
         self._close(msg.slave_id)
+
+    def handle_ChildFailed(self, msg: ChildFailed) -> None:
+        """HAService supervises its connections: a failed half closes the connection (no
+        state is lost: the slave's next report opens a new one from its own offset)."""
+        for slave_id, conn in list(self.conns.items()):
+            if msg.urn in (conn.read_ref.actor_urn, conn.write_ref.actor_urn):
+                logger.warning("slave {} connection: {} failed ({}); closing it", slave_id, msg.name, msg.reason)
+                self._close(slave_id)
+
+    def handle_ChildExited(self, msg: ChildExited) -> None:
+        """A half we did not stop ourselves: close its connection the same way."""
+        for slave_id, conn in list(self.conns.items()):
+            if msg.urn in (conn.read_ref.actor_urn, conn.write_ref.actor_urn):
+                self._close(slave_id)
 
     def _close(self, slave_id: int) -> None:
         conn = self.conns.pop(slave_id, None)

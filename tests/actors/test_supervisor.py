@@ -24,6 +24,7 @@ from rmqz.actors.supervisor import (
     GetChild,
     GetChildren,
     StartChildren,
+    StopChildren,
     Supervisor,
 )
 from rmqz.actors.ticker import ManualTicker
@@ -220,6 +221,18 @@ def test_children_stop_in_reverse_order():
     h.stop()  # idempotent
     assert h.journal == acquired("store", "flush", "broker") + released("broker", "flush", "store")
     assert not any(r.is_alive() for r in refs.values())
+
+
+def test_a_role_swap_stops_one_roles_children_without_escalating_and_starts_the_others():
+    h = Harness()
+    h.start(h.spec("broker", stateful=True), h.spec("haclient"))
+    assert h.sup.ask(StopChildren(("haclient", "unknown")), timeout=TIMEOUT_S) == ["haclient"]
+    refs = h.start(h.spec("flush"), h.spec("ha"))
+    assert list(refs) == ["broker", "flush", "ha"]
+    assert not h.escalated.wait(0.3)  # a planned stop is not a failure
+    h.stop()
+    assert h.journal == (acquired("broker", "haclient") + released("haclient") + acquired("flush", "ha")
+                         + released("ha", "flush", "broker"))
 
 
 def test_one_for_all_restarts_siblings():
