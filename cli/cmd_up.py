@@ -36,6 +36,9 @@ from rich.text import Text
 from .launcher import (
     ClusterLauncher,
     DataDirError,
+    MAX_RESTART_BUDGET,
+    RESTART_BUDGET,
+    RESTART_WINDOW_S,
     LaunchError,
     NodeEvent,
     PortInUse,
@@ -104,7 +107,11 @@ class _StopFlag:
 @click.option("--runtime", type=click.Choice(["local", "docker"]), default="local", show_default=True,
               help="local: one process per node here; docker: containers of our image on a private "
                    "network (dledger3, 2m-2s-sync).")
-def up(topology_spec: str, data_dir: str | None, base_port: int, no_status: bool, runtime: str) -> None:
+@click.option("--max-restarts", type=click.IntRange(0, MAX_RESTART_BUDGET), default=RESTART_BUDGET, show_default=True,
+              help=f"Restarts of one node allowed within {RESTART_WINDOW_S:.0f} s; past that it is left down "
+                   "(like systemd's StartLimitBurst). Fault drills that kill nodes often raise it.")
+def up(topology_spec: str, data_dir: str | None, base_port: int, no_status: bool, runtime: str,
+       max_restarts: int) -> None:
     """Start a local cluster (one process per node) and supervise it until Ctrl-C."""
     if runtime == "docker":
         from .docker_runtime import run_docker
@@ -112,7 +119,7 @@ def up(topology_spec: str, data_dir: str | None, base_port: int, no_status: bool
     topology, plans, data_dir = _plan(topology_spec, data_dir, base_port)
     live_status = not no_status and sys.stdout.isatty()
     _setup_logging(data_dir)
-    sys.exit(_run(topology, plans, data_dir, live_status))
+    sys.exit(_run(topology, plans, data_dir, live_status, max_restarts))
 
 
 def _plan(spec: str, data_dir: str | None, base_port: int) -> tuple[Topology, list[NodePlan], str]:
@@ -137,11 +144,12 @@ def _setup_logging(data_dir: str) -> None:
                backtrace=False, diagnose=False)
 
 
-def _run(topology: Topology, plans: list[NodePlan], data_dir: str, live_status: bool) -> int:
+def _run(topology: Topology, plans: list[NodePlan], data_dir: str, live_status: bool,
+         max_restarts: int = RESTART_BUDGET) -> int:
     console = Console(highlight=False)
     printer = _EventPrinter(console)
     launcher = ClusterLauncher(plans, data_dir, topology_name=topology.name,
-                               on_event=printer)
+                               on_event=printer, restart_budget=max_restarts)
     stop = _StopFlag().install()
     click.echo(f"rmqz up: topology {topology.name} ({len(plans)} nodes), data dir {data_dir}")
     try:

@@ -68,6 +68,7 @@ PING_TIMEOUT_MS = 500
 STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL
 RESTART_BUDGET = 5  # restarts allowed within RESTART_WINDOW_S; one more exit = failed
 RESTART_WINDOW_S = 60.0
+MAX_RESTART_BUDGET = 10_000  # what `rmqz up --max-restarts` accepts
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 10.0
 LOG_TAIL_LINES = 15
@@ -82,7 +83,7 @@ SPAWN_MARK = "---- rmqz up: started"  # written to node.log before each start
 assert 0 < READY_POLL_S < READY_TIMEOUT_S <= 600
 assert 0 < PING_TIMEOUT_MS <= 10_000
 assert 0 < STOP_GRACE_S <= 120
-assert 0 < RESTART_BUDGET <= 100 and 0 < RESTART_WINDOW_S <= 3_600
+assert 0 < RESTART_BUDGET <= MAX_RESTART_BUDGET and 0 < RESTART_WINDOW_S <= 3_600
 assert 0 < BACKOFF_FIRST_S <= BACKOFF_MAX_S <= 60
 assert 0 < LOG_TAIL_LINES <= 1_000 and 0 < LOG_TAIL_BYTES <= 1024 * 1024
 
