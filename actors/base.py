@@ -42,6 +42,10 @@ MAX_REASON_CHARS = 2_000
 MAX_START_FAILURES_KEPT = 256
 assert 100 <= MAX_REASON_CHARS <= 100_000
 assert 1 <= MAX_START_FAILURES_KEPT <= 10_000
+# A burst ends when the mailbox is empty, or after this many messages under a steady stream
+# (so replies waiting for the end of a burst never wait for long).
+MAX_MESSAGES_BEFORE_IDLE = 256
+assert 1 <= MAX_MESSAGES_BEFORE_IDLE <= 100_000
 
 # A failed on_start answers a waiting ask only with pykka's ActorDeadError; the real cause
 # is recorded here (by actor URN, before pykka answers) so a supervisor's start handshake
@@ -135,6 +139,7 @@ class RmqzActor(pykka.ThreadingActor):
         # Unknown messages by type name; the count drives the log rate limit.
         self._dropped_by_type: dict[str, int] = {}
         self.dropped_messages = 0
+        self._busy_messages = 0  # handled since the last on_idle
 
     # -- resources: subclasses override these two -------------------------------------
 
@@ -191,7 +196,17 @@ class RmqzActor(pykka.ThreadingActor):
         if handler is None:
             self._drop_unknown(message)
             return None
-        return handler(message)
+        result = handler(message)
+        self._busy_messages += 1
+        if self._busy_messages >= MAX_MESSAGES_BEFORE_IDLE or self.actor_inbox.empty():
+            self._busy_messages = 0
+            self.on_idle()
+        return result
+
+    def on_idle(self) -> None:
+        """Runs after a message when the mailbox is empty (and at least every
+        MAX_MESSAGES_BEFORE_IDLE messages under a steady stream). Work that pays per call
+        rather than per message — a write, a flush of replies — is done here once per burst."""
 
     def handle_Ping(self, _msg: Ping) -> bool:
         return True

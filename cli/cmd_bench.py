@@ -7,7 +7,7 @@ import click
 
 @click.group()
 def bench() -> None:
-    """Benchmarks (storage, produce, consume, failover)."""
+    """Benchmarks (storage, produce, consume, failover, restart)."""
 
 
 def _attach(module_name: str, attr: str) -> None:
@@ -23,3 +23,4 @@ _attach("rmqz.cli.bench_storage", "storage")
 _attach("rmqz.cli.bench_produce", "produce")
 _attach("rmqz.cli.bench_consume", "consume")
 _attach("rmqz.cli.bench_failover", "failover")
+_attach("rmqz.cli.bench_restart", "restart")

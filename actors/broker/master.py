@@ -24,7 +24,12 @@ from rmqz.storage.metadata import PERM_WRITE, TopicConfig, SubscriptionGroupConf
 from rmqz.storage.record import Message, StoredMessage
 
 MAX_FLUSH_WAITERS = 100_000
-assert MAX_FLUSH_WAITERS > 0
+# A burst of sends is appended to the write buffer one by one but written (one pwrite),
+# made visible to pulls and answered together when the mailbox is empty; these bound it.
+MAX_BURST_SENDS = 1_024
+MAX_BURST_BYTES = 8 * 1024 * 1024
+assert MAX_FLUSH_WAITERS > 0 and 0 < MAX_BURST_SENDS <= MAX_FLUSH_WAITERS
+assert 0 < MAX_BURST_BYTES <= 64 * 1024 * 1024  # the write buffer's own bound (mapped_file)
 
 __all__ = ["AgentReady", "BrokerMaster", "DataAvailable", "PrepareStop", "SlaveAck", "SlaveGone"]
 
@@ -56,8 +61,11 @@ class BrokerMaster(BrokerBase):
                               proto.GET_METADATA: self._on_get_metadata, proto.SEND_BACK: self._on_send_back})
         self.stats.update({"sent_back": 0, "dead_lettered": 0, "scheduled_delivered": 0})
         self._delay_saved_version = self.delay_offsets.data_version
+        self._burst: list[tuple[ReplyTo, dict]] = []  # appended, not yet written nor answered
+        self._burst_queues: set[tuple[str, int]] = set()
 
     def before_stop(self) -> None:
+        self._end_burst()
         flushed = self.store.flush()
         self._complete_flush_waiters(flushed)
         for reply, body in self.group.fail_all():
@@ -72,24 +80,44 @@ class BrokerMaster(BrokerBase):
             raise Refusal(proto.BAD_REQUEST, f"queue {qid} does not exist: {req.topic} has {cfg.write_queue_nums} write queues")
         now = self.store.clock_ms()  # wall clock, as born/store timestamps are
         msgs = [Message(req.topic, m.body, qid, m.flag, m.properties, m.born_timestamp_ms or now) for m in req.messages]
-        results, end = self._append(msgs)
+        results = self._append(msgs)
         self.stats["sent"] += len(results)
         body = {"status": proto.SEND_OK, "broker_name": self.config.broker_name, "queue_id": qid,
                 "results": [{"msg_id": proto.msg_id(self.config.broker_name, r.physical_offset),
                              "queue_offset": r.queue_offset} for r in results]}
-        self._await_durable(end, reply, body)
+        self._answer_after_burst(reply, body)
 
-    def _append(self, msgs: list[Message]) -> tuple[list, int]:
-        """Store a batch of one (topic, queue), wake its held pulls, tell the HA service."""
+    def _append(self, msgs: list[Message]) -> list:
+        """Append a batch of one (topic, queue) to the write buffer; the burst's end writes it."""
         results = self.store.put_messages(msgs)
+        self._burst_queues.add((msgs[0].topic, msgs[0].queue_id))
+        return results
+
+    def _answer_after_burst(self, reply: ReplyTo, body: dict) -> None:
+        self._burst.append((reply, body))
+        log = self.store.commit_log
+        if len(self._burst) >= MAX_BURST_SENDS or log.wrote_offset - log.committed_offset >= MAX_BURST_BYTES:
+            self._end_burst()
+
+    def on_idle(self) -> None:
+        self._end_burst()
+
+    def _end_burst(self) -> None:
+        """One write for the burst; then pulls see it, the HA service hears of it, and each
+        send waits for the durability it asked for (disk, slaves) from the burst's end."""
+        if not self._burst_queues and not self._burst:
+            return
         self.store.commit()
         end = self.store.commit_log.committed_offset
-        self.wake_pulls((msgs[0].topic, msgs[0].queue_id))
+        for key in self._burst_queues:
+            self.wake_pulls(key)
+        self._burst_queues.clear()
         if self.ha_ref is not None and self.group.slaves:
-            # Only with a slave connected: otherwise this tell per send costs ~15% of the
-            # broker's CPU for nothing (a new slave's write half reads up to the end anyway).
+            # Only with a slave connected: a new slave's write half reads up to the end anyway.
             self.ha_ref.tell(DataAvailable(end))
-        return results, end
+        burst, self._burst = self._burst, []
+        for reply, body in burst:
+            self._await_durable(end, reply, body)
 
     def _await_durable(self, end: int, reply: ReplyTo, body: dict) -> None:
         """Answer once the write is as durable as configured (disk, then slaves)."""
@@ -103,9 +131,9 @@ class BrokerMaster(BrokerBase):
     def _on_send_back(self, req: proto.SendBack, reply: ReplyTo) -> None:
         plan, copy = self.send_back_copy(req, self.read_original(req))
         self._ensure_group_topic(plan.real_topic)
-        _, end = self._append([copy])
+        self._append([copy])
         self.stats["dead_lettered" if plan.dead else "sent_back"] += 1
-        self._await_durable(end, reply, self.send_back_body(plan))
+        self._answer_after_burst(reply, self.send_back_body(plan))
 
     def _ensure_group_topic(self, topic: str) -> None:
         """Retry and dead-letter topics: one readable, writable queue (RocketMQ's too)."""
@@ -287,6 +315,7 @@ class BrokerMaster(BrokerBase):
         if self.due("flush", now_ms, self.config.flush_interval_commit_log_ms):
             self._request_flush()
         self._deliver_scheduled()
+        self._end_burst()
         if self.due("delay_offsets", now_ms, self.config.checkpoint_interval_ms):
             self._persist_delay_offsets()
         if self.ha_ref is not None and self.due("ha_notify", now_ms, self.config.ha_send_heartbeat_interval_ms):

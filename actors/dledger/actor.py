@@ -31,10 +31,6 @@ TRANSFER_LEADER = "TransferLeader"  # admin request {"to": peer id}
 MAX_RAFT_FRAME_BYTES = 80 * 1024 * 1024
 COMMIT_SAVE_INTERVAL_MS = 1_000
 DEFAULT_FLUSH_INTERVAL_MS = 500  # flushIntervalCommitLog: the log is the commit log
-# Proposals and Raft messages are stepped as they come but driven (persist, send, apply) once
-# the mailbox is empty: a burst becomes one write, one App per follower and one Apply.
-MAX_UNDRIVEN_MESSAGES = 256  # ... and at least this often under a steady stream
-assert MAX_UNDRIVEN_MESSAGES >= 1
 MAX_PENDING_PROPOSALS = 100_000
 assert MAX_PENDING_PROPOSALS > 0
 
@@ -127,7 +123,7 @@ class DLedgerNode(RmqzActor):
         self.flush_interval_ms = flush_interval_ms  # ASYNC_FLUSH: fsync the log this often
         self.last_flush_ms = clock_ms()
         self.bad_messages = 0
-        self.undriven = 0
+        self.undriven = False  # stepped or proposed since the last drive
 
     # ---- inputs --------------------------------------------------------------------------
 
@@ -225,12 +221,16 @@ class DLedgerNode(RmqzActor):
     # ---- the Ready loop ------------------------------------------------------------------
 
     def _drive_when_idle(self) -> None:
-        self.undriven += 1
-        if self.undriven >= MAX_UNDRIVEN_MESSAGES or self.actor_inbox.empty():
+        self.undriven = True
+
+    def on_idle(self) -> None:
+        # Proposals and Raft messages are stepped as they come but driven (persist, send,
+        # apply) once per burst: one write, one App per follower and one Apply for all.
+        if self.undriven:
             self._drive()
 
     def _drive(self) -> None:
-        self.undriven = 0
+        self.undriven = False
         while self.core.has_ready():
             rd = self.core.ready()
             self._persist(rd.entries, rd.hard_state)

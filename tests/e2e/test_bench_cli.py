@@ -159,3 +159,14 @@ def test_bench_against_an_unreachable_namesrv_says_so_in_one_line_and_exits_1(co
     port = free_port_block(1)  # nothing listens there
     line = assert_one_line_error(run_bench(*command, "-n", f"127.0.0.1:{port}", "--timeout-ms", "300"), 1)
     assert f"127.0.0.1:{port}" in line
+
+
+# ---------------------------------------------------------------------------- restart
+
+def test_bench_restart_reports_memory_and_the_time_back_to_serving_after_kill_9():
+    result = last_json(run_bench("restart", "--messages", "3000", "--batch", "32"))
+    assert result["bench"] == "restart" and result["messages"] == 3000
+    assert result["log_bytes"] >= 3000 * 1024  # every body is on disk
+    assert result["rss_mib"] > 0
+    assert result["kill_to_send_ok_s"] >= result["restart_backoff_s"]  # measured past the kill
+    assert result["store_open_s"] >= 0
