@@ -161,6 +161,21 @@ class CommitLog:
         except rec.RecordError as exc:
             raise CorruptStoreError(self.files.segment_path(offset), offset, str(exc)) from exc
 
+    def read_many(self, start: int, length: int, records: list[tuple[int, int]]) -> list[rec.StoredMessage]:
+        """The verified messages at (offset, size) pairs inside [start, start + length),
+        read with one I/O."""
+        self._check()
+        data = self.files.read(start, length)
+        out = []
+        for offset, size in records:
+            if not (0 < size <= self.max_record_bytes and start <= offset and offset + size <= start + len(data)):
+                raise OffsetError(f"record ({offset}, {size}) outside the range read")
+            try:
+                out.append(rec.decode_record(data, offset - start, offset))
+            except rec.RecordError as exc:
+                raise CorruptStoreError(self.files.segment_path(offset), offset, str(exc)) from exc
+        return out
+
     def _entry_at(self, offset: int) -> tuple[str, int]:
         head = self.files.read(offset, rec.MIN_BLANK_BYTES)
         try:

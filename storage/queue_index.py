@@ -48,6 +48,10 @@ class QueueIndex:
     def read_unit(self, cq: ConsumeQueue, unit: CqUnit) -> rec.StoredMessage:
         raise NotImplementedError
 
+    def read_units(self, cq: ConsumeQueue, units: list[CqUnit]) -> list[rec.StoredMessage]:
+        """The messages of a pull; a store may read them in fewer I/Os than one per unit."""
+        return [self.read_unit(cq, u) for u in units]
+
     # ---- queues --------------------------------------------------------------------------
 
     def _load_queues(self, durable_ends: dict[str, int]) -> None:
@@ -92,13 +96,14 @@ class QueueIndex:
             return GetResult(OFFSET_OVERFLOW_ONE, [], offset, lo, hi)
         if offset > hi:
             return GetResult(OFFSET_OVERFLOW_BADLY, [], hi, lo, hi)
-        messages: list[rec.StoredMessage] = []
+        units: list[CqUnit] = []
         total = 0
         for unit in cq.get_range(offset, min(max_count, MAX_PULL_MESSAGES)):
-            if messages and total + unit.size > max_bytes:
+            if units and total + unit.size > max_bytes:
                 break
-            messages.append(self.read_unit(cq, unit))
+            units.append(unit)
             total += unit.size
+        messages = self.read_units(cq, units)
         return GetResult(FOUND, messages, offset + len(messages), lo, hi)
 
     def max_offset(self, topic: str, queue_id: int) -> int:

@@ -198,12 +198,14 @@ def peek_kind(buf: bytes | memoryview, pos: int) -> tuple[str, int]:
     return RECORD, size
 
 
-def check_record(buf: bytes | memoryview, pos: int, expected_offset: int) -> RecordMeta:
-    """Verify the record at pos (lengths, CRC, its own offset) and return its metadata."""
+def _verify(buf: bytes | memoryview, pos: int, expected_offset: int) -> tuple:
+    """Check the record at pos (lengths, CRC, its own offset, a topic and queue id that may
+    name a directory); returns (header fields, topic, view of the record)."""
     if len(buf) - pos < HEADER_BYTES:
         raise RecordError("truncated record header")
-    (size, magic, crc, queue_id, _flag, queue_offset, physical_offset, _sys, _born, store_ts,
-     _recon, topic_len, props_len, body_len) = HEADER.unpack_from(buf, pos)
+    fields = HEADER.unpack_from(buf, pos)
+    size, magic, crc, queue_id, _flag, _q_off, physical_offset = fields[:7]
+    topic_len, props_len, body_len = fields[11:]
     if magic != MESSAGE_MAGIC:
         raise RecordError(f"bad magic 0x{magic:08x}")
     if size != HEADER_BYTES + topic_len + props_len + body_len:
@@ -221,7 +223,21 @@ def check_record(buf: bytes | memoryview, pos: int, expected_offset: int) -> Rec
         topic = bytes(view[HEADER_BYTES:t_end]).decode()
     except UnicodeDecodeError as exc:
         raise RecordError("topic is not UTF-8") from exc
-    tags = _tags_of(bytes(view[t_end:p_end]))
+    # Replicated bytes come from a peer and a CRC is no proof of good intent: the topic and
+    # queue id name a consume-queue directory, so "../x" or queue 2**32-1 must stop here.
+    if not TOPIC_PATTERN.fullmatch(topic):
+        raise RecordError(f"bad topic name {topic[:40]!r} in record")
+    if queue_id > MAX_QUEUE_ID:
+        raise RecordError(f"queue id {queue_id} out of range 0..{MAX_QUEUE_ID}")
+    return fields, topic, view
+
+
+def check_record(buf: bytes | memoryview, pos: int, expected_offset: int) -> RecordMeta:
+    """Verify the record at pos and return what the dispatcher needs (no body copy)."""
+    fields, topic, view = _verify(buf, pos, expected_offset)
+    size, queue_id, queue_offset, physical_offset, store_ts = fields[0], fields[3], fields[5], fields[6], fields[9]
+    t_end = HEADER_BYTES + fields[11]
+    tags = _tags_of(bytes(view[t_end:t_end + fields[12]]))
     return RecordMeta(topic, queue_id, queue_offset, physical_offset, size, tag_hash(tags), store_ts)
 
 
@@ -230,15 +246,15 @@ def _tags_of(props: bytes) -> str | None:
 
 
 def decode_record(buf: bytes | memoryview, pos: int, expected_offset: int) -> StoredMessage:
-    """Verify and fully decode the record at pos."""
-    meta = check_record(buf, pos, expected_offset)
+    """Verify and fully decode the record at pos (properties are parsed once)."""
+    fields, topic, view = _verify(buf, pos, expected_offset)
     (size, _m, _c, queue_id, flag, queue_offset, physical_offset, sys_flag, born, store_ts,
-     recon, topic_len, props_len, _body_len) = HEADER.unpack_from(buf, pos)
-    t_end = pos + HEADER_BYTES + topic_len
+     recon, topic_len, props_len, _body_len) = fields
+    t_end = HEADER_BYTES + topic_len
     p_end = t_end + props_len
     return StoredMessage(
-        topic=meta.topic, body=bytes(buf[p_end:pos + size]), queue_id=queue_id, flag=flag,
-        properties=decode_properties(bytes(buf[t_end:p_end])), queue_offset=queue_offset,
+        topic=topic, body=bytes(view[p_end:]), queue_id=queue_id, flag=flag,
+        properties=decode_properties(bytes(view[t_end:p_end])), queue_offset=queue_offset,
         physical_offset=physical_offset, size=size, sys_flag=sys_flag, born_timestamp_ms=born,
         store_timestamp_ms=store_ts, reconsume_times=recon,
     )
