@@ -48,6 +48,7 @@ from rmqz.actors.broker.messages import (
     SendMessage,
 )
 
+from .coalesce import MAX_COALESCE_MESSAGES, SendCoalescer
 from .errors import BrokerError, ClientTimeout, InvalidMessage, MQClientError, NoRouteError
 from .model import MessageQueue, SendResult, build_message, check_batch, check_topic, parse_send_reply
 from .namesrv import NamesrvClient
@@ -132,12 +133,17 @@ class Producer:
                  send_timeout_ms: int = DEFAULT_SEND_TIMEOUT_MS, retry_times: int = DEFAULT_RETRY_TIMES,
                  route_refresh_ms: int = DEFAULT_ROUTE_REFRESH_MS, *,
                  auto_create_queues: int = DEFAULT_AUTO_CREATE_QUEUES,
+                 coalesce_messages: int = MAX_COALESCE_MESSAGES,
                  clock_ms: Callable[[], int] = now_ms) -> None:
         self.group = group
         self.send_timeout_ms = check_timeout_ms(send_timeout_ms, "send_timeout_ms")
         if type(retry_times) is not int or not 0 <= retry_times <= MAX_RETRY_TIMES:
             raise ValueError(f"retry_times must be an int in 0..{MAX_RETRY_TIMES}")
         self.retry_times = retry_times
+        if type(coalesce_messages) is not int or not 1 <= coalesce_messages <= MAX_COALESCE_MESSAGES:
+            raise ValueError(f"coalesce_messages must be an int in 1..{MAX_COALESCE_MESSAGES} (1: never coalesce)")
+        self._coalesce_messages = coalesce_messages
+        self._coalescer: SendCoalescer | None = None
         self._auto_create_queues = auto_create_queues
         self._owns_namesrv = not isinstance(namesrv, NamesrvClient)
         self._namesrv = namesrv if isinstance(namesrv, NamesrvClient) else NamesrvClient(namesrv, send_timeout_ms)
@@ -161,6 +167,8 @@ class Producer:
             self._routes = RouteCache(self._namesrv, self._route_refresh_ms, self._clock_ms)
             self._pool = ClientPool("producer", self.send_timeout_ms)
             self._executor = ThreadPoolExecutor(RETRY_WORKERS, thread_name_prefix="rmqz-producer")
+            if self._coalesce_messages > 1:
+                self._coalescer = SendCoalescer(self._submit_batch, self._coalesce_messages)
             self._state = "running"
         logger.debug("producer {} started (NameServer {})", self.group, ";".join(self._namesrv.addrs))
         return self
@@ -207,9 +215,16 @@ class Producer:
     def send_async(self, topic: str, body: bytes | str, key: str | Iterable[str] | None = None,
                    tags: str | None = None, properties: Mapping[str, str] | None = None) -> Future:
         """A Future of SendResult. Validation errors raise here, at once. Done-callbacks
-        may run on an internal I/O thread: keep them short and non-blocking."""
+        may run on an internal I/O thread: keep them short and non-blocking. While sends
+        to the topic are already on the wire, this one may leave with others as one batch
+        request (client/coalesce.py): its result is still its own."""
         check_topic(topic)
-        return self._submit(topic, [build_message(body, key, tags, properties)])
+        message = build_message(body, key, tags, properties)
+        if self._coalescer is None:
+            return self._submit(topic, [message])
+        if self._state != "running":
+            raise MQClientError("producer is not running (use `with Producer(...)` or call start())")
+        return self._coalescer.send(topic, message, self._clock_ms() + self.send_timeout_ms)
 
     def send_batch_async(self, topic: str, bodies: Iterable[bytes | str], key: str | Iterable[str] | None = None,
                          tags: str | None = None, properties: Mapping[str, str] | None = None) -> Future:
@@ -249,12 +264,16 @@ class Producer:
 
     # ------------------------------------------------------------------ send path
 
+    def _submit_batch(self, topic: str, messages: list[OutMessage], deadline_ms: int) -> Future:
+        return self._submit(topic, messages, deadline_ms=deadline_ms)
+
     def _submit(self, topic: str, messages: list[OutMessage],
-                fixed: Callable[[RouteSnapshot], MessageQueue] | None = None) -> Future:
+                fixed: Callable[[RouteSnapshot], MessageQueue] | None = None, deadline_ms: int | None = None) -> Future:
         if self._state != "running":
             raise MQClientError("producer is not running (use `with Producer(...)` or call start())")
         attempts = 1 if fixed is not None else 1 + self.retry_times
-        job = _SendJob(topic, messages, self._clock_ms() + self.send_timeout_ms, attempts, Future(), fixed)
+        deadline_ms = self._clock_ms() + self.send_timeout_ms if deadline_ms is None else deadline_ms
+        job = _SendJob(topic, messages, deadline_ms, attempts, Future(), fixed)
         self._attempt(job)
         return job.outer
 
