@@ -60,6 +60,7 @@ DEFAULT_PARALLEL = 8
 MAX_MESSAGES = 100_000_000
 MAX_PARALLEL = 256
 PULL_BATCH = 32  # RocketMQ pullBatchSize
+MAX_PULL_BATCH = 1024  # the broker's MAX_PULL_MESSAGES
 FILL_BATCH = 128  # messages per send_batch while filling (fewer for big bodies)
 FILL_INFLIGHT = 8  # batches in flight while filling
 FILL_OVERHEAD_BYTES = 64  # per message in a batch frame, besides the body
@@ -79,6 +80,7 @@ class _Params:
     group: str
     queues: int
     parallel: int
+    pull_batch: int = PULL_BATCH
 
 
 @dataclass(slots=True)
@@ -115,10 +117,12 @@ class _Result:
               help="Queues per master when the topic is created.")
 @click.option("--parallel", type=int, default=DEFAULT_PARALLEL, show_default=True,
               help="Pulls in flight at once (one per queue at most).")
+@click.option("--pull-batch", type=click.IntRange(1, MAX_PULL_BATCH), default=PULL_BATCH, show_default=True,
+              help="Messages asked for per pull (RocketMQ's pullBatchSize).")
 def consume(topology: str | None, namesrv: str | None, timeout_ms: int, messages: int, size: int, topic: str,
-            group: str, queues: int, parallel: int) -> None:
+            group: str, queues: int, parallel: int, pull_batch: int) -> None:
     """Consume MESSAGES messages; the last stdout line is a JSON summary."""
-    p = _params(topology, namesrv, messages, size, topic, group, queues, parallel)
+    p = _params(topology, namesrv, messages, size, topic, group, queues, parallel, pull_batch)
     out = console()
     with open_target(topology, namesrv, timeout_ms, out) as target:
         ensure_topic(target.namesrv, p.topic, p.queues, timeout_ms)
@@ -140,7 +144,7 @@ def consume(topology: str | None, namesrv: str | None, timeout_ms: int, messages
 
 
 def _params(topology: str | None, namesrv: str | None, messages: int, size: int, topic: str, group: str,
-            queues: int, parallel: int) -> _Params:
+            queues: int, parallel: int, pull_batch: int = PULL_BATCH) -> _Params:
     check_common(topology, namesrv, topic)
     try:
         check_group(group)
@@ -154,7 +158,7 @@ def _params(topology: str | None, namesrv: str | None, messages: int, size: int,
         raise usage_error(f"--queues must be 1..{MAX_QUEUES}, got {queues}")
     if not 1 <= parallel <= MAX_PARALLEL:
         raise usage_error(f"--parallel must be 1..{MAX_PARALLEL}, got {parallel}")
-    return _Params(messages, size, topic, group, queues, parallel)
+    return _Params(messages, size, topic, group, queues, parallel, pull_batch)
 
 
 def _plan(addr: str, topic: str, timeout_ms: int) -> _Plan:
@@ -255,7 +259,7 @@ class _Puller:
     def _fill_window(self) -> None:
         while self.in_flight < self.p.parallel and self.ready and self.unrequested > 0:
             mq = self.ready.popleft()
-            asked = min(PULL_BATCH, self.end[mq] - self.pos[mq], self.unrequested)
+            asked = min(self.p.pull_batch, self.end[mq] - self.pos[mq], self.unrequested)
             self.unrequested -= asked
             self.in_flight += 1
             future = self.consumer.pull_async(mq, self.pos[mq], asked)
@@ -319,7 +323,7 @@ def _summary(p: _Params, target: Target, plan: _Plan, produced: int, r: _Result,
         "consumed": r.consumed, "elapsed_s": round(elapsed, 3), "messages": p.messages,
         "produced_first": produced, "size": p.size, "avg_body_bytes": round(r.body_bytes / max(r.consumed, 1), 1),
         "pulls": r.pulls, "failed_pulls": r.failed_pulls, "empty_pulls": r.empty_pulls, **pull,
-        "pull_batch": PULL_BATCH, "parallel": min(p.parallel, len(plan.start)), "queues": len(plan.start),
+        "pull_batch": p.pull_batch, "parallel": min(p.parallel, len(plan.start)), "queues": len(plan.start),
         "topic": p.topic, "group": p.group, "masters": target.masters, "topology": target.topology,
         "namesrv": target.namesrv,
     }
