@@ -116,7 +116,8 @@ class _Params:
               help="Messages measured (after the warmup).")
 @click.option("--sequential", is_flag=True, help="Mode: one send at a time.")
 @click.option("--inflight", type=int, default=None, metavar="N", help="Mode: N async sends in flight.")
-@click.option("--batch", type=int, default=None, metavar="B", help="Mode: send_batch of B messages, one at a time.")
+@click.option("--batch", type=int, default=None, metavar="B",
+              help="Mode: send_batch of B messages, one at a time (with --inflight N: N batches in flight).")
 @click.option("--warmup", type=int, default=DEFAULT_WARMUP, show_default=True, metavar="N",
               help="Messages sent (same mode) before measuring.")
 @click.option("--topic", default=DEFAULT_TOPIC, show_default=True, help="Topic (created if it has no route).")
@@ -148,9 +149,11 @@ def _params(topology: str | None, namesrv: str | None, size: int, messages: int,
     check_common(topology, namesrv, topic)
     chosen = [name for name, on in (("--sequential", sequential), ("--inflight", inflight is not None),
                                     ("--batch", batch is not None)) if on]
+    if chosen == ["--inflight", "--batch"]:
+        chosen = ["--batch"]  # pipelined batches: --inflight sets how many are in flight
     if len(chosen) != 1:
         what = "no mode given" if not chosen else f"{' and '.join(chosen)} exclude each other"
-        raise usage_error(f"{what}: choose one of --sequential, --inflight N, --batch B")
+        raise usage_error(f"{what}: choose one of --sequential, --inflight N, --batch B [--inflight N]")
     if not 1 <= size <= MAX_MESSAGE_BYTES:
         raise usage_error(f"--size must be 1..{MAX_MESSAGE_BYTES} bytes, got {size}")
     if not 1 <= messages <= MAX_MESSAGES:
@@ -167,7 +170,7 @@ def _params(topology: str | None, namesrv: str | None, size: int, messages: int,
         if not 1 <= batch <= limit:
             raise usage_error(f"--batch must be 1..{limit} for {size}-byte bodies "
                               f"({MAX_BATCH_MESSAGES} messages, {MAX_BATCH_BYTES // MIB} MiB per request), got {batch}")
-    mode = "sequential" if sequential else "inflight" if inflight is not None else "batch"
+    mode = "sequential" if sequential else "batch" if batch is not None else "inflight"
     return _Params(mode, size, messages, inflight or 1, batch or 1, warmup, topic, queues)
 
 
@@ -194,7 +197,7 @@ def _measure(producer: Producer, p: _Params, timeout_ms: int, out: Console) -> t
 
 
 def _streak_limit(p: _Params) -> int:
-    return GIVE_UP_STREAK * (p.inflight if p.mode == "inflight" else 1)
+    return GIVE_UP_STREAK * p.inflight
 
 
 def _sequential(producer: Producer, p: _Params, count: int, bodies: list[bytes], lat: Latencies,
@@ -258,31 +261,42 @@ def _drain(slots: threading.Semaphore, window: int, timeout_ms: int) -> None:
 
 
 def _batched(producer: Producer, p: _Params, count: int, bodies: list[bytes], lat: Latencies,
-             tally: _Tally, progress: BenchProgress | None, _timeout_ms: int) -> None:
-    b = p.batch
+             tally: _Tally, progress: BenchProgress | None, timeout_ms: int) -> None:
+    """send_batch_async with up to p.inflight batches in flight (1: one at a time)."""
+    b, window = p.batch, p.inflight
     pool = [[bodies[(k * b + j) % len(bodies)] for j in range(b)] for k in range(max(1, len(bodies) // b))]
-    send_batch, add, clock, topic = producer.send_batch, lat.add, time.perf_counter_ns, p.topic
-    done = 0
-    k = 0
+    slots = threading.Semaphore(window)
+    add, clock, topic = lat.add, time.perf_counter_ns, p.topic
+
+    def finished(t0: int, n: int, future: Any) -> None:  # on a client I/O thread: never blocks
+        exc = future.exception()
+        if exc is None:
+            add(clock() - t0)
+            tally.ok(future.result().status, n)
+        else:
+            tally.fail(exc, n)
+        slots.release()
+
+    done = k = 0
     while done < count:
-        batch = pool[k % len(pool)]
+        batch = pool[k % len(pool)][:count - done]
         k += 1
-        if count - done < b:
-            batch = batch[:count - done]
+        slots.acquire()
+        if tally.gave_up:
+            slots.release()
+            break
         t0 = clock()
         try:
-            result = send_batch(topic, batch)
+            future = producer.send_batch_async(topic, batch)
         except MQClientError as exc:
             tally.fail(exc, len(batch))
-            done += len(batch)
-            if tally.gave_up:
-                return
-            continue
-        add(clock() - t0)
-        tally.ok(result.status, len(batch))
+            slots.release()
+        else:
+            future.add_done_callback(partial(finished, t0, len(batch)))
         done += len(batch)
         if progress is not None:
             progress.update(done)
+    _drain(slots, window, timeout_ms)
 
 
 _RUNNERS = {"sequential": _sequential, "inflight": _inflight, "batch": _batched}
@@ -301,7 +315,7 @@ def _summary(p: _Params, target: Target, write_queues: int, tally: _Tally, lat: 
         **lat.summary_ms(),
         "latency_of": "request" if p.mode == "batch" else "send",
         "sent": tally.sent, "failed": tally.failed, "messages": p.messages, "elapsed_s": round(elapsed, 3),
-        "size": p.size, "inflight": p.inflight if p.mode == "inflight" else None,
+        "size": p.size, "inflight": p.inflight if p.mode != "sequential" else None,
         "batch": p.batch if p.mode == "batch" else None, "warmup": p.warmup, "topic": p.topic,
         "queues": write_queues, "masters": target.masters, "topology": target.topology, "namesrv": target.namesrv,
     }
@@ -313,7 +327,8 @@ def _summary(p: _Params, target: Target, write_queues: int, tally: _Tally, lat: 
 
 
 def _table(out: Console, p: _Params, s: dict[str, Any]) -> None:
-    mode = {"sequential": "sequential", "inflight": f"{p.inflight} in flight", "batch": f"batches of {p.batch}"}[p.mode]
+    mode = {"sequential": "sequential", "inflight": f"{p.inflight} in flight",
+            "batch": f"batches of {p.batch}" + (f", {p.inflight} in flight" if p.inflight > 1 else "")}[p.mode]
     where = f"topology {s['topology']}" if s["topology"] else f"NameServer {s['namesrv']}"
     unit = "request" if p.mode == "batch" else "send"
     rows = [

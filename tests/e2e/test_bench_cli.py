@@ -60,8 +60,9 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, exit_code: int) -> 
 # ---------------------------------------------------------------------------- produce
 
 
-@pytest.mark.parametrize("mode", [["--sequential"], ["--inflight", "16"], ["--batch", "32"]],
-                         ids=["sequential", "inflight", "batch"])
+@pytest.mark.parametrize("mode", [["--sequential"], ["--inflight", "16"], ["--batch", "32"],
+                                  ["--batch", "32", "--inflight", "3"]],
+                         ids=["sequential", "inflight", "batch", "pipelined-batches"])
 def test_bench_produce_on_its_own_cluster_ends_with_a_json_summary(mode: list[str]) -> None:
     proc = run_bench("produce", "--topology", "single", "--size", "128", "--messages", "300", *mode)
     summary = last_json(proc)
