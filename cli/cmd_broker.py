@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import queue
+from typing import Any
 
 import click
 from loguru import logger
@@ -31,7 +32,9 @@ from rmqz.storage.fs import OsFileSystem
 from rmqz.storage.json_file import load_json, save_json
 from rmqz.storage.message_store import MessageStore, StoreConfig
 from rmqz.storage.metadata import ConsumerOffsetStore, DelayOffsetStore, TopicConfigStore
+from rmqz.transport.admission import MAX_PENDING_PER_CLIENT, Admission
 from rmqz.transport.agent import TransportAgent
+from rmqz.cli.node_security import broker_security, insecure_option  # security
 
 STOP_TIMEOUT_S = 15.0
 ROLE_FILE = "role.json"  # under store/config: a promotion outlives restarts
@@ -41,10 +44,12 @@ ROLE_FILE = "role.json"  # under store/config: a promotion outlives restarts
 @click.option("-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False),
               help="broker.conf with RocketMQ keys (brokerName, brokerId, namesrvAddr, listenPort, ...)")
 @click.option("--repair", is_flag=True, help="cut commit-log damage found below the flushed checkpoint (loses data)")
+@insecure_option  # security: --insecure allows a keyless bind beyond loopback (cli/node_security.py)
 def broker(config_path: str, repair: bool) -> None:
     """Run one broker node in the foreground until SIGINT/SIGTERM."""
     config = load_config(config_path)
     setup_logging(f"{config.broker_name}-{config.broker_id}")
+    broker_security(config)  # security: bad keys, ACL or an unsafe bind fail before the store opens
     raise SystemExit(run_broker(config, repair=repair))
 
 
@@ -92,16 +97,21 @@ class BrokerNode:
     def __init__(self, config: BrokerConfig, store: MessageStore, topics, offsets, delay_offsets=None) -> None:
         self.config = config
         self.store = store
+        security, acl = broker_security(config)  # security: CURVE, bind policy, ACL (cli/node_security.py)
         self.stop = StopSignal()
-        # The root of the node's supervision tree: an escalation (any stateful child failed)
-        # ends the process with EXIT_FAILURE; `rmqz up` restarts it and it recovers from disk.
-        self.root = Supervisor.start(name="node", on_escalate=self._escalate)
+        # The root of the node's supervision tree, started by run() (an actor thread started
+        # here would outlive an error raised later in __init__ and keep the process alive).
+        self.root: Any = None
         self.role_changes: queue.Queue[str] = queue.Queue(maxsize=4)
         self.agent = TransportAgent(f"{config.broker_name}-{config.broker_id}", f"tcp://{config.listen_host}:{config.listen_port}",
-                                    on_peer_event=self._on_peer_event)
+                                    on_peer_event=self._on_peer_event, security=security,
+                                    admission=Admission(max_backlog=config.send_thread_pool_queue_capacity,
+                                                        max_per_client=min(MAX_PENDING_PER_CLIENT,
+                                                                           config.send_thread_pool_queue_capacity)))
         self.raft_log: RaftLog | None = None
         self.deps = BrokerDeps(config, store, self.agent, topics, offsets, monotonic_ms, self._request_role_change,
                                delay_offsets=delay_offsets)
+        self.deps.acl = acl  # security: per-request ACL check in BrokerBase._authorize
         self.ticker = Ticker()
         self.actors: dict = {}
 
@@ -148,7 +158,7 @@ class BrokerNode:
         """A planned stop of the role's children, last started first (not a failure)."""
         for ref in self.actors.values():
             self.ticker.unsubscribe(ref)
-        if self.root.is_alive():
+        if self.root is not None and self.root.is_alive():
             self.root.ask(StopChildren(tuple(self.actors)), timeout=STOP_TIMEOUT_S * max(1, len(self.actors)))
         self.actors = {}
 
@@ -157,12 +167,16 @@ class BrokerNode:
             self.stop_role()
         except Exception as exc:  # the root escalated meanwhile: it stops its children itself
             logger.warning("broker: stopping the role's actors: {}", exc)
-        stop_ref(self.root, int(STOP_TIMEOUT_S * 1000))
+        if self.root is not None:
+            stop_ref(self.root, int(STOP_TIMEOUT_S * 1000))
 
     def run(self) -> int:
         self.stop.install()
         code = EXIT_FAILURE
         try:
+            # An escalation (any stateful child failed) ends the process with EXIT_FAILURE;
+            # `rmqz up` restarts it and it recovers from disk.
+            self.root = Supervisor.start(name="node", on_escalate=self._escalate)
             self.start_role()
             try:
                 self.agent.start()
@@ -227,7 +241,13 @@ def run_broker(config: BrokerConfig, repair: bool = False) -> int:
         if raft_log is not None:
             raft_log.crash()
         raise UserError(str(exc)) from None
-    node = BrokerNode(config, store, topics, offsets, delay_offsets)
+    try:
+        node = BrokerNode(config, store, topics, offsets, delay_offsets)
+    except BaseException:
+        store.crash()
+        if raft_log is not None:
+            raft_log.crash()
+        raise
     node.raft_log = raft_log
     return node.run()
 

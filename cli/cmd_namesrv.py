@@ -38,6 +38,7 @@ from rmqz.cli.process import (
     setup_logging,
 )
 from rmqz.transport.agent import TransportAgent, TransportError
+from rmqz.cli.node_security import namesrv_security, namesrv_security_options  # security
 
 __all__ = ["namesrv", "run_namesrv"]
 
@@ -61,26 +62,29 @@ _NODE_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1," + str(MAX_NODE_NAME_CHARS) + "}"
               help="How often to look for expired brokers.")
 @click.option("--name", default="namesrv", show_default=True,
               help="Node name: log prefix and transport node id.")
+@namesrv_security_options  # security: CURVE key options and --insecure (cli/node_security.py)
 def namesrv(listen: tuple[str, int], broker_expiry_ms: int, scan_interval_ms: int,
-            name: str) -> None:
+            name: str, curve_server_key: str = "", curve_cluster_key: str = "", curve_cluster_keys: str = "",
+            curve_client_keys: str = "") -> None:
     """Run a NameServer: brokers register here, clients ask it for routes."""
     if not _NODE_NAME_RE.fullmatch(name):
         raise UserError(f"invalid --name {name!r}: want 1..{MAX_NODE_NAME_CHARS} chars of "
                         "[A-Za-z0-9_.-]")
     setup_logging(name)
     host, port = listen
-    code = run_namesrv(host, port, NamesrvConfig(broker_expiry_ms, scan_interval_ms), name)
+    security = namesrv_security(curve_server_key, curve_cluster_key, curve_cluster_keys, curve_client_keys)
+    code = run_namesrv(host, port, NamesrvConfig(broker_expiry_ms, scan_interval_ms), name, security)
     if code != EXIT_OK:
         sys.exit(code)
 
 
-def run_namesrv(host: str, port: int, config: NamesrvConfig, name: str) -> int:
+def run_namesrv(host: str, port: int, config: NamesrvConfig, name: str, security=None) -> int:
     """Run until SIGINT/SIGTERM or a failure; return the exit code. Main thread only
     (signal handlers). Raises UserError when the address cannot be bound."""
     stop = StopSignal()
     # Signals first: a SIGTERM during start-up is honoured once we are up, not lost.
     with stop:
-        agent = _start_agent(name, host, port)
+        agent = _start_agent(name, host, port, security)
         ticker: Ticker | None = None
         ref = None
         try:
@@ -105,9 +109,9 @@ def run_namesrv(host: str, port: int, config: NamesrvConfig, name: str) -> int:
     return code
 
 
-def _start_agent(name: str, host: str, port: int) -> TransportAgent:
+def _start_agent(name: str, host: str, port: int, security=None) -> TransportAgent:
     try:
-        return TransportAgent(name, f"tcp://{host}:{port}").start()
+        return TransportAgent(name, f"tcp://{host}:{port}", security=security).start()
     except (TransportError, ValueError) as exc:
         cause = exc.__cause__ or exc
         raise UserError(f"cannot listen on {host}:{port}: {cause}") from None

@@ -55,13 +55,19 @@ FAST_FAILOVER = Timing(broker_expiry_ms=3_000, scan_interval_ms=500, register_in
                        segment_bytes=16 * 1024 * 1024)
 
 
+# These layouts run on a private Docker network without CURVE keys, so nodes binding their
+# container address must be told so explicitly (transport/curve.py refuses otherwise); a
+# deployment beyond one host should give keys instead (`rmqz keys generate`).
+INSECURE_ENV = (("RMQZ_INSECURE", "1"),)
+
+
 def namesrv(prefix: str, timing: Timing) -> Node:
     command = ["namesrv", "--listen", f"0.0.0.0:{NAMESRV_PORT}"]
     if timing.broker_expiry_ms is not None:
         command += ["--broker-expiry-ms", str(timing.broker_expiry_ms)]
     if timing.scan_interval_ms is not None:
         command += ["--scan-interval-ms", str(timing.scan_interval_ms)]
-    return Node("namesrv", "namesrv", NAMESRV_HOST, tuple(command))
+    return Node("namesrv", "namesrv", NAMESRV_HOST, tuple(command), INSECURE_ENV)
 
 
 def _broker_env(prefix: str, host: int, timing: Timing, **keys: str) -> tuple[tuple[str, str], ...]:
@@ -76,7 +82,7 @@ def _broker_env(prefix: str, host: int, timing: Timing, **keys: str) -> tuple[tu
     if timing.register_interval_ms is not None:
         env["RMQZ_CONF_registerBrokerTimeoutMills"] = str(timing.register_interval_ms)
     env.update({f"RMQZ_CONF_{k}": v for k, v in keys.items()})
-    return tuple(env.items())
+    return INSECURE_ENV + tuple(env.items())
 
 
 def dledger3(prefix: str, timing: Timing = Timing()) -> list[Node]:

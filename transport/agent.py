@@ -37,11 +37,16 @@ from .envelope import (
     encode,
     pack_body,
 )
+from . import faults as link_faults  # chaos: deterministic partitions (off unless env set)
 from .handoff import Handoff
 from .ratelimit import LogLimiter
+from .admission import Admission  # SYSTEM_BUSY instead of unbounded actor inboxes
+from .curve import TransportSecurity, check_bind, insecure_from_env  # CURVE keys, bind policy
+from .zap import MAX_CONNECTIONS, ZAP_DOMAIN, ZapHandler  # who may connect, how many
 
 __all__ = [
     "BAD_REQUEST",
+    "SYSTEM_BUSY",
     "TARGET_UNAVAILABLE",
     "UNKNOWN_TARGET",
     "Inbound",
@@ -62,6 +67,7 @@ DEFAULT_MAX_FRAME_BYTES = 8 * 1024 * 1024
 # Messages per pipe. Above a client's in-flight bound (10,000), so a pipelining client
 # can never make its own replies hit the HWM and be dropped.
 DEFAULT_HWM = 20_000
+ROUTER_RCVHWM = 256  # messages per inbound connection queued inside libzmq
 MAX_OUTBOX_ITEMS = 100_000  # handoff queue; past it send() raises TransportBusy
 MAX_PEERS = 256  # outbound DEALERs; a cluster has tens of nodes, more means a leak
 PEER_PENDING_MAX = 1_024  # messages parked while a peer is (re)connecting
@@ -79,7 +85,7 @@ MAX_NODE_ID_CHARS = 200  # node id goes into the 255-byte ZMQ identity of peer D
 ENDPOINT_SCHEMES = ("tcp://", "ipc://", "inproc://")
 
 assert 0 < DEFAULT_MAX_FRAME_BYTES <= 64 * 1024 * 1024
-assert 0 < DEFAULT_HWM <= 1_000_000
+assert 0 < DEFAULT_HWM <= 1_000_000 and 0 < ROUTER_RCVHWM <= DEFAULT_HWM
 assert 0 < MAX_OUTBOX_ITEMS <= 10_000_000
 assert 0 < MAX_PEERS <= 10_000
 assert 0 < PEER_PENDING_MAX <= 100_000
@@ -93,6 +99,11 @@ assert 0 < HOUSEKEEPING_MS <= IDLE_POLL_MS <= 10_000
 BAD_REQUEST = "BAD_REQUEST"  # the envelope was malformed
 UNKNOWN_TARGET = "UNKNOWN_TARGET"  # no actor registered under header.dst
 TARGET_UNAVAILABLE = "TARGET_UNAVAILABLE"  # its tell raised (actor stopped or dead)
+SYSTEM_BUSY = "SYSTEM_BUSY"  # refused by admission control (transport/admission.py); retry later
+NO_PERMISSION = "NO_PERMISSION"  # a client key reached a cluster-only actor or request type
+ADMISSION_EXPIRE_MS = 5_000  # how often forgotten in-flight counts are swept
+ROUTER_HANDSHAKE_IVL_MS = 5_000  # handshake deadline for inbound connections (libzmq: 30 s)
+assert 0 < ROUTER_HANDSHAKE_IVL_MS <= 60_000
 MAX_REASON_CHARS = 512  # error reasons are for humans; a bound keeps errors small
 assert 0 < MAX_REASON_CHARS <= 4_096
 
@@ -116,6 +127,10 @@ STAT_KEYS = (
     "peer_connected",
     "peer_disconnected",
     "callback_failed",  # on_peer_event raised
+    "busy_refused",  # request answered SYSTEM_BUSY (client or actor backlog at its bound)
+    "busy_dropped",  # tell dropped: the actor's backlog is far past its bound
+    "no_permission",  # a client key tried a cluster-only actor or request type
+    "zap_denied",  # connections refused in the handshake (key not allowed, connection limit)
 )
 
 PeerEventCallback = Callable[[str, str], None]
@@ -161,10 +176,18 @@ class TransportAgent:
         on_peer_event: PeerEventCallback | None = None,
         max_outbox_items: int = MAX_OUTBOX_ITEMS,
         max_peers: int = MAX_PEERS,
+        admission: Admission | None = None,
+        security: TransportSecurity | None = None,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         if not isinstance(node_id, str) or len(node_id) > MAX_NODE_ID_CHARS:
             raise ValueError(f"node_id must be a str of at most {MAX_NODE_ID_CHARS} chars")
         _check_endpoint(bind_endpoint)
+        self._security = security or TransportSecurity(insecure=insecure_from_env())
+        check_bind(bind_endpoint, self._security.curve, self._security.insecure)  # CurveError
+        self._max_connections = max_connections
+        self._zap: ZapHandler | None = None
+        self._router_monitor: zmq.Socket | None = None
         if not 0 < max_frame_bytes <= 64 * 1024 * 1024:
             raise ValueError("max_frame_bytes must be in 1..64 MiB")
         if not 0 < hwm <= 1_000_000:
@@ -178,6 +201,8 @@ class TransportAgent:
         self._hwm = hwm
         self._max_peers = max_peers
         self._on_peer_event = on_peer_event
+        self._admission = admission or Admission()
+        self._admission_swept_ms = 0
         self._handoff = Handoff(max_outbox_items)
         self._targets: dict[str, Target] = {}
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
@@ -195,6 +220,7 @@ class TransportAgent:
         self._poller = zmq.Poller()
         self._peers: dict[str, _Peer] = {}
         self._by_socket: dict[zmq.Socket, tuple[str, _Peer | None]] = {}
+        self._link_faults = link_faults.from_env()  # chaos hook: None outside chaos runs
 
     # ------------------------------------------------------------------ public API
 
@@ -243,10 +269,15 @@ class TransportAgent:
             raise ValueError(f"actor_name must be a str of at most {MAX_NAME_CHARS} chars")
         if not callable(getattr(target, "tell", None)):
             raise TypeError("target must have a callable .tell(msg)")
+        old = self._targets.get(actor_name)
         self._targets[actor_name] = target
+        if old is not None and old is not target:
+            self._admission.forget_target(old)
 
     def unregister(self, actor_name: str) -> None:
-        self._targets.pop(actor_name, None)
+        old = self._targets.pop(actor_name, None)
+        if old is not None:
+            self._admission.forget_target(old)
 
     def send(self, peer_endpoint: str, header: Header, body: bytes) -> None:
         """Send to another node's ROUTER. Fire-and-forget: if the peer stays unreachable
@@ -300,8 +331,10 @@ class TransportAgent:
 
     def _open(self) -> None:
         self._ctx = zmq.Context()
+        self._open_zap()
         router = self._ctx.socket(zmq.ROUTER)
         self._router = router
+        self._secure_router(router)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable reply -> error, counted
         # A peer that reconnects after a partition or a pause comes back with the same routing
@@ -312,12 +345,17 @@ class TransportAgent:
         router.setsockopt(zmq.HEARTBEAT_IVL, ROUTER_HEARTBEAT_IVL_MS)
         router.setsockopt(zmq.HEARTBEAT_TIMEOUT, ROUTER_HEARTBEAT_TIMEOUT_MS)
         router.setsockopt(zmq.SNDHWM, self._hwm)
-        router.setsockopt(zmq.RCVHWM, self._hwm)
+        # Inbound: a short queue per connection, so a flooding client is held back by TCP
+        # instead of parking its backlog in libzmq's memory. Memory is bounded by
+        # connections x ROUTER_RCVHWM x frame size; admission control refuses the rest.
+        router.setsockopt(zmq.RCVHWM, min(self._hwm, ROUTER_RCVHWM))
         router.setsockopt(zmq.MAXMSGSIZE, self._max_frame_bytes)
         router.bind(self._bind_endpoint)
         self._endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         self._poller.register(router, zmq.POLLIN)
         self._by_socket[router] = ("router", None)
+        self._poller.register(self._router_monitor, zmq.POLLIN)
+        self._by_socket[self._router_monitor] = ("router_monitor", None)
         self._poller.register(self._handoff.fileno(), zmq.POLLIN)
         logger.info("transport agent {} listening on {}", self.node_id, self._endpoint)
 
@@ -338,21 +376,31 @@ class TransportAgent:
                         self._flush_pending(peer)
                 elif role == "monitor" and peer is not None:
                     self._drain_monitor(peer)
+                elif role == "zap":
+                    self._drain_zap()
+                elif role == "router_monitor":
+                    self._drain_router_monitor()
             self._run_commands()
             self._expire_pending(_now_ms())
+            self._sweep_admission(_now_ms())
 
     # --- inbound
 
     def _drain_router(self) -> None:
         for _ in range(RECV_BATCH):
+            # With CURVE the ZAP user id is a property of the frames (copy=False to read it);
+            # without, plain bytes are cheaper.
+            curve = self._security.curve is not None
             try:
-                frames = self._router.recv_multipart(zmq.NOBLOCK)
+                parts = self._router.recv_multipart(zmq.NOBLOCK, copy=not curve)
             except zmq.Again:
                 return
             self.stats["received"] += 1
-            self._on_router_message(frames[0], frames[1:])
+            user = _user_id(parts[-1]) if curve else ""
+            frames = [p.bytes for p in parts] if curve else parts
+            self._on_router_message(frames[0], frames[1:], user)
 
-    def _on_router_message(self, identity: bytes, frames: list[bytes]) -> None:
+    def _on_router_message(self, identity: bytes, frames: list[bytes], user: str = "") -> None:
         try:
             header, body = decode(frames, self._max_frame_bytes)
         except EnvelopeError as err:
@@ -363,6 +411,8 @@ class TransportAgent:
         if header.kind == "heartbeat" and header.dst == "":
             self._answer_ping(identity, header)
             return
+        if not self._permitted(identity, header, user):  # before the lookup: tells no one what exists
+            return
         target = self._targets.get(header.dst)
         if target is None:
             self._count_unknown_target(header)
@@ -372,8 +422,11 @@ class TransportAgent:
                     f"no actor {header.dst!r} on node {self.node_id}",
                 )
             return
-        if not self._deliver(target, Inbound(header, body, identity, None)):
+        if self._refused(identity, target, header, len(body)):
+            return
+        if not self._deliver(target, Inbound(header, body, identity, None, user=user)):
             if header.kind == "request":
+                self._admission.answered(identity, _now_ms())  # answered here, by the agent
                 self._send_error(identity, header.cid, header.reply_to, header.type,
                                  TARGET_UNAVAILABLE, f"actor {header.dst!r} is not running")
 
@@ -384,6 +437,8 @@ class TransportAgent:
             except zmq.Again:
                 return
             self.stats["received"] += 1
+            if self._link_faults and self._link_faults.drop_in(self.endpoint, peer.endpoint):
+                continue  # chaos hook: this link is partitioned (transport/faults.py)
             try:
                 header, body = decode(frames, self._max_frame_bytes)
             except EnvelopeError as err:
@@ -409,6 +464,79 @@ class TransportAgent:
         self.stats["delivered"] += 1
         return True
 
+    def _refused(self, identity: bytes, target: Target, header: Header, size: int) -> bool:
+        """Admission control (transport/admission.py): True when the message was refused
+        (a request is answered SYSTEM_BUSY, a tell dropped); else it is counted as delivered."""
+        if header.kind == "request":
+            why = self._admission.refuse_request(identity, target, size)
+            if why is not None:
+                self.stats["busy_refused"] += 1
+                self._log_limited("busy", "{} busy: {}", header.dst, why)
+                self._send_error(identity, header.cid, header.reply_to, header.type, SYSTEM_BUSY,
+                                 f"{self.node_id} is busy: {why}")
+                return True
+            self._admission.delivered(identity, target, size, _now_ms())
+            return False
+        why = self._admission.refuse_tell(target, size)
+        if why is not None:
+            self.stats["busy_dropped"] += 1
+            self._log_limited("busy_tell", "{} busy, tell dropped: {}", header.dst, why)
+            return True
+        self._admission.delivered(None, target, size, _now_ms())
+        return False
+
+    def _permitted(self, identity: bytes, header: Header, user: str) -> bool:
+        """Cluster-only actors and request types refuse client keys (transport/curve.py)."""
+        if self._security.allows(user, header.dst, header.type):
+            return True
+        self.stats["no_permission"] += 1
+        # One fixed key: the limiter's key table is small and shared with the other events.
+        self._log_limited("no_permission", "{} may not reach {} {}: cluster keys only",
+                          user or "anonymous", header.dst, header.type)
+        if header.kind == "request":
+            self._send_error(identity, header.cid, header.reply_to, header.type, NO_PERMISSION,
+                             f"{header.dst} {header.type} is for cluster nodes only")
+        return False
+
+    def _open_zap(self) -> None:
+        self._zap = ZapHandler(self._ctx, self._security.curve, self._max_connections)
+        self._poller.register(self._zap.socket, zmq.POLLIN)
+        self._by_socket[self._zap.socket] = ("zap", None)
+
+    def _secure_router(self, router: zmq.Socket) -> None:
+        """ZAP domain: every handshake asks our handler (keys and the connection limit);
+        a monitor tells it which connections are live."""
+        curve = self._security.curve
+        if curve is not None:
+            router.setsockopt(zmq.CURVE_SERVER, 1)
+            router.setsockopt(zmq.CURVE_PUBLICKEY, curve.server.public)
+            router.setsockopt(zmq.CURVE_SECRETKEY, curve.server.secret)
+        router.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
+        # A connection that never completes its handshake (a denied one waits for its peer to
+        # close) holds a connection slot; libzmq drops it after this long.
+        router.setsockopt(zmq.HANDSHAKE_IVL, ROUTER_HANDSHAKE_IVL_MS)
+        self._router_monitor = router.get_monitor_socket(
+            zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED)
+
+    def _drain_zap(self) -> None:
+        self._drain_router_monitor()  # the asking connection's ACCEPTED event came first: count it
+        for denial in self._zap.drain():
+            self.stats["zap_denied"] += 1
+            self._log_limited("zap_denied", "connection refused: {}", denial)
+
+    def _drain_router_monitor(self) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(self._router_monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._zap.on_monitor_event(event["event"], event["value"])
+
+    def _sweep_admission(self, now_ms: int) -> None:
+        if now_ms - self._admission_swept_ms >= ADMISSION_EXPIRE_MS:
+            self._admission_swept_ms = now_ms
+            self._admission.expire(now_ms)
+
     def _answer_ping(self, identity: bytes, header: Header) -> None:
         self.stats["heartbeats"] += 1
         pong = Header(kind="heartbeat", src=self.node_id, dst=header.reply_to,
@@ -430,6 +558,7 @@ class TransportAgent:
             if op == "send":
                 self._peer_send(address, frames)
             elif op == "reply":
+                self._admission.answered(address, _now_ms())
                 self._router_send(address, frames)
             else:
                 raise AssertionError(f"unknown command {op!r}")  # our bug, not input
@@ -450,6 +579,8 @@ class TransportAgent:
         self.stats["replies"] += 1
 
     def _peer_send(self, endpoint: str, frames: list[bytes]) -> None:
+        if self._link_faults and self._link_faults.drop_out(self.endpoint, endpoint):
+            return  # chaos hook: this link is partitioned (transport/faults.py)
         peer = self._peers.get(endpoint) or self._open_peer(endpoint)
         if peer is None:
             return
@@ -520,6 +651,9 @@ class TransportAgent:
             (zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS),
         ):
             sock.setsockopt(option, value)
+        client_curve = self._security.client_side()
+        if client_curve is not None:
+            client_curve.apply(sock)  # peers are CURVE servers with the cluster's key
         monitor = sock.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
         )
@@ -582,6 +716,14 @@ class TransportAgent:
             peer.socket.close(linger=0)
         self._peers.clear()
         self._by_socket.clear()
+        if self._router_monitor is not None:
+            try:
+                self._router.disable_monitor()
+            except zmq.ZMQError:
+                pass  # already torn down
+            self._router_monitor.close(linger=0)
+        if self._zap is not None:
+            self._zap.close()
         if self._router is not None:
             self._router.close(linger=0)
         if self._ctx is not None:
@@ -608,6 +750,14 @@ class TransportAgent:
         if suppressed:
             message += f" ({suppressed} similar suppressed)"
         logger.warning(message, *args)
+
+
+def _user_id(frame: zmq.Frame) -> str:
+    """The User-Id our ZAP handler gave the connection ("" when there is none)."""
+    try:
+        return frame.get("User-Id") or ""
+    except zmq.ZMQError:
+        return ""
 
 
 def _check_endpoint(endpoint: str) -> None:

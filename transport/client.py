@@ -28,12 +28,13 @@ import zmq
 from loguru import logger
 
 from .agent import DEFAULT_HWM, DEFAULT_MAX_FRAME_BYTES, RECONNECT_IVL_MAX_MS, RECONNECT_IVL_MS
+from .curve import ClientCurve, client_curve_from_env
 from .envelope import MAX_NAME_CHARS, EnvelopeError, Header, decode, encode, unpack_body
 from .handoff import Handoff
 from .ratelimit import LogLimiter
 
 __all__ = ["ClientBusy", "ClientClosed", "ClientError", "RemoteError", "RequestTimeout",
-           "RpcClient"]
+           "RequestTooLarge", "RpcClient"]
 
 DEFAULT_TIMEOUT_MS = 3_000
 DEFAULT_RETRIES = 2
@@ -94,6 +95,10 @@ class ClientClosed(ClientError):
     pass
 
 
+class RequestTooLarge(ClientError, ValueError):
+    """The request body is larger than a frame may be; nothing was sent."""
+
+
 @dataclass(slots=True)
 class _Pending:
     future: Future
@@ -115,6 +120,7 @@ class RpcClient:
         client_id: str | None = None,
         max_in_flight: int = MAX_IN_FLIGHT,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        curve: ClientCurve | None = None,
     ) -> None:
         if not isinstance(endpoint, str) or "://" not in endpoint:
             raise ValueError(f"bad endpoint {endpoint!r}")
@@ -131,6 +137,9 @@ class RpcClient:
         self.client_id = client_id or f"client-{uuid.uuid4().hex[:12]}"
         self._retries = retries
         self._max_frame_bytes = max_frame_bytes
+        # CURVE keys: given, or from RMQZ_CURVE_SERVER_KEY / RMQZ_CURVE_CLIENT_KEY (CurveError
+        # if only one is set or a file is bad: a user mistake, said before anything connects).
+        self._curve = curve if curve is not None else client_curve_from_env()
         self._max_in_flight = max_in_flight
         self._slots = threading.BoundedSemaphore(max_in_flight)
         self._handoff = Handoff(max_in_flight + CONTROL_SLACK)
@@ -221,6 +230,10 @@ class RpcClient:
         timeout_ms = self._timeout_ms if timeout_ms is None else _check_timeout(timeout_ms)
         if self._closed:
             raise ClientClosed("client is closed")
+        if len(body) > self._max_frame_bytes:
+            # The node would drop the connection without a word (zmq MAXMSGSIZE): say it here.
+            raise RequestTooLarge(f"request body of {len(body)} bytes exceeds the {self._max_frame_bytes}-byte "
+                                  "frame limit; send smaller batches")
         with self._cid_lock:
             cid = next(self._cids)
         frames = encode(Header(kind=kind, src=self.client_id, dst=dst, type=type_, cid=cid),
@@ -291,6 +304,8 @@ class RpcClient:
             (zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS),
         ):
             sock.setsockopt(option, value)
+        if self._curve is not None:
+            self._curve.apply(sock)  # before connect: the handshake is CURVE from the start
         try:
             sock.connect(self.endpoint)
         except zmq.ZMQError:

@@ -66,6 +66,10 @@ class Inbound:
     body: bytes
     reply_token: bytes | None = None
     peer: str | None = None
+    # Who sent it, as the node's ZAP handler admitted the connection (transport/zap.py):
+    # "cluster:NAME" or "client:NAME" with CURVE; "" without keys (trusted loopback) and for
+    # messages on our own outbound connections (we authenticated the server ourselves).
+    user: str = ""
 
 
 def encode(header: Header, body: bytes) -> list[bytes]:

@@ -20,7 +20,8 @@ from loguru import logger
 from rmqz.actors.base import RmqzActor
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker import retry_core
-from rmqz.actors.broker.config import BrokerConfig
+from rmqz.actors.broker.config import BrokerConfig, ConfigError
+from rmqz.actors.broker.config_update import apply_runtime_update  # security: allow-listed keys
 from rmqz.actors.broker.consumer_manager import CLUSTERING, ConsumerTable, MembershipError
 from rmqz.actors.broker.long_poll import HeldPull, PullHolds
 from rmqz.actors.namesrv import messages as ns
@@ -79,6 +80,7 @@ class BrokerDeps:
     consumers: ConsumerTable = field(default_factory=ConsumerTable)
     delay_offsets: DelayOffsetStore | None = None  # None: loaded from <store>/config
     groups: SubscriptionGroupStore | None = None  # None: loaded from <store>/config
+    acl: Any = None  # security: actors/broker/acl.Acl, or None (no CURVE identities: no ACL)
 
 
 class BrokerBase(RmqzActor):
@@ -116,6 +118,7 @@ class BrokerBase(RmqzActor):
             proto.BROKER_STATUS: self._on_broker_status, proto.HEARTBEAT_CONSUMER: self._on_heartbeat_consumer,
             proto.UNREGISTER_CONSUMER: self._on_unregister_consumer,
             proto.GET_CONSUMER_LIST: self._on_get_consumer_list, proto.SEARCH_OFFSET: self._on_search_offset,
+            proto.UPDATE_BROKER_CONFIG: self._on_update_config,  # security: allow-listed keys only
         }
 
     # ---- life cycle ----------------------------------------------------------------------
@@ -170,6 +173,7 @@ class BrokerBase(RmqzActor):
         reply = ReplyTo(inbound.reply_token, inbound.header)
         try:
             req = proto.decode_request(inbound.header.type, unpack_body(inbound.body, MAX_REQUEST_BYTES))
+            self._authorize(inbound, req)  # security: ACL (actors/broker/acl.py), NO_PERMISSION
             handler = self.handlers.get(inbound.header.type)
             if handler is None:
                 raise Refusal(proto.NOT_MASTER if inbound.header.type in proto.WRITE_REQUESTS
@@ -189,6 +193,21 @@ class BrokerBase(RmqzActor):
         except StoreFailedError:
             self._error(reply, proto.SYSTEM_ERROR, "store failed; broker is restarting")
             raise
+
+    # ---- security hooks (actors/broker/acl.py, actors/broker/config_update.py) -------------
+
+    def _authorize(self, inbound: Inbound, req: Any) -> None:
+        why = self.deps.acl.check(inbound.user, inbound.header.type, req) if self.deps.acl else None
+        if why is not None:
+            raise Refusal(proto.NO_PERMISSION, why)
+
+    def _on_update_config(self, req: proto.UpdateBrokerConfig, reply: ReplyTo) -> None:
+        try:
+            changed = apply_runtime_update(self.config, req.updates)
+        except ConfigError as exc:
+            raise Refusal(proto.BAD_REQUEST, str(exc)) from None
+        logger.warning("broker {}: config updated at runtime by {}: {}", self.node_id, reply.header.src, changed)
+        self._reply(reply, {"updated": sorted(req.updates)})
 
     def _reply(self, reply: ReplyTo, body: dict) -> None:
         h = reply.header

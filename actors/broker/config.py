@@ -73,6 +73,15 @@ class BrokerConfig:
     dledger_tick_ms: int = 100
     dledger_election_ticks: int = 10
     dledger_heartbeat_ticks: int = 1
+    # Requests waiting for the broker actor beyond this are answered SYSTEM_BUSY (RocketMQ's
+    # sendThreadPoolQueueCapacity; transport/admission.py enforces it with a byte bound).
+    send_thread_pool_queue_capacity: int = 10_000
+    # Security (transport/curve.py, actors/broker/acl.py): CURVE key files and the ACL file.
+    curve_server_secret_key: str = ""  # the cluster's server.key_secret (every node's socket)
+    curve_cluster_secret_key: str = ""  # this node's cluster.key_secret (node-to-node traffic)
+    curve_cluster_public_keys: str = ""  # more allowed cluster keys: a .key file or a folder
+    curve_client_public_keys: str = ""  # allowed client keys: a .key file or a folder
+    acl_file: str = ""  # TOML users and permissions; needs CURVE (users are keys)
 
     def peers(self) -> dict[str, str]:
         """DLedger peer id -> host:port, in the order given."""
@@ -118,6 +127,7 @@ INT_LIMITS = {
     "ha_housekeeping_interval_ms": (100, 600_000), "ha_transfer_batch_size": (4096, 1024 * 1024),
     "slave_ack_timeout_ms": (1, 600_000), "slave_metadata_sync_interval_ms": (100, 600_000),
     "dledger_tick_ms": (5, 10_000), "dledger_election_ticks": (2, 1_000), "dledger_heartbeat_ticks": (1, 100),
+    "send_thread_pool_queue_capacity": (16, 1_000_000),
 }
 
 

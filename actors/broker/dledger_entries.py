@@ -22,6 +22,7 @@ from typing import Any
 
 import msgpack
 
+from rmqz.actors.broker import messages as proto
 from rmqz.storage import record as rec
 from rmqz.storage.dledger_store import UNPLACED
 from rmqz.storage.metadata import TopicConfig
@@ -30,6 +31,9 @@ TOPIC = 2  # kinds of the msgpack entries; message batches are binary (RECORDS_M
 OFFSETS = 3
 GROUP = 4
 MAX_ENTRY_BYTES = 72 * 1024 * 1024
+MAX_OFFSET_KEYS = 100_000  # topic@group pairs in one offsets entry
+MAX_OFFSET = (1 << 63) - 1
+MAX_RETRY_TIMES = 1_000
 RECORDS_MAGIC = 0xC1  # msgpack's one never-used byte
 RECORDS_VERSION = 1
 RECORDS_HEADER = struct.Struct(">BBBxIQQ")
@@ -135,18 +139,41 @@ def _decode(item: Any) -> MessagesEntry | TopicEntry | OffsetsEntry | GroupEntry
     if not isinstance(item, list) or not item:
         raise ValueError("entry must be a non-empty list")
     kind = item[0]
+    # Strict: every replica applies what passes here at once, so nothing that applying could
+    # trip over (a bool for an int, a name that is not a name) may pass.
     if kind == TOPIC:
         _, topic, read_q, write_q, perm, order = item
-        cfg = TopicConfig(topic, read_q, write_q, perm, bool(order))
+        if not all(type(v) is int for v in (read_q, write_q, perm)) or type(order) is not bool:
+            raise ValueError("topic entry fields must be ints and a bool")
+        cfg = TopicConfig(topic, read_q, write_q, perm, order)
         cfg.validate()
         return TopicEntry(cfg)
     if kind == OFFSETS:
-        if not isinstance(item[1], dict):
-            raise ValueError("offsets must be a map")
-        return OffsetsEntry(item[1])
+        _, offsets = item
+        _check_offsets(offsets)
+        return OffsetsEntry(offsets)
     if kind == GROUP:
         _, group, retry_max = item
-        if not isinstance(group, str) or not group or not isinstance(retry_max, int) or retry_max < 0:
-            raise ValueError("bad subscription group")
+        if not isinstance(group, str) or not proto.GROUP_PATTERN.fullmatch(group):
+            raise ValueError("bad subscription group name")
+        if type(retry_max) is not int or not 0 <= retry_max <= MAX_RETRY_TIMES:
+            raise ValueError(f"retry_max_times must be an int in 0..{MAX_RETRY_TIMES}")
         return GroupEntry(group, retry_max)
     raise ValueError(f"unknown entry kind {kind!r}")
+
+
+def _check_offsets(offsets: Any) -> None:
+    """{"topic@group": {"queue_id": offset}} with names that are names and ints that fit."""
+    if not isinstance(offsets, dict) or len(offsets) > MAX_OFFSET_KEYS:
+        raise ValueError(f"offsets must be a map of at most {MAX_OFFSET_KEYS} keys")
+    for key, queues in offsets.items():
+        topic, at, group = key.partition("@") if isinstance(key, str) else ("", "", "")
+        if not at or not proto.TOPIC_PATTERN.fullmatch(topic) or not proto.GROUP_PATTERN.fullmatch(group):
+            raise ValueError(f"offsets key {key!r:.60} is not topic@group")
+        if not isinstance(queues, dict):
+            raise ValueError(f"offsets of {key} must map queue ids to offsets")
+        for qid, offset in queues.items():
+            if not (isinstance(qid, str) and qid.isdigit() and int(qid) <= rec.MAX_QUEUE_ID):
+                raise ValueError(f"queue id {qid!r:.20} of {key} is not 0..{rec.MAX_QUEUE_ID}")
+            if type(offset) is not int or not 0 <= offset <= MAX_OFFSET:
+                raise ValueError(f"offset {offset!r:.20} of {key} is not an int in 0..{MAX_OFFSET}")

@@ -32,9 +32,11 @@ UNREGISTER_CONSUMER = "UnregisterConsumer"  # a member leaves cleanly (UNREGISTE
 GET_CONSUMER_LIST = "GetConsumerList"  # live members of a group (GET_CONSUMER_LIST_BY_GROUP)
 SEND_BACK = "SendBack"  # a failed message goes to retry / DLQ (CONSUMER_SEND_MSG_BACK)
 SEARCH_OFFSET = "SearchOffsetByTimestamp"  # first queue offset stored at or after a time
+UPDATE_BROKER_CONFIG = "UpdateBrokerConfig"  # admin: change allow-listed config keys at runtime
 REQUEST_TYPES = frozenset({SEND_MESSAGE, PULL_MESSAGE, CREATE_TOPIC, COMMIT_OFFSET, QUERY_OFFSET,
                            BROKER_STATUS, TOPIC_STATUS, GET_METADATA, PROMOTE, HEARTBEAT_CONSUMER,
-                           UNREGISTER_CONSUMER, GET_CONSUMER_LIST, SEND_BACK, SEARCH_OFFSET})
+                           UNREGISTER_CONSUMER, GET_CONSUMER_LIST, SEND_BACK, SEARCH_OFFSET,
+                           UPDATE_BROKER_CONFIG})
 WRITE_REQUESTS = frozenset({SEND_MESSAGE, CREATE_TOPIC, SEND_BACK})  # a slave answers NOT_MASTER
 
 # HA replication tells (kind="tell"): slave -> master actor HA_SERVICE, master -> slave HA_CLIENT.
@@ -65,6 +67,7 @@ SYSTEM_BUSY = "SYSTEM_BUSY"
 SYSTEM_ERROR = "SYSTEM_ERROR"
 
 MAX_BATCH_MESSAGES = 1024
+MAX_BATCH_BYTES = 8 * 1024 * 1024  # bodies of one send request (the transport's frame limit)
 MAX_PULL_MESSAGES = 1024
 MAX_SUSPEND_MS = 60_000
 MAX_NAME_CHARS = 255
@@ -77,7 +80,14 @@ CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:@%|-]{1,255}")
 MODES = ("CLUSTERING", "BROADCASTING")
 GROUP_PATTERN = re.compile(r"[A-Za-z0-9_%|-]{1,255}")
 TOPIC_PATTERN = re.compile(r"[A-Za-z0-9_%|-]{1,127}")
+BROKER_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,127}")  # as the NameServer's check_name
+# Properties of one message: RocketMQ caps their encoded form at Short.MAX_VALUE bytes; the
+# count cap keeps a map of thousands of tiny entries from costing more to check than to send.
+MAX_PROPERTIES = 128
+MAX_PROPERTIES_BYTES = 32_767  # = storage.record.MAX_PROPERTIES_BYTES (name \x01 value \x02 ...)
+PROPERTY_RESERVED = ("\x01", "\x02")  # the record format's separators
 assert MAX_PULL_MESSAGES <= 4096 and MAX_BATCH_MESSAGES <= 10_000
+assert 0 < MAX_PROPERTIES <= 1_024 and MAX_PROPERTIES_BYTES < 1 << 16
 
 
 class ProtocolError(ValueError):
@@ -119,8 +129,19 @@ def _group(d: dict) -> str:
 
 
 def _props(value: Any) -> dict[str, str]:
+    """Checked here, at the edge, so a send is refused as BAD_REQUEST before it is queued,
+    not later by the store (or, with DLedger, after it went through the Raft log)."""
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise ProtocolError("properties must map strings to strings")
+    if len(value) > MAX_PROPERTIES:
+        raise ProtocolError(f"{len(value)} properties, at most {MAX_PROPERTIES}")
+    size = 0
+    for k, v in value.items():
+        if not k or any(c in k or c in v for c in PROPERTY_RESERVED):
+            raise ProtocolError(f"property {k[:40]!r}: names must be non-empty and neither may hold \\x01 or \\x02")
+        size += len(k.encode("utf-8", "surrogatepass")) + len(v.encode("utf-8", "surrogatepass")) + 2
+    if size > MAX_PROPERTIES_BYTES:
+        raise ProtocolError(f"properties take {size} bytes, at most {MAX_PROPERTIES_BYTES}")
     return value
 
 
@@ -166,7 +187,11 @@ class SendMessage:
         raw = _get(d, "messages", list)
         if not 1 <= len(raw) <= MAX_BATCH_MESSAGES:
             raise ProtocolError(f"a batch holds 1..{MAX_BATCH_MESSAGES} messages, got {len(raw)}")
-        return cls(_topic(d), _int(d, "queue_id", -1, MAX_QUEUE_ID), [OutMessage.from_dict(m) for m in raw])
+        messages = [OutMessage.from_dict(m) for m in raw]
+        total = sum(len(m.body) for m in messages)
+        if total > MAX_BATCH_BYTES:
+            raise ProtocolError(f"a batch holds at most {MAX_BATCH_BYTES} body bytes, got {total}")
+        return cls(_topic(d), _int(d, "queue_id", -1, MAX_QUEUE_ID), messages)
 
 
 @dataclass(slots=True)
@@ -411,12 +436,45 @@ class SearchOffset:
         return cls(_topic(d), _int(d, "queue_id", 0, MAX_QUEUE_ID), _int(d, "timestamp_ms", 0, 2**63 - 1))
 
 
+# Config keys an admin may change on a running broker. Nothing else: no path, no home
+# directory, no command or process count (RocketMQ's CVE-2023-33246 / CVE-2023-37582 were
+# runtime updates of such keys reaching a shell and a file path). Values are parsed with the
+# same limits as broker.conf and only ever set a number or a flag.
+RUNTIME_CONFIG_KEYS = frozenset({"slaveReadEnable", "accessMessageInMemoryMaxRatio", "autoCreateTopicEnable",
+                                 "defaultTopicQueueNums", "flushIntervalCommitLog", "flushConsumerOffsetInterval",
+                                 "registerBrokerTimeoutMills"})
+MAX_CONFIG_UPDATES = 16
+MAX_CONFIG_VALUE_CHARS = 64
+
+
+@dataclass(slots=True)
+class UpdateBrokerConfig:
+    updates: dict[str, str]
+
+    def to_dict(self) -> dict:
+        return {"updates": self.updates}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> UpdateBrokerConfig:
+        updates = _get(_map(d), "updates", dict)
+        if not 1 <= len(updates) <= MAX_CONFIG_UPDATES:
+            raise ProtocolError(f"1..{MAX_CONFIG_UPDATES} config keys per update, got {len(updates)}")
+        for key, value in updates.items():
+            if not isinstance(key, str) or key not in RUNTIME_CONFIG_KEYS:
+                raise ProtocolError(f"config key {str(key)[:64]!r} cannot be changed at runtime; allowed: "
+                                    f"{', '.join(sorted(RUNTIME_CONFIG_KEYS))}")
+            if not isinstance(value, str) or len(value) > MAX_CONFIG_VALUE_CHARS:
+                raise ProtocolError(f"config value for {key} must be a string of at most {MAX_CONFIG_VALUE_CHARS} chars")
+        return cls(dict(updates))
+
+
 REQUESTS: dict[str, type] = {
     SEND_MESSAGE: SendMessage, PULL_MESSAGE: PullMessage, CREATE_TOPIC: CreateTopic,
     COMMIT_OFFSET: CommitOffset, QUERY_OFFSET: QueryOffset, TOPIC_STATUS: GetTopicStatus,
     BROKER_STATUS: GetBrokerStatus, GET_METADATA: GetMetadata, PROMOTE: PromoteToMaster,
     HEARTBEAT_CONSUMER: HeartbeatConsumer, UNREGISTER_CONSUMER: UnregisterConsumer,
     GET_CONSUMER_LIST: GetConsumerList, SEND_BACK: SendBack, SEARCH_OFFSET: SearchOffset,
+    UPDATE_BROKER_CONFIG: UpdateBrokerConfig,
 }
 assert set(REQUESTS) == REQUEST_TYPES
 
@@ -481,7 +539,10 @@ class HAReport:
         address = _get(d, "address", str)
         if len(address) > MAX_NAME_CHARS or ":" not in address:
             raise ProtocolError("address must be host:port")
-        return cls(_int(d, "slave_id", 1, MAX_QUEUE_ID), _get(d, "broker_name", str), address,
+        broker_name = _get(d, "broker_name", str)
+        if not BROKER_NAME_PATTERN.fullmatch(broker_name):
+            raise ProtocolError(f"bad broker name {broker_name[:40]!r}: 1-127 chars of A-Z a-z 0-9 _ . -")
+        return cls(_int(d, "slave_id", 1, MAX_QUEUE_ID), broker_name, address,
                    _int(d, "offset", 0, 2**63 - 1), tuple(last) if last else None)
 
 

@@ -1,0 +1,95 @@
+"""ZAP (ZeroMQ RFC 27) handler run by the transport agent: decides, per new connection to the
+node's bound socket, whether it is admitted, and under which user id.
+
+- With CURVE: only allow-listed client public keys are admitted (user id ``cluster:NAME`` or
+  ``client:NAME``, which libzmq then stamps on every message of that connection as the
+  ``User-Id`` property). Everyone else is denied during the handshake: no message of theirs
+  is ever read.
+- Always: at most ``max_connections`` live connections (counted from the bound socket's
+  monitor); past it new ones are denied until some close. For the NULL mechanism (loopback
+  without keys) libzmq asks the handler because the socket has a ZAP domain.
+
+Runs on the agent thread (the REP socket is in its poller); every decision is a dict lookup.
+Denials are logged at a bounded rate, never per attempt.
+"""
+
+from __future__ import annotations
+
+import zmq
+from zmq.utils import z85
+
+from .curve import ServerCurve
+
+__all__ = ["ZAP_DOMAIN", "ZAP_ENDPOINT", "ZapHandler", "MAX_CONNECTIONS"]
+
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # fixed by RFC 27, one per context
+ZAP_DOMAIN = "rmqz"
+ZAP_VERSION = b"1.0"
+MAX_CONNECTIONS = 4_096  # live connections to one node (clients and peers together)
+ZAP_BATCH = 256  # requests answered per loop turn
+ANONYMOUS = ""  # user id of a NULL-mechanism (keyless loopback) connection
+assert 0 < MAX_CONNECTIONS <= 1_000_000 and 0 < ZAP_BATCH <= 10_000
+
+
+class ZapHandler:
+    def __init__(self, ctx: zmq.Context, curve: ServerCurve | None, max_connections: int = MAX_CONNECTIONS) -> None:
+        if not 0 < max_connections <= 1_000_000:
+            raise ValueError("max_connections must be in 1..1,000,000")
+        self.curve = curve
+        self.max_connections = max_connections
+        self.live: set[int] = set()  # fds of accepted connections on the bound socket
+        self.stats = {"admitted": 0, "denied_key": 0, "denied_full": 0, "bad_zap": 0}
+        self.socket = ctx.socket(zmq.REP)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.bind(ZAP_ENDPOINT)
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+    def on_monitor_event(self, event: int, fd: int) -> None:
+        """ACCEPTED/DISCONNECTED/CLOSED carry the connection's fd. A connection counts from
+        its TCP accept (so one that never finishes its handshake holds a slot until libzmq's
+        handshake timeout drops it), and the one being handshaken counts itself."""
+        if event == zmq.EVENT_ACCEPTED:
+            self.live.add(int(fd))
+        elif event in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED):
+            self.live.discard(int(fd))
+
+    def drain(self) -> list[str]:
+        """Answer waiting ZAP requests; returns one line per denial (for the rate-limited log)."""
+        denials = []
+        for _ in range(ZAP_BATCH):
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            status, text, user = self._decide(frames)
+            request_id = frames[1] if len(frames) > 1 else b""
+            self.socket.send_multipart([ZAP_VERSION, request_id, status, text.encode(), user.encode(), b""])
+            if status != b"200":
+                denials.append(f"{text} (from {frames[3].decode(errors='replace') if len(frames) > 3 else '?'})")
+        return denials
+
+    def _decide(self, frames: list[bytes]) -> tuple[bytes, str, str]:
+        if len(frames) < 6 or frames[0] != ZAP_VERSION:
+            self.stats["bad_zap"] += 1
+            return b"500", "malformed ZAP request", ""
+        mechanism, credentials = frames[5], frames[6:]
+        if len(self.live) > self.max_connections:
+            self.stats["denied_full"] += 1
+            return b"300", f"connection limit {self.max_connections} reached", ""
+        if self.curve is None:
+            if mechanism != b"NULL":
+                self.stats["denied_key"] += 1
+                return b"400", f"mechanism {mechanism[:16]!r} not offered", ""
+            self.stats["admitted"] += 1
+            return b"200", "OK", ANONYMOUS
+        if mechanism != b"CURVE" or len(credentials) != 1 or len(credentials[0]) != 32:
+            self.stats["denied_key"] += 1
+            return b"400", "CURVE required", ""
+        user = self.curve.user_for(z85.encode(credentials[0]))
+        if user is None:
+            self.stats["denied_key"] += 1
+            return b"400", "public key not allow-listed", ""
+        self.stats["admitted"] += 1
+        return b"200", "OK", user
