@@ -135,7 +135,9 @@ class Box:
                    .with_name(f"rmqz-{name}-{uuid.uuid4().hex[:6]}")
                    .with_network(network)
                    .with_command(command)
-                   .with_envs(**env)
+                   # A private test network without CURVE keys: nodes binding their container
+                   # address must be told so (transport/curve.py refuses a keyless bind otherwise).
+                   .with_envs(**{"RMQZ_INSECURE": "1", **env})
                    .with_kwargs(hostname=name, networking_config={network.name: endpoint},
                                 labels={"org.rmqz.test": "docker"},
                                 restart_policy={"Name": "on-failure", "MaximumRetryCount": 5}))
