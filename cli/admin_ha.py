@@ -116,6 +116,26 @@ def attach(admin: click.Group, namesrv_option: Any, json_option: Any, timeout_op
         raise CliError(f"{addr} accepted the promotion but has not registered as master within {PROMOTE_WAIT_S:.0f} s")
 
 
+    @admin.command("update-config")
+    @click.option("--broker-addr", "-b", required=True, metavar="HOST:PORT", help="The broker node to change.")
+    @click.argument("settings", nargs=-1, required=True, metavar="KEY=VALUE...")
+    @timeout_option
+    @one_line_errors
+    def update_config(broker_addr: str, settings: tuple[str, ...], timeout_ms: int) -> None:
+        """Change allow-listed broker config keys at runtime (numbers and flags only; not saved:
+        a restart reads broker.conf again). Needs admin rights when the cluster has an ACL."""
+        updates = {}
+        for item in settings:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise CliError(f"{item!r} is not KEY=VALUE")
+            if key not in proto.RUNTIME_CONFIG_KEYS:
+                raise CliError(f"{key} cannot be changed at runtime; allowed: {', '.join(sorted(proto.RUNTIME_CONFIG_KEYS))}")
+            updates[key] = value
+        res = _request(broker_addr, proto.BROKER, proto.UPDATE_BROKER_CONFIG, {"updates": updates}, timeout_ms)
+        click.echo(f"{broker_addr}: updated {', '.join(res.get('updated', []))}")
+
+
 def _answers(addr: str, timeout_ms: int) -> bool:
     try:
         _request(addr, proto.BROKER, proto.BROKER_STATUS, {}, min(timeout_ms, 1000))
