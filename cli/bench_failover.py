@@ -2,8 +2,11 @@
 the next acknowledged send, with a check that no acknowledged message was lost.
 
 It runs `rmqz up` itself (which restarts each killed node, like a process supervisor in
-production) and a producer thread that sends unique values one at a time. Last stdout line:
-one JSON object with at least p50_s, p99_s, max_s, acked, lost.
+production) and a producer thread that sends unique values one at a time. Every send, every
+kill and the final drain go to a history in the chaos format (cli/chaos/history.py), and the
+chaos checker decides what was lost or duplicated. Last stdout line: one JSON object with at
+least p50_s, p99_s, max_s, acked, lost. `rmqz chaos` is the general tool (more faults, many
+clients, a consumer running all along); this bench stays the quick failover-time figure.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import click
 from rmqz.client import Admin, MQClientError, Producer, PullConsumer
 
 from .bench_common import console, emit_json, print_table
+from .chaos.checker import check, percentile
+from .chaos.history import HistoryWriter, read_history
 from .output import CliError, command
 
 TOPIC = "FailoverBench"
@@ -32,14 +37,19 @@ READY_TIMEOUT_S = 60.0
 RECOVER_TIMEOUT_S = 60.0
 DRAIN_TIMEOUT_S = 120.0
 MAX_KILLS = 1000
+SENDER_PROCESS = 0
+DRAIN_PROCESS = 1_000_000  # the checker's reads (process ids as in `rmqz chaos`)
+HISTORY_FILE = "history.jsonl"
 assert MAX_KILLS > 0
 
 
 class Sender:
     """Sends unique values one at a time; records when each acknowledgement arrived."""
 
-    def __init__(self, namesrv: str) -> None:
+    def __init__(self, namesrv: str, history: HistoryWriter | None = None) -> None:
         self.namesrv = namesrv
+        self.history = history
+        self.process = SENDER_PROCESS
         self.acked: list[tuple[float, str]] = []  # (when the send STARTED, value)
         self.failed = 0
         self.stop = threading.Event()
@@ -52,11 +62,22 @@ class Sender:
                 value = f"f-{i:08d}"
                 i += 1
                 started = time.monotonic()
+                self._record("invoke", value)
                 try:
-                    if producer.send(TOPIC, value.encode()).status == "SEND_OK":
-                        self.acked.append((started, value))
-                except MQClientError:
+                    status = producer.send(TOPIC, value.encode()).status
+                except MQClientError as exc:
+                    status = f"{type(exc).__name__}: {exc}"
+                if status == "SEND_OK":
+                    self.acked.append((started, value))
+                    self._record("ok", value)
+                else:  # unknown outcome: a timed-out send may still have been stored
                     self.failed += 1
+                    self._record("info", value, status)
+                    self.process += 1  # Jepsen's rule: the old process may still act
+
+    def _record(self, type_: str, value: str, error: str | None = None) -> None:
+        if self.history is not None:
+            self.history.write(self.process, type_, "enqueue", value, error=error)
 
     def first_ack_after(self, t: float, timeout_s: float) -> float | None:
         """When the first send that started after t was acknowledged (sends answered
@@ -76,7 +97,8 @@ def start_up(topology: str, data_dir: Path) -> tuple[subprocess.Popen, str]:
     base = random.randrange(20_000, 29_000)
     log = open(data_dir / "up.out", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "rmqz.cli.main", "up", "--topology", topology, "--data-dir",
-                             str(data_dir / "cluster"), "--base-port", str(base), "--no-status"],
+                             str(data_dir / "cluster"), "--base-port", str(base), "--no-status",
+                             "--max-restarts", str(MAX_KILLS + 5)],  # every kill is a restart
                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     return proc, f"127.0.0.1:{base}"
 
@@ -108,27 +130,31 @@ def wait_running(data_dir: Path, timeout_s: float) -> None:
     raise CliError("the cluster did not come back to all nodes running")
 
 
-def drain(namesrv: str, expected: set[str], topic: str = TOPIC, timeout_s: float = DRAIN_TIMEOUT_S) -> Counter:
-    """The no-loss checker: read the topic from the start until every expected value was seen
-    (or the timeout); returns how often each value was read (duplicates show as counts > 1)."""
+def drain(namesrv: str, expected: set[str], topic: str = TOPIC, timeout_s: float = DRAIN_TIMEOUT_S,
+          history: HistoryWriter | None = None) -> Counter:
+    """Read the topic from the start until every expected value was seen (or the timeout);
+    returns how often each value was read (duplicates show as counts > 1). With a history,
+    every pull is recorded as a dequeue, for the chaos checker."""
     seen: Counter = Counter()
     deadline = time.monotonic() + timeout_s
     with PullConsumer(namesrv, "failover-checker") as consumer:
         offsets: dict = {}
         while not expected <= set(seen) and time.monotonic() < deadline:
             for q in consumer.queues(topic):
+                if history is not None:
+                    history.write(DRAIN_PROCESS, "invoke", "dequeue", None)
                 try:
                     res = consumer.pull(q, offsets.get(q, 0), max_messages=1024)
-                except MQClientError:
+                except MQClientError as exc:
+                    if history is not None:
+                        history.write(DRAIN_PROCESS, "fail", "dequeue", None, error=str(exc))
                     continue
-                seen.update(m.body.decode() for m in res.messages)
+                values = [m.body.decode() for m in res.messages]
+                if history is not None:
+                    history.write(DRAIN_PROCESS, "ok", "dequeue", values)
+                seen.update(values)
                 offsets[q] = res.next_offset
     return seen
-
-
-def percentile(data: list[float], q: float) -> float:
-    data = sorted(data)
-    return data[min(len(data) - 1, max(0, int(round(q * len(data) + 0.5)) - 1))] if data else 0.0
 
 
 @command("failover")
@@ -158,14 +184,28 @@ def failover(topology: str, kills: int, settle_s: float, keep_dir: str | None) -
         ("kill -> next SEND_OK p50", f"{summary['p50_s']:.3f} s"), ("p99", f"{summary['p99_s']:.3f} s"),
         ("max", f"{summary['max_s']:.3f} s"), ("acknowledged", str(summary["acked"])),
         ("lost", str(summary["lost"])), ("duplicates", str(summary["duplicates"])),
-        ("failed sends", str(summary["failed_sends"]))])
+        ("failed sends", str(summary["failed_sends"])), ("unexpected", str(summary["unexpected"]))]
+        + ([("history (rmqz chaos check)", str(Path(keep_dir) / HISTORY_FILE))] if keep_dir else []))
     emit_json({"topology": topology, **summary})
-    if summary["lost"]:
-        raise CliError(f"{summary['lost']} acknowledged messages were lost")
+    if summary["lost"] or summary["unexpected"]:
+        raise CliError(f"{summary['lost']} acknowledged messages were lost, {summary['unexpected']} read that "
+                       "nobody sent")
 
 
 def run_kills(namesrv: str, data_dir: Path, kills: int, settle_s: float, out) -> dict:
-    sender = Sender(namesrv)
+    with HistoryWriter(str(data_dir / HISTORY_FILE)) as history:
+        times, sender = _kill_loop(namesrv, data_dir, kills, settle_s, out, history)
+        drain(namesrv, {v for _, v in sender.acked}, history=history)
+    report = check(read_history(str(data_dir / HISTORY_FILE)))
+    return {"kills": kills, "p50_s": round(percentile(times, 0.5), 3), "p99_s": round(percentile(times, 0.99), 3),
+            "max_s": round(max(times), 3), "acked": report.enqueue_ok, "lost": len(report.lost),
+            "duplicates": sum(c - 1 for c in report.duplicated.values()), "failed_sends": sender.failed,
+            "unexpected": len(report.unexpected)}
+
+
+def _kill_loop(namesrv: str, data_dir: Path, kills: int, settle_s: float, out,
+               history: HistoryWriter) -> tuple[list[float], Sender]:
+    sender = Sender(namesrv, history)
     sender.thread.start()
     times: list[float] = []
     try:
@@ -175,6 +215,7 @@ def run_kills(namesrv: str, data_dir: Path, kills: int, settle_s: float, out) ->
                 raise CliError("sends are not being acknowledged")
             t_kill = time.monotonic()
             os.kill(victim["pid"], signal.SIGKILL)
+            history.fault("leader-kill", "start", nodes=[victim["address"]])
             t_ack = sender.first_ack_after(t_kill, RECOVER_TIMEOUT_S)
             if t_ack is None:
                 raise CliError(f"no send was acknowledged within {RECOVER_TIMEOUT_S:.0f} s of kill {k + 1}")
@@ -182,12 +223,9 @@ def run_kills(namesrv: str, data_dir: Path, kills: int, settle_s: float, out) ->
             out.print(f"kill {k + 1}/{kills}: leader {victim['address']} -> next SEND_OK after {times[-1]:.3f} s",
                       markup=False)
             wait_running(data_dir, RECOVER_TIMEOUT_S)
+            history.fault("leader-kill", "stop", nodes=[victim["address"]])
             time.sleep(settle_s)
     finally:
         sender.stop.set()
         sender.thread.join(30)
-    acked = {v for _, v in sender.acked}
-    seen = drain(namesrv, acked)
-    return {"kills": kills, "p50_s": round(percentile(times, 0.5), 3), "p99_s": round(percentile(times, 0.99), 3),
-            "max_s": round(max(times), 3), "acked": len(acked), "lost": len(acked - set(seen)),
-            "duplicates": sum(c - 1 for c in seen.values() if c > 1), "failed_sends": sender.failed}
+    return times, sender
