@@ -1,0 +1,35 @@
+"""`rmqz chaos --runtime docker`: the same run against containers of our image, faults done to
+real containers (docker kill / start, docker network disconnect / connect). Skipped, loudly,
+when no Docker engine answers; the image is built (or reused by its content hash) first."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from .test_chaos_dledger import run_chaos, windows
+
+pytestmark = [pytest.mark.e2e, pytest.mark.docker]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _docker_reason() -> str | None:
+    spec = importlib.util.spec_from_file_location("rmqz_docker_build_chaos", REPO / "docker" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module.docker_reachable()
+
+
+def test_leader_kill_and_network_disconnect_in_docker_lose_no_acknowledged_message(tmp_path: Path):
+    reason = _docker_reason()
+    if reason is not None:
+        pytest.skip(f"DOCKER CHAOS TEST NOT RUN: no Docker engine ({reason})")
+    summary = run_chaos(tmp_path, "dledger3", "leader-kill,leader-isolate", "--runtime", "docker",
+                        timeout_s=600.0)
+    assert [w["fault"] for w in windows(summary)] == ["leader-kill", "leader-isolate"]
+    assert all(w["recovered"] for w in windows(summary)), windows(summary)
