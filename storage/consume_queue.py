@@ -104,15 +104,23 @@ class ConsumeQueue:
             units.append(CqUnit(queue_offset + i, clog_offset, size, tag))
         return units
 
+    def units_within(self, commit_log_end: int) -> int:
+        """The queue offset of the first unit whose record does not end at or below
+        commit_log_end. Units are appended in commit-log order, so a binary search."""
+        lo, hi = self.min_offset, self.max_offset
+        while lo < hi:
+            mid = (lo + hi) // 2
+            unit = self.get(mid)
+            if unit.commit_log_offset + unit.size <= commit_log_end:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
     def truncate_beyond(self, commit_log_end: int) -> int:
         """Recovery: drop tail units that point at or past the commit log's end (their records
         were lost with unflushed data). Returns how many were dropped."""
-        new_end = self.max_offset
-        while new_end > self.min_offset:
-            unit = self.get(new_end - 1)
-            if unit.commit_log_offset + unit.size <= commit_log_end:
-                break
-            new_end -= 1
+        new_end = self.units_within(commit_log_end)
         dropped = self.max_offset - new_end
         if dropped:
             self.files.truncate(new_end * UNIT_BYTES)

@@ -155,11 +155,12 @@ class DLedgerStore(QueueIndex):
         """The Raft actor flushes the log itself; this store has nothing more to flush."""
         return self.applied_end
 
-    def checkpoint(self) -> dict[str, int]:
-        """Make the consume queues durable; the caller then saves its recovery point."""
+    def checkpoint(self, end: int | None = None) -> dict[str, int]:
+        """Make the consume queues durable; returns the units the recovery point ending at
+        `end` (default: the last saved one) may call durable. The caller saves the point."""
         self.commit()
         self._flush_queues()
-        return self._queue_ends()
+        return self._queue_ends(self.saved_end if end is None else end)
 
     def saved(self, end: int) -> None:
         self.saved_end = end

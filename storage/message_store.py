@@ -157,7 +157,7 @@ class MessageStore(QueueIndex):
         self.commit_log.flush()
         self._flush_queues()
         end = self.commit_log.wrote_offset
-        save_checkpoint(self.fs, self.root, Checkpoint(end, self.dispatched_offset, end, self._queue_ends()))
+        save_checkpoint(self.fs, self.root, Checkpoint(end, self.dispatched_offset, end, self._queue_ends(end)))
         self.fs.remove(os.path.join(self.root, ABORT_FILE))
         self._close_files()
 
@@ -224,7 +224,8 @@ class MessageStore(QueueIndex):
         """Make consume queues durable, then record how far the store is known good."""
         dispatched = self.dispatched_offset
         self._flush_queues()
-        cp = Checkpoint(self.commit_log.flushed_offset, dispatched, None, self._queue_ends())
+        flushed = self.commit_log.flushed_offset
+        cp = Checkpoint(flushed, dispatched, None, self._queue_ends(flushed))
         save_checkpoint(self.fs, self.root, cp)
         return cp
 

@@ -79,8 +79,12 @@ class QueueIndex:
         for cq in self.queues.values():
             cq.flush()
 
-    def _queue_ends(self) -> dict[str, int]:
-        return {f"{t}/{q}": cq.max_offset for (t, q), cq in self.queues.items()}
+    def _queue_ends(self, commit_log_end: int) -> dict[str, int]:
+        """The units a checkpoint may vouch for: those whose records end within the part of
+        the log the same checkpoint calls durable. A unit past it is cut at recovery, and a
+        claim above a cut would make the units written again after it "trusted" though
+        unsynced: zeros inside the queue after the next crash."""
+        return {f"{t}/{q}": cq.units_within(commit_log_end) for (t, q), cq in self.queues.items()}
 
     # ---- reading -------------------------------------------------------------------------
 

@@ -383,7 +383,7 @@ class BrokerDLedger(BrokerBase):
             point = self._points.popleft()
         if point is None or point.index <= self._saved_index:
             return
-        queue_ends = self.store.checkpoint()
+        queue_ends = self.store.checkpoint(point.end)
         save_json(self.store.fs, os.path.join(self.dledger_dir, APPLIED_FILE),
                   {"version": APPLIED_VERSION, "index": point.index, "end": point.end,
                    "delay": point.delay, "queue_ends": queue_ends})

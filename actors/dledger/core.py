@@ -399,6 +399,14 @@ class _Progress:
 
     def maybe_decr_to(self, rejected: int, match_hint: int) -> bool:
         """A rejection of the App sent after ``rejected``: False when it is stale."""
+        if match_hint < self.match <= rejected:
+            # The follower no longer holds entries it acknowledged: with ASYNC_FLUSH it acks
+            # before its fsync, and a power loss takes them back. Probe from what it has
+            # (etcd assumes acks are durable and would probe at match forever). Commit never
+            # moves back; at worst a stale rejection costs one redundant probe.
+            self.match = match_hint
+            self.become_probe()
+            return True
         if self.state == REPLICATE:
             if rejected <= self.match:
                 return False

@@ -364,3 +364,29 @@ def test_proposal_on_follower_raises_not_leader_with_hint(cluster):
     with pytest.raises(NotLeader) as e:
         c["n2"].propose(b"x")
     assert e.value.leader_hint == "n1"
+
+
+def test_leader_resends_to_a_follower_that_lost_entries_it_had_acknowledged(cluster):
+    """ASYNC_FLUSH: a follower acks before its fsync, so a power loss can take back entries
+    it acknowledged. Found by `rmqz chaos --fault power-loss`: the leader kept probing at the
+    old match index forever and, with the other follower down, writes never came back."""
+    from dataclasses import replace
+
+    c = cluster(3, seed=11)
+    c.elect("n1")
+    for i in range(20):
+        c.propose("n1", f"m{i}".encode())
+    c.settle()
+    assert c["n1"].commit_index == 21 and c["n3"].last_index == 21
+
+    c.crash("n3")  # power loss: only the first 5 entries had reached its disk
+    storage = c.nodes["n3"].storage
+    storage._entries = storage._entries[:5]
+    storage._hard_state = replace(storage._hard_state, commit=min(storage._hard_state.commit, 5))
+    c.restart("n3")
+    c.crash("n2")  # now n1 needs n3 for every commit
+
+    index = c.propose("n1", b"after")
+    c.tick_until(lambda: c["n1"].commit_index >= index, max_ticks=50, ids=["n1", "n3"])
+    assert c.nodes["n3"].log() == c.nodes["n1"].log()
+    assert data_of(c.nodes["n3"].applied)[-1] == b"after"
