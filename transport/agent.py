@@ -196,6 +196,7 @@ class TransportAgent:
             raise ValueError("max_peers must be in 1..10,000")
         self.node_id = node_id
         self._bind_endpoint = bind_endpoint
+        self._source_host = source_host_for(bind_endpoint)
         self._endpoint: str | None = None
         self._max_frame_bytes = max_frame_bytes
         self._hwm = hwm
@@ -658,7 +659,7 @@ class TransportAgent:
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
         )
         try:
-            sock.connect(endpoint)
+            sock.connect(dial_spec(endpoint, self._source_host))
         except zmq.ZMQError as exc:
             self.stats["bad_endpoint"] += 1
             self._log_limited("bad_endpoint", "cannot connect to {}: {}", endpoint, exc)
@@ -758,6 +759,26 @@ def _user_id(frame: zmq.Frame) -> str:
         return frame.get("User-Id") or ""
     except zmq.ZMQError:
         return ""
+
+
+def source_host_for(bind_endpoint: str) -> str | None:
+    """A node bound to its own loopback address (rmqz up --host-per-node) also connects from
+    it, so a packet filter can tell its links apart. 127.0.0.1 and real interfaces: the kernel
+    chooses, as usual."""
+    if not bind_endpoint.startswith("tcp://"):
+        return None
+    host = bind_endpoint[len("tcp://"):].rsplit(":", 1)[0]
+    parts = host.split(".")
+    if len(parts) == 4 and parts[0] == "127" and all(p.isdigit() for p in parts) and host != "127.0.0.1":
+        return host
+    return None
+
+
+def dial_spec(endpoint: str, source_host: str | None) -> str:
+    """ZeroMQ's "tcp://source:0;destination" form when a loopback source is set."""
+    if source_host is None or not endpoint.startswith("tcp://127."):
+        return endpoint
+    return f"tcp://{source_host}:0;{endpoint[len('tcp://'):]}"
 
 
 def _check_endpoint(endpoint: str) -> None:

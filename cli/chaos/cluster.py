@@ -30,6 +30,8 @@ from rmqz.transport.faults import FAULTS_ENV, write_rules
 
 from ..cmd_broker import STORE_FS_ENV
 from ..output import CliError
+from ..topology import FIRST_NODE_HOST_OCTET
+from .packet_filter import PacketFilter
 
 __all__ = ["LocalCluster", "free_base_port"]
 
@@ -66,8 +68,10 @@ class LocalCluster:
     """`rmqz up --topology T` in `data_dir`; nodes, leaders and the supervisor for the nemesis."""
 
     def __init__(self, topology: str, data_dir: Path, node_count: int, rng: random.Random, *,
-                 link_hook: bool = False, faulty_fs: bool = False) -> None:
+                 link_hook: bool = False, faulty_fs: bool = False, packet_filter: PacketFilter | None = None) -> None:
+        assert not (link_hook and packet_filter), "links are cut one way or the other"
         self.topology = topology
+        self.packet_filter = packet_filter
         self.data_dir = data_dir
         self.rules_path = data_dir / "transport-faults.json" if link_hook else None
         self.env: dict[str, str] = {}
@@ -87,16 +91,28 @@ class LocalCluster:
     def start(self) -> None:
         base = free_base_port(self.node_count, self.rng)
         self.namesrv = f"127.0.0.1:{base}"
+        hosts = []
+        if self.packet_filter is not None:
+            self.packet_filter.install()
+            hosts = ["--host-per-node"]
+            self.namesrv = f"127.0.0.{FIRST_NODE_HOST_OCTET}:{base}"
         log = open(self.data_dir / "up.out", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "rmqz.cli.main", "up", "--topology", self.topology, "--data-dir",
-             str(self.cluster_dir), "--base-port", str(base), "--no-status"],
+             str(self.cluster_dir), "--base-port", str(base), "--no-status", *hosts],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
         log.close()
         self.wait_all_running(READY_TIMEOUT_S, "start")
         logger.info("cluster {} up: namesrv {}", self.topology, self.namesrv)
 
     def stop(self) -> None:
+        try:
+            self._stop_up()
+        finally:
+            if self.packet_filter is not None:
+                self.packet_filter.remove()
+
+    def _stop_up(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
         self._resume_supervisor()
@@ -194,6 +210,8 @@ class LocalCluster:
 
     def isolate(self, victim: dict, one_way: bool) -> int:
         """Block the victim's links to every other node (one way: only its outgoing frames)."""
+        if self.packet_filter is not None:
+            return self._filter(victim, one_way)
         if self.rules_path is None:
             raise CliError("partitions need the transport hook, switched on when the cluster starts")
         others = [n["endpoint"] for n in self.all_nodes() if n["name"] != victim["name"]]
@@ -203,7 +221,16 @@ class LocalCluster:
         write_rules(str(self.rules_path), links)
         return len(links)
 
+    def _filter(self, victim: dict, one_way: bool) -> int:
+        host = _host(victim)
+        others = [_host(n) for n in self.all_nodes() if n["name"] != victim["name"]]
+        links = [(host, o) for o in others] + ([] if one_way else [(o, host) for o in others])
+        self.packet_filter.block(links)
+        return len(links)
+
     def heal_links(self) -> None:
+        if self.packet_filter is not None:
+            self.packet_filter.clear()
         if self.rules_path is not None:
             write_rules(str(self.rules_path), [])
 
@@ -226,6 +253,10 @@ class LocalCluster:
         started = time.monotonic()
         self.wait_all_running(timeout_s, "heal")
         self.leader(max(1.0, timeout_s - (time.monotonic() - started)))
+
+
+def _host(node: dict) -> str:
+    return node["address"].rsplit(":", 1)[0]
 
 
 def _fail_if_given_up(nodes: list[dict]) -> None:

@@ -1,6 +1,10 @@
 """The cluster under test as containers of our image (`--runtime docker`), faults done to real
-containers: `docker kill -s KILL` / `docker start`, `docker pause` / `unpause`, and partitions
-by `docker network disconnect` / `connect` (the node keeps its address).
+containers: `docker kill -s KILL` / `docker start`, `docker pause` / `unpause`, partitions
+by `docker network disconnect` / `connect` (the node keeps its address), and one-way loss by
+iptables rules in the victim's own network namespace, entered from the host with nsenter (the
+image needs no tools, the container no privileges): its packets to the other nodes are
+dropped, theirs still arrive. That is loss at the packet level, so TCP connections the others
+open to the victim stall too (its ACKs are lost); the host's clients still reach it.
 
 It reuses docker/ (the image builder and the container layouts of docker/cluster.py, the same
 ones `rmqz up --runtime docker` and tests/docker use). Every node gets a fixed address in a
@@ -11,6 +15,7 @@ containers through the network's bridge. Containers and the network are removed 
 from __future__ import annotations
 
 import random
+import shutil
 import subprocess
 import time
 import uuid
@@ -66,6 +71,7 @@ class DockerCluster:
         self.namesrv = ""
         self.disconnected: dict[str, dict] = {}
         self.paused: dict[str, dict] = {}
+        self.filtered: dict[str, str] = {}  # node name -> pid whose network namespace has DROP rules
 
     # -- lifecycle
 
@@ -185,12 +191,25 @@ class DockerCluster:
 
     def isolate(self, victim: dict, one_way: bool) -> int:
         if one_way:
-            raise CliError("one-way-loss is not possible with docker network disconnect", 2)
+            return self._drop_outgoing(victim)
         docker("network", "disconnect", self.network, victim["container"])
         self.disconnected[victim["name"]] = victim
         return 2 * (len(self.nodes) - 1)
 
+    def _drop_outgoing(self, victim: dict) -> int:
+        pid = docker("inspect", "-f", "{{.State.Pid}}", victim["container"]).strip()
+        if not pid.isdigit() or pid == "0":
+            raise CliError(f"container {victim['container']} is not running: no network namespace to filter")
+        others = [n["ip"] for n in self.nodes if n["name"] != victim["name"]]
+        self.filtered[victim["name"]] = pid
+        for ip in others:
+            _in_netns(pid, "-A", "OUTPUT", "-d", ip, "-j", "DROP")
+        return len(others)
+
     def heal_links(self) -> None:
+        for name, pid in list(self.filtered.items()):
+            _in_netns(pid, "-F", "OUTPUT", missing_ok=True)  # gone with its container: nothing to undo
+            del self.filtered[name]
         for name, node in list(self.disconnected.items()):
             docker("network", "connect", "--ip", node["ip"], self.network, node["container"])
             del self.disconnected[name]
@@ -212,3 +231,22 @@ class DockerCluster:
                 return
             time.sleep(POLL_S)
         raise CliError(f"containers {sorted(n['name'] for n in nodes)} did not answer within {HEAL_TIMEOUT_S:.0f} s")
+
+
+def require_netns_tools() -> None:
+    """One-way loss in Docker: checked before the cluster starts, not at the first fault."""
+    missing = [tool for tool in ("nsenter", "iptables") if shutil.which(tool) is None]
+    if missing:
+        raise CliError(f"one-way-loss with --runtime docker needs {' and '.join(missing)} on this host "
+                       "(and root, to enter a container's network namespace)", 2)
+
+
+def _in_netns(pid: str, *rule: str, missing_ok: bool = False) -> None:
+    """One iptables command inside the network namespace of process `pid`."""
+    try:
+        proc = subprocess.run(["nsenter", "-t", pid, "-n", "iptables", "-w", *rule], capture_output=True,
+                              text=True, timeout=DOCKER_TIMEOUT_S)
+    except (FileNotFoundError, subprocess.TimeoutExpired) as exc:
+        raise CliError(f"iptables in the namespace of pid {pid} failed: {exc}") from None
+    if proc.returncode != 0 and not missing_ok:
+        raise CliError(f"iptables {' '.join(rule)} in the namespace of pid {pid} failed: {proc.stderr.strip()[-300:]}")

@@ -5,9 +5,10 @@
     pause     leader-pause, random-pause: SIGSTOP / docker pause, continued at the heal
     partition leader-isolate, random-isolate: the node is cut off from the other nodes (the
               NameServer included), both ways; one-way-loss: the leader's frames to the others
-              are lost, theirs still reach it (local runtime only). Locally through the transport
-              hook (transport/faults.py): exact, no privileges, clients still reach every node;
-              in Docker by `docker network disconnect` (clients lose the node too).
+              are lost, theirs still reach it. Locally through the transport hook
+              (transport/faults.py): exact, no privileges, clients still reach every node; in
+              Docker by `docker network disconnect` (clients lose the node too), and one-way
+              loss by iptables DROP rules in the victim's network namespace.
     power     power-loss: kill -9 of one broker whose store runs on the fault layer that loses
               unsynced writes; power-loss-all: every broker at once (use --sync-flush to test
               SYNC_FLUSH's promise). The layer is switched on at cluster start (RMQZ_STORE_FS).
@@ -43,10 +44,10 @@ def needs_link_hook(faults: list[str]) -> bool:
 
 
 def check_runtime_supports(faults: list[str], runtime: str) -> None:
-    """Docker partitions are `docker network disconnect`: a whole node, both directions."""
+    """Docker one-way loss is iptables in the victim's network namespace: the host needs the tools."""
     if runtime == "docker" and "one-way-loss" in faults:
-        raise CliError("one-way-loss needs the transport hook of --runtime local (Docker can only "
-                       "disconnect a node entirely)", 2)
+        from .docker_cluster import require_netns_tools
+        require_netns_tools()
 
 
 @dataclass(slots=True)

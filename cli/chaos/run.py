@@ -28,6 +28,7 @@ from .checker import Report
 from .cluster import LocalCluster
 from .history import HistoryWriter
 from .nemesis import FAULT_NAMES, Nemesis, check_runtime_supports, needs_faulty_fs, needs_link_hook
+from .packet_filter import PacketFilter, require_packet_filter
 from .report import check_file, show
 from .workload import MAX_CLIENTS, MAX_RATE, QUEUES, TOPIC, Workload
 
@@ -75,6 +76,10 @@ def run_options(fn: F) -> F:
         click.option("--runtime", type=click.Choice(["local", "docker"]), default="local", show_default=True,
                      help="local: `rmqz up` processes here; docker: containers of our image (dledger3, "
                           "2m-2s-sync), built on first use."),
+        click.option("--links", type=click.Choice(["hook", "iptables"]), default="hook", show_default=True,
+                     help="How --runtime local cuts links for partition faults: hook: the transport's fault "
+                          "hook (exact, no privileges); iptables: real packet loss between per-node loopback "
+                          "addresses (root). Docker always uses the network itself."),
         click.option("--history", "history_path", type=click.Path(dir_okay=False), default=None,
                      help="History file [default: ./chaos-<topology>-<time>.jsonl]; the plot goes next to it."),
         click.option("--data-dir", type=click.Path(file_okay=False), default=None,
@@ -106,7 +111,7 @@ class Plan:
 
 
 def run_chaos(topology: str, faults: list[str], clients: int, rate: float, duration_s: float, interval_s: float,
-              fault_s: float | None, runtime: str, history_path: str | None, data_dir: str | None,
+              fault_s: float | None, runtime: str, links: str, history_path: str | None, data_dir: str | None,
               sync_flush: bool, seed: int | None, send_timeout_ms: int, drain_timeout_s: float,
               grace_s: float) -> None:
     plan = Plan(faults, clients, rate, duration_s, interval_s, interval_s / 2 if fault_s is None else fault_s,
@@ -114,6 +119,9 @@ def run_chaos(topology: str, faults: list[str], clients: int, rate: float, durat
     if plan.fault_s >= interval_s:
         raise CliError(f"--fault-s ({plan.fault_s:g}) must be shorter than --interval ({interval_s:g})", USAGE_EXIT)
     check_runtime_supports(faults, runtime)
+    use_filter = runtime == "local" and links == "iptables" and needs_link_hook(faults)
+    if use_filter:
+        require_packet_filter()
     spec, node_count = _topology(topology, sync_flush and runtime == "local")
     history_path = history_path or f"chaos-{Path(topology).stem}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     _check_writable(history_path)
@@ -126,7 +134,7 @@ def run_chaos(topology: str, faults: list[str], clients: int, rate: float, durat
               markup=False)
     try:
         rng = random.Random(seed)
-        cluster = _make_cluster(runtime, topology, spec, work, node_count, rng, faults, sync_flush)
+        cluster = _make_cluster(runtime, topology, spec, work, node_count, rng, faults, sync_flush, use_filter)
         drained, problems = _run(cluster, Nemesis(cluster, rng), plan, history_path, out)
     finally:
         if not data_dir:
@@ -139,12 +147,12 @@ def run_chaos(topology: str, faults: list[str], clients: int, rate: float, durat
 
 
 def _make_cluster(runtime: str, topology: str, spec: Callable[[Path], str], work: Path, node_count: int,
-                  rng: random.Random, faults: list[str], sync_flush: bool):
+                  rng: random.Random, faults: list[str], sync_flush: bool, use_filter: bool):
     if runtime == "docker":
         from .docker_cluster import DockerCluster  # loads docker/ from the source checkout
         return DockerCluster(topology, work, rng, faulty_fs=needs_faulty_fs(faults), sync_flush=sync_flush)
-    return LocalCluster(spec(work), work, node_count, rng, link_hook=needs_link_hook(faults),
-                        faulty_fs=needs_faulty_fs(faults))
+    return LocalCluster(spec(work), work, node_count, rng, link_hook=needs_link_hook(faults) and not use_filter,
+                        faulty_fs=needs_faulty_fs(faults), packet_filter=PacketFilter() if use_filter else None)
 
 
 def _verdict(report: Report, problems: list[str], out) -> None:

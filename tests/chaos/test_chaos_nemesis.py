@@ -63,10 +63,14 @@ def test_every_fault_name_is_covered_by_the_table_above():
     assert len(FAULT_NAMES) == 11
 
 
-def test_one_way_loss_is_refused_for_docker_with_a_one_line_reason():
-    with pytest.raises(CliError, match="one-way-loss"):
+def test_docker_one_way_loss_without_nsenter_is_refused_before_the_run_with_a_one_line_reason(monkeypatch):
+    from rmqz.cli.chaos import docker_cluster
+
+    check_runtime_supports(["one-way-loss"], "local")  # the transport hook needs no tools
+    monkeypatch.setattr(docker_cluster.shutil, "which", lambda tool: None if tool == "nsenter" else f"/usr/sbin/{tool}")
+    with pytest.raises(CliError, match="one-way-loss with --runtime docker needs nsenter"):
         check_runtime_supports(["leader-kill", "one-way-loss"], "docker")
-    check_runtime_supports(["one-way-loss"], "local")
+    check_runtime_supports(["leader-kill"], "docker")
 
 
 def test_sync_flush_copy_keeps_the_topology_and_sets_sync_flush_everywhere(tmp_path: Path):

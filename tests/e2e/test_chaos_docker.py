@@ -33,3 +33,14 @@ def test_leader_kill_and_network_disconnect_in_docker_lose_no_acknowledged_messa
                         timeout_s=600.0)
     assert [w["fault"] for w in windows(summary)] == ["leader-kill", "leader-isolate"]
     assert all(w["recovered"] for w in windows(summary)), windows(summary)
+
+
+def test_one_way_packet_loss_from_the_leader_in_docker_loses_nothing(tmp_path: Path):
+    """iptables DROP in the leader's network namespace: its packets to the other nodes are
+    lost, theirs still arrive (a real, asymmetric fault; the transport hook's twin)."""
+    reason = _docker_reason()
+    if reason is not None:
+        pytest.skip(f"DOCKER CHAOS TEST NOT RUN: no Docker engine ({reason})")
+    summary = run_chaos(tmp_path, "dledger3", "one-way-loss", "--runtime", "docker", timeout_s=600.0)
+    assert all(w["recovered"] for w in windows(summary)), windows(summary)
+    assert all(w["detail"]["links"] == 3 for w in windows(summary)), windows(summary)  # to 2 peers + NameServer

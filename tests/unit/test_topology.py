@@ -87,6 +87,14 @@ def test_first_namesrv_gets_the_base_port_then_namesrvs_then_brokers_in_file_ord
     assert namesrv_addrs(plans) == ["127.0.0.1:9876", "127.0.0.1:9877"]
 
 
+def test_host_per_node_gives_each_node_its_own_loopback_address_in_order():
+    plans = assign_ports(load_builtin("dledger3"), 9876, host_per_node=True)
+    assert [(p.host, p.port) for p in plans] == [("127.0.0.10", 9876), ("127.0.0.11", 9877),
+                                                 ("127.0.0.12", 9878), ("127.0.0.13", 9879)]
+    conf = render_broker_conf(plans[1], namesrv_addrs(plans), "/data", plans)
+    assert "listenHost=127.0.0.11" in conf and "namesrvAddr=127.0.0.10:9876" in conf
+
+
 def test_ports_past_65535_are_rejected_naming_the_range():
     topo = load_builtin("2m")  # 3 nodes
     assert assign_ports(topo, 65533)[-1].port == 65535
