@@ -38,14 +38,10 @@ assert 0.0001 <= GIL_SWITCH_INTERVAL_S <= 0.005
 
 
 def _register() -> None:
+    # Every listed command ships with the package: a missing module is a packaging bug and
+    # must fail loudly, not make a command silently disappear.
     for module_name, attr in COMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
-        cli.add_command(getattr(module, attr))
+        cli.add_command(getattr(importlib.import_module(module_name), attr))
 
 
 _register()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from rmqz.storage.faulty_fs import FaultyFileSystem
 from rmqz.storage.message_store import MessageStore, StoreConfig
 from rmqz.storage.record import Message
+from rmqz.transport.agent import TransportAgent
+from rmqz.transport.client import RpcClient
 
 TINY_SEGMENT_BYTES = 4096
 TINY_MAX_MESSAGE_BYTES = 512
@@ -63,3 +66,37 @@ def make_message(i: int, size: int = 100, topic: str = "TopicA", queues: int = 4
 @pytest.fixture
 def msg():
     return make_message
+
+
+LOCAL_ENDPOINT = "tcp://127.0.0.1:0"
+
+
+@pytest.fixture
+def make_agent() -> Iterator[Callable[..., TransportAgent]]:
+    """make_agent(node_id="n0", endpoint=LOCAL_ENDPOINT, **kwargs) -> a started TransportAgent,
+    stopped after the test even when it fails (no thread leaks into the next one)."""
+    agents: list[TransportAgent] = []
+
+    def factory(node_id: str = "n0", endpoint: str = LOCAL_ENDPOINT, **kwargs) -> TransportAgent:
+        agent = TransportAgent(node_id, endpoint, **kwargs)
+        agents.append(agent)
+        return agent.start()
+
+    yield factory
+    for agent in agents:
+        agent.stop()
+
+
+@pytest.fixture
+def make_client() -> Iterator[Callable[..., RpcClient]]:
+    """make_client(endpoint, **kwargs) -> an RpcClient, closed after the test."""
+    clients: list[RpcClient] = []
+
+    def factory(endpoint: str, **kwargs) -> RpcClient:
+        client = RpcClient(endpoint, **kwargs)
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in clients:
+        client.close()

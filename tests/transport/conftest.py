@@ -11,7 +11,6 @@ import pytest
 import zmq
 
 from rmqz.transport.agent import TransportAgent
-from rmqz.transport.client import RpcClient
 from rmqz.transport.envelope import Header, Inbound
 
 LOCAL = "tcp://127.0.0.1:0"
@@ -61,38 +60,10 @@ def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> bool:
 
 
 @pytest.fixture
-def make_agent() -> Iterator[Callable[..., TransportAgent]]:
-    agents: list[TransportAgent] = []
-
-    def factory(node_id: str = "n0", endpoint: str = LOCAL, **kwargs) -> TransportAgent:
-        agent = TransportAgent(node_id, endpoint, **kwargs)
-        agents.append(agent)
-        return agent.start()
-
-    yield factory
-    for agent in agents:
-        agent.stop()
-
-
-@pytest.fixture
 def echo_agent(make_agent) -> TransportAgent:
     agent = make_agent("echo-node")
     agent.register("echo", Echo(agent))
     return agent
-
-
-@pytest.fixture
-def make_client() -> Iterator[Callable[..., RpcClient]]:
-    clients: list[RpcClient] = []
-
-    def factory(endpoint: str, **kwargs) -> RpcClient:
-        client = RpcClient(endpoint, **kwargs)
-        clients.append(client)
-        return client
-
-    yield factory
-    for client in clients:
-        client.close()
 
 
 @pytest.fixture
