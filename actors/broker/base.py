@@ -432,9 +432,14 @@ class BrokerBase(RmqzActor):
     def _register_all(self) -> None:
         configs = {t: ns.TopicConfig(c.read_queue_nums, c.write_queue_nums, c.perm) for t, c in self.topics.table.items()}
         body = ns.RegisterBroker(self.config.broker_cluster_name, self.config.broker_name, self.config.address,
-                                 self.config.broker_id, None, configs, self.topics.data_version).to_dict()
+                                 self.config.broker_id, None, configs, self.topics.data_version,
+                                 self.master_epoch()).to_dict()
         for addr in self.config.namesrv_addr:
             self._send_namesrv(addr, "RegisterBroker", body)
+
+    def master_epoch(self) -> int:
+        """Role hook: what fences a master claim at the NameServer (a DLedger leader's term)."""
+        return 0
 
     def _send_namesrv(self, addr: str, type_name: str, body: dict) -> None:
         self.send_request(addr, "namesrv", type_name, body)

@@ -116,6 +116,9 @@ class BrokerDLedger(BrokerBase):
     def role_name(self) -> str:
         return "DLEDGER_LEADER" if self.is_leader else "DLEDGER_FOLLOWER"
 
+    def master_epoch(self) -> int:
+        return self.term if self.is_leader else 0
+
     def status_extra(self) -> dict:
         return {"dledger": {"self": self.config.dledger_self_id, "leader": self.leader, "term": self.term,
                             "applied": self.applied_index, "group": self.config.dledger_group}}

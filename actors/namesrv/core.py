@@ -68,7 +68,8 @@ class RouteLimitError(NamesrvError):
 
 
 class RouteConflictError(NamesrvError):
-    """A registration contradicts the table (a broker name moving to another cluster)."""
+    """A registration contradicts the table (a broker name moving to another cluster, or a
+    stale master claim: a lower master epoch than the live master's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,7 @@ class _Live:
     last_update_ms: int
     data_version: int
     ha_addr: str | None
+    master_epoch: int = 0
 
 
 @dataclass(slots=True)
@@ -169,6 +171,7 @@ class RouteInfoManager:
         apply = req.broker_id == MASTER_ID and (
             not same_broker or prev.data_version != req.data_version  # type: ignore[union-attr]
         )
+        self._check_master_epoch(req, group)
         self._check_broker_room(req, group)
         if apply:
             self._check_topic_room(req.broker_name, req.topic_configs)
@@ -186,9 +189,22 @@ class RouteInfoManager:
         if apply:
             self._replace_queue_datas(req.broker_name, req.topic_configs)
         self._live[req.broker_addr] = _Live(
-            req.cluster, req.broker_name, req.broker_id, now_ms, req.data_version, req.ha_addr
+            req.cluster, req.broker_name, req.broker_id, now_ms, req.data_version, req.ha_addr, req.master_epoch
         )
         return self._register_result(req.broker_id, group)
+
+    def _check_master_epoch(self, req: RegisterBroker, group: _Group | None) -> None:
+        """Raft terms only grow: a claim to brokerId 0 from another address with a lower epoch
+        than the live master's comes from a deposed leader that has not heard so yet."""
+        if req.broker_id != MASTER_ID or group is None:
+            return
+        current = group.addrs.get(MASTER_ID)
+        live = self._live.get(current) if current is not None else None
+        if current != req.broker_addr and live is not None and live.master_epoch > req.master_epoch:
+            raise RouteConflictError(
+                f"stale master claim for {req.broker_name!r} from {req.broker_addr} at epoch "
+                f"{req.master_epoch}: {current} is master at epoch {live.master_epoch}"
+            )
 
     def _check_broker_room(self, req: RegisterBroker, group: _Group | None) -> None:
         if req.broker_addr in self._live:

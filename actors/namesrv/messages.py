@@ -406,6 +406,10 @@ class RegisterBroker:
     ha_addr: str | None
     topic_configs: dict[str, TopicConfig]
     data_version: int
+    # A DLedger leader's Raft term (0: no election behind the claim, a classic master). A
+    # master claim with a lower epoch than the live master's is stale: a paused old leader
+    # waking up must not push the real one out of the routes.
+    master_epoch: int = 0
 
     def __post_init__(self) -> None:
         check_name("cluster name", self.cluster)
@@ -419,6 +423,7 @@ class RegisterBroker:
             if type(config) is not TopicConfig:
                 raise MessageError(f"RegisterBroker.topic_configs[{topic}]: not a TopicConfig")
         _int("RegisterBroker.data_version", self.data_version, 0, MAX_INT64)
+        _int("RegisterBroker.master_epoch", self.master_epoch, 0, MAX_INT64)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -429,15 +434,19 @@ class RegisterBroker:
             "ha_addr": self.ha_addr,
             "topic_configs": {t: c.to_dict() for t, c in self.topic_configs.items()},
             "data_version": self.data_version,
+            "master_epoch": self.master_epoch,
         }
 
     @classmethod
     def from_dict(cls, data: object) -> RegisterBroker:
         keys = ("cluster", "broker_name", "broker_addr", "broker_id", "ha_addr")
-        d = _fields(cls, data, *keys, "topic_configs", "data_version")
+        # master_epoch is optional on the wire: brokers from before it register as epoch 0.
+        optional = ("master_epoch",) if type(data) is dict and "master_epoch" in data else ()
+        d = _fields(cls, data, *keys, "topic_configs", "data_version", *optional)
         raw = _dict("RegisterBroker.topic_configs", d["topic_configs"], MAX_TOPIC_CONFIGS)
         configs = {check_topic(t): TopicConfig.from_dict(c) for t, c in raw.items()}
-        return cls(**{k: d[k] for k in keys}, topic_configs=configs, data_version=d["data_version"])
+        return cls(**{k: d[k] for k in keys}, topic_configs=configs, data_version=d["data_version"],
+                   master_epoch=d.get("master_epoch", 0))
 
 
 @dataclass(frozen=True, slots=True)

@@ -209,6 +209,34 @@ def test_slave_restarted_as_master_on_the_same_address_is_one_broker():
     assert rim.broker_live(A_SLAVE).broker_id == 0
 
 
+def test_a_deposed_dledger_leader_waking_up_cannot_push_the_new_leader_out_of_the_routes():
+    """Found by `rmqz chaos --fault leader-pause`: the old leader, continued after a SIGSTOP,
+    re-registered as brokerId 0 before it heard of the new term; then, as a follower, it
+    left the group without a master until the real leader's next heartbeat."""
+    rim = RouteInfoManager()
+    n0, n1, n2 = "tcp://10.0.1.1:10911", "tcp://10.0.1.2:10911", "tcp://10.0.1.3:10911"
+    claim = lambda addr, epoch, now_ms, broker_id=0: rim.register(  # noqa: E731
+        RegisterBroker(CLUSTER, "broker-a", addr, broker_id, None, {"TopicA": EIGHT}, 1, epoch), now_ms)
+    claim(n0, 3, 0)
+    claim(n1, 0, 0, broker_id=2)
+    claim(n2, 4, 5_000)  # elected at term 4 while n0 was paused
+    with pytest.raises(RouteConflictError, match="stale master claim .* epoch 3: .* epoch 4"):
+        claim(n0, 3, 6_000)
+    assert addrs(rim.pick_topic_route("TopicA"), "broker-a") == {0: n2, 2: n1}
+    claim(n0, 0, 6_100, broker_id=1)  # n0 heard of term 4: a follower now
+    assert addrs(rim.pick_topic_route("TopicA"), "broker-a") == {0: n2, 1: n0, 2: n1}
+    claim(n0, 5, 9_000)  # a later election is a newer claim
+    assert addrs(rim.pick_topic_route("TopicA"), "broker-a")[0] == n0
+    rim.check_invariants()
+
+
+def test_classic_masters_without_an_epoch_replace_each_other_as_before():
+    rim = RouteInfoManager()
+    register(rim, A_MASTER, now_ms=0, topics={"TopicA": EIGHT})
+    register(rim, A_SLAVE, now_ms=1_000, topics={"TopicA": EIGHT})  # epoch 0 against epoch 0
+    assert addrs(rim.pick_topic_route("TopicA"), "broker-a") == {0: A_SLAVE}
+
+
 def test_broker_name_cannot_move_to_another_cluster():
     rim = RouteInfoManager()
     register(rim, A_MASTER, now_ms=0)
