@@ -45,7 +45,9 @@ from importlib import resources
 
 from loguru import logger
 
+from ..actors.broker.messages import BROKER, BROKER_STATUS, GetBrokerStatus
 from ..transport.client import ClientError, RpcClient
+from ..transport.envelope import EnvelopeError, pack_body, unpack_body
 from .topology import (
     NodePlan,
     Topology,
@@ -65,6 +67,7 @@ __all__ = [
 READY_TIMEOUT_S = 30.0  # first start and every restart; brokers may replay their store
 READY_POLL_S = 0.1
 PING_TIMEOUT_MS = 500
+MAX_STATUS_BYTES = 1 << 20  # a broker status reply (GetBrokerStatus) is a few KiB
 STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL
 RESTART_BUDGET = 5  # restarts allowed within RESTART_WINDOW_S; one more exit = failed
 RESTART_WINDOW_S = 60.0
@@ -304,6 +307,18 @@ def node_ready(plan: NodePlan, pid: int) -> bool:
     return listens_on(pid, plan.port) is not False and ping_endpoint(plan.endpoint)
 
 
+def sync_master_has_slave(plan: NodePlan) -> bool:
+    """A SYNC_MASTER answers SLAVE_NOT_AVAILABLE until a slave has connected (RocketMQ does
+    too): `rmqz up` says "ready" only once writes can be acknowledged."""
+    try:
+        with RpcClient(plan.endpoint, timeout_ms=PING_TIMEOUT_MS, retries=0, client_id="rmqz-up") as c:
+            _header, body = c.request(BROKER, BROKER_STATUS, pack_body(GetBrokerStatus().to_dict()))
+        status = unpack_body(body, MAX_STATUS_BYTES)
+    except (ClientError, EnvelopeError, ValueError):
+        return False
+    return isinstance(status, dict) and bool(status.get("slaves"))
+
+
 def listens_on(pid: int, port: int) -> bool | None:
     """Whether process `pid` holds a listening TCP socket on `port`; None when this cannot
     be told (no /proc). Linux: /proc/net/tcp{,6} gives the socket inode, /proc/PID/fd the
@@ -403,6 +418,7 @@ class ClusterLauncher:
         on_event: Callable[[NodeEvent], None] | None = None,
         spawn: Callable[[list[str], str], subprocess.Popen] = spawn_node,
         ready: Callable[[NodePlan, int], bool] = node_ready,
+        writable: Callable[[NodePlan], bool] = sync_master_has_slave,
         stop_proc: Callable[[subprocess.Popen, float], int] = stop_process,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -420,6 +436,7 @@ class ClusterLauncher:
         self._namesrv_addrs = namesrv_addrs(plans)
         self._on_event = on_event or (lambda _e: None)
         self._spawn, self._ready, self._stop_proc = spawn, ready, stop_proc
+        self._writable = writable
         self._clock, self._wall_clock, self._sleep = clock, wall_clock, sleep
         self._ready_timeout_s = ready_timeout_s
         self._stop_grace_s = stop_grace_s
@@ -446,6 +463,8 @@ class ClusterLauncher:
                 self._start_process(node)
             if not self._await_ready(group, cancelled):
                 return False
+        if not self._await_sync_masters(cancelled):
+            return False
         self.state = RUNNING
         self._write_status()
         return True
@@ -522,6 +541,24 @@ class ClusterLauncher:
             for node in list(waiting):
                 if self._probe_first_start(node):
                     waiting.remove(node)
+            if waiting:
+                self._sleep(READY_POLL_S)
+        return True
+
+    def _await_sync_masters(self, cancelled: Callable[[], bool]) -> bool:
+        """Every SYNC_MASTER that has a slave in the topology has heard from one."""
+        slaves_of = {n.plan.broker.broker_name for n in self._nodes
+                     if n.plan.broker is not None and n.plan.broker.broker_id > 0}
+        waiting = [n for n in self._nodes if n.plan.broker is not None and n.plan.role == "SYNC_MASTER"
+                   and n.plan.broker.broker_name in slaves_of]
+        deadline = self._clock() + self._ready_timeout_s
+        while waiting:
+            if cancelled():
+                return False
+            waiting = [n for n in waiting if not self._writable(n.plan)]
+            if waiting and self._clock() > deadline:
+                raise LaunchError(f"SYNC_MASTER {waiting[0].plan.name} had no slave connected within "
+                                  f"{self._ready_timeout_s:.0f} s; see {waiting[0].log_path}")
             if waiting:
                 self._sleep(READY_POLL_S)
         return True

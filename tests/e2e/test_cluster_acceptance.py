@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import pytest
 
-from rmqz.client import BrokerError, ClientTimeout, Producer, PullConsumer
+from rmqz.client import Admin, BrokerError, ClientTimeout, Producer, PullConsumer
 
 pytestmark = pytest.mark.e2e
 DRAIN_TIMEOUT_S = 30.0
@@ -70,3 +70,16 @@ def test_2m_splits_queues_and_keeps_sending_when_a_master_dies(rmqz_up):
     for broker, bodies in acked.items():
         stored = [b for (name, _), msgs in got.items() if name == broker for b in msgs]
         assert sorted(stored) == sorted(bodies), f"acknowledged messages of {broker} are missing"
+
+
+def test_2m_2s_sync_acknowledges_the_first_writes_as_soon_as_rmqz_up_says_ready(rmqz_up):
+    """A SYNC_MASTER answers SLAVE_NOT_AVAILABLE until its slave has connected; `rmqz up`
+    reports the cluster running only after that, so scripts can send at once."""
+    cluster = rmqz_up("2m-2s-sync")
+    with Admin(cluster.namesrv) as admin:  # first, before anything else can take time
+        masters = [cluster.node(name)["address"] for name in ("broker-a-0", "broker-b-0")]
+        slaves = {addr: admin.broker_status(addr).get("slaves") for addr in masters}
+    assert all(slaves.values()), slaves
+    with Producer(cluster.namesrv) as producer:
+        statuses = [producer.send("ReadyNow", f"m{i}".encode()).status for i in range(16)]
+    assert statuses == ["SEND_OK"] * 16, statuses
