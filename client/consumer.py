@@ -120,7 +120,7 @@ class PullConsumer:
             snapshot = self._snapshot(mq.topic)
             addr = self._addr(snapshot, mq, self._suggested.get(mq, MASTER_ID))
             body = PullMessage(self.group, mq.topic, mq.queue_id, offset, max_messages,
-                               suspend_ms=suspend_ms).to_dict()
+                               suspend_ms=suspend_ms, raw=True).to_dict()
             inner = self._running_pool().request_async(addr, BROKER, PULL_MESSAGE, body,
                                                        self.timeout_ms + suspend_ms)
         except MQClientError as exc:

@@ -192,6 +192,13 @@ class DLedgerStore(QueueIndex):
             raise OffsetError(f"offset {offset} is not a message")
         return size
 
+    PLACED = False  # a record's offsets are known only once applied: the units hold them
+
+    def record_bytes(self, offset: int, size: int) -> bytes:
+        if not 0 <= offset < self.applied_end:
+            raise OffsetError(f"offset {offset} is not in the applied log (0..{self.applied_end})")
+        return self.reader.read(offset, size)
+
     def read_unit(self, cq: ConsumeQueue, unit: CqUnit) -> rec.StoredMessage:
         msg = self.read(unit.commit_log_offset, unit.size)
         if (msg.topic, msg.queue_id) != (cq.topic, cq.queue_id):

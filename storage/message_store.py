@@ -243,13 +243,26 @@ class MessageStore(QueueIndex):
     def read_unit(self, cq: ConsumeQueue, unit: CqUnit) -> rec.StoredMessage:
         return self._checked(cq, unit, self.commit_log.read(unit.commit_log_offset, unit.size))
 
+    def record_bytes(self, offset: int, size: int) -> bytes:
+        data = self.commit_log.read_raw(offset, size)
+        if len(data) != size:
+            raise OffsetError(f"record ({offset}, {size}) beyond the written log")
+        return data
+
+    def span_bytes(self, units: list[CqUnit]) -> bytes | None:
+        first = units[0].commit_log_offset
+        span = _dense_span(units)
+        if span is None:
+            return None
+        data = self.commit_log.read_raw(first, span)
+        return data if len(data) == span else None
+
     def read_units(self, cq: ConsumeQueue, units: list[CqUnit]) -> list[rec.StoredMessage]:
         """One read for the whole pull when its records lie close together in the log (a
         queue's messages interleave with other queues'), else one read each."""
         first = units[0].commit_log_offset
-        span = units[-1].commit_log_offset + units[-1].size - first
-        total = sum(u.size for u in units)
-        if len(units) == 1 or span <= 0 or span > DENSE_READ_FACTOR * total + DENSE_READ_SLACK_BYTES:
+        span = _dense_span(units)
+        if span is None:
             return [self.read_unit(cq, u) for u in units]
         msgs = self.commit_log.read_many(first, span, [(u.commit_log_offset, u.size) for u in units])
         return [self._checked(cq, u, m) for u, m in zip(units, msgs)]
@@ -260,6 +273,17 @@ class MessageStore(QueueIndex):
             raise CorruptStoreError(cq.files.directory, unit.queue_offset * 20,
                                     "consume queue unit points at another message")
         return msg
+
+
+def _dense_span(units: list[CqUnit]) -> int | None:
+    """Bytes from the first record to the end of the last, when one read of them wastes
+    little (a queue's messages interleave with other queues'); else None."""
+    first = units[0].commit_log_offset
+    span = units[-1].commit_log_offset + units[-1].size - first
+    total = sum(u.size for u in units)
+    if len(units) == 1 or span <= 0 or span > DENSE_READ_FACTOR * total + DENSE_READ_SLACK_BYTES:
+        return None
+    return span
 
 
 __all__ = ["MessageStore", "StoreConfig", "PutResult", "GetResult", "RecoveryReport", "StorageError", "OffsetError"]

@@ -29,12 +29,25 @@ OFFSET_TOO_SMALL = "OFFSET_TOO_SMALL"
 
 
 @dataclass(slots=True)
+class RawRecords:
+    """A pull's records as stored, back to back, for the consumer to verify and decode.
+    Queue offsets run from first_queue_offset; `unplaced` records (DLedger) carry zeros
+    for their offsets, which come from the units instead."""
+
+    data: bytes
+    physical_offsets: list[int]
+    first_queue_offset: int
+    unplaced: bool
+
+
+@dataclass(slots=True)
 class GetResult:
     status: str
     messages: list[rec.StoredMessage]
     next_offset: int
     min_offset: int
     max_offset: int
+    raw: RawRecords | None = None
 
 
 class QueueIndex:
@@ -45,8 +58,19 @@ class QueueIndex:
     queues: dict[tuple[str, int], ConsumeQueue]
     units_per_segment: int = DEFAULT_UNITS_PER_SEGMENT
 
+    PLACED = True  # records carry their own queue and physical offsets
+
     def read_unit(self, cq: ConsumeQueue, unit: CqUnit) -> rec.StoredMessage:
         raise NotImplementedError
+
+    def record_bytes(self, offset: int, size: int) -> bytes:
+        """The stored bytes of one record (no checks)."""
+        raise NotImplementedError
+
+    def span_bytes(self, units: list[CqUnit]) -> bytes | None:
+        """All bytes from the first unit's record to the end of the last in one read, when
+        the store can and the records lie close together; else None."""
+        return None
 
     def read_units(self, cq: ConsumeQueue, units: list[CqUnit]) -> list[rec.StoredMessage]:
         """The messages of a pull; a store may read them in fewer I/Os than one per unit."""
@@ -89,7 +113,41 @@ class QueueIndex:
     # ---- reading -------------------------------------------------------------------------
 
     def get_messages(self, topic: str, queue_id: int, offset: int, max_count: int = 32,
-                     max_bytes: int = MAX_PULL_BYTES) -> GetResult:
+                     max_bytes: int = MAX_PULL_BYTES, raw: bool = False) -> GetResult:
+        """The messages from offset on (decoded and verified), or with raw=True their
+        records as stored (header-checked; GetResult.raw), which costs the broker a read."""
+        found = self._units_to_pull(topic, queue_id, offset, max_count, max_bytes)
+        if isinstance(found, GetResult):
+            return found
+        cq, units, lo, hi = found
+        if raw:
+            data = self.read_units_raw(cq, units)
+            return GetResult(FOUND, [], offset + len(units), lo, hi,
+                             RawRecords(data, [u.commit_log_offset for u in units], offset, not self.PLACED))
+        messages = self.read_units(cq, units)
+        return GetResult(FOUND, messages, offset + len(messages), lo, hi)
+
+    def read_units_raw(self, cq: ConsumeQueue, units: list[CqUnit]) -> bytes:
+        topic = cq.topic.encode()
+        span = self.span_bytes(units)
+        parts: list[bytes | memoryview] = []
+        view = memoryview(span) if span is not None else None
+        first = units[0].commit_log_offset
+        for u in units:
+            if view is not None:
+                pos, buf = u.commit_log_offset - first, view
+            else:
+                pos, buf = 0, self.record_bytes(u.commit_log_offset, u.size)
+            try:
+                rec.check_raw_header(buf, pos, u.size, topic, cq.queue_id, u.queue_offset if self.PLACED else None)
+            except rec.RecordError as exc:
+                raise CorruptStoreError(cq.files.directory, u.queue_offset * 20,
+                                        f"consume queue unit points at a bad record: {exc}") from exc
+            parts.append(buf[pos:pos + u.size])
+        return b"".join(parts)
+
+    def _units_to_pull(self, topic: str, queue_id: int, offset: int, max_count: int,
+                       max_bytes: int) -> GetResult | tuple[ConsumeQueue, list[CqUnit], int, int]:
         cq = self.queues.get((topic, queue_id))
         if cq is None or cq.max_offset == 0:
             return GetResult(NO_MESSAGE_IN_QUEUE, [], 0, 0, 0)
@@ -107,8 +165,7 @@ class QueueIndex:
                 break
             units.append(unit)
             total += unit.size
-        messages = self.read_units(cq, units)
-        return GetResult(FOUND, messages, offset + len(messages), lo, hi)
+        return cq, units, lo, hi
 
     def max_offset(self, topic: str, queue_id: int) -> int:
         cq = self.queues.get((topic, queue_id))

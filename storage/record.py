@@ -232,6 +232,43 @@ def _verify(buf: bytes | memoryview, pos: int, expected_offset: int) -> tuple:
     return fields, topic, view
 
 
+def verify_queue_record(buf: bytes, view: memoryview, pos: int, topic: bytes, queue_id: int) -> tuple:
+    """_verify for a reader that knows the queue the record must belong to (a consumer
+    checking a raw pull): the same lengths and CRC, the topic compared rather than parsed,
+    and the CRC in two calls over the contiguous record. Returns the header fields."""
+    if len(buf) - pos < HEADER_BYTES:
+        raise RecordError("truncated record header")
+    fields = HEADER.unpack_from(buf, pos)
+    size, topic_len = fields[0], fields[11]
+    if fields[1] != MESSAGE_MAGIC:
+        raise RecordError(f"bad magic 0x{fields[1]:08x}")
+    if size != HEADER_BYTES + topic_len + fields[12] + fields[13]:
+        raise RecordError(f"size {size} disagrees with field lengths")
+    if len(buf) - pos < size:
+        raise RecordError(f"truncated record: {len(buf) - pos} of {size} bytes")
+    if zlib.crc32(view[pos + 12:pos + size], zlib.crc32(view[pos:pos + 8])) != fields[2]:
+        raise RecordError("CRC mismatch")
+    if fields[3] != queue_id or buf[pos + HEADER_BYTES:pos + HEADER_BYTES + topic_len] != topic:
+        raise RecordError("record of another queue")
+    return fields
+
+
+def check_raw_header(buf: bytes | memoryview, pos: int, size: int, topic: bytes, queue_id: int,
+                     queue_offset: int | None) -> None:
+    """The cheap check of a record a pull ships as stored (no CRC: the consumer verifies it):
+    it starts at pos, has the unit's size, and belongs to the unit's queue (and queue offset,
+    where records carry one). RecordError otherwise."""
+    if len(buf) - pos < HEADER_BYTES + len(topic):
+        raise RecordError("truncated record header")
+    fields = HEADER.unpack_from(buf, pos)
+    if fields[1] != MESSAGE_MAGIC or fields[0] != size:
+        raise RecordError(f"no record of {size} bytes here (magic 0x{fields[1]:08x}, size {fields[0]})")
+    if fields[3] != queue_id or fields[11] != len(topic) or buf[pos + HEADER_BYTES:pos + HEADER_BYTES + len(topic)] != topic:
+        raise RecordError("record of another queue")
+    if queue_offset is not None and fields[5] != queue_offset:
+        raise RecordError(f"record claims queue offset {fields[5]}, not {queue_offset}")
+
+
 def check_record(buf: bytes | memoryview, pos: int, expected_offset: int) -> RecordMeta:
     """Verify the record at pos and return what the dispatcher needs (no body copy)."""
     fields, topic, view = _verify(buf, pos, expected_offset)

@@ -231,7 +231,11 @@ class BrokerBase(RmqzActor):
             raise Refusal(proto.TOPIC_NOT_EXIST, f"topic {req.topic} does not exist on {self.config.broker_name}")
         if req.queue_id >= cfg.read_queue_nums or not cfg.perm & PERM_READ:
             raise Refusal(proto.BAD_REQUEST, f"queue {req.queue_id} of {req.topic} is not readable here")
-        res = self.store.get_messages(req.topic, req.queue_id, req.offset, req.max_messages, req.max_bytes)
+        res = self.store.get_messages(req.topic, req.queue_id, req.offset, req.max_messages, req.max_bytes, req.raw)
+        if res.status == ms.FOUND and res.raw is not None:
+            self.stats["pulled"] += len(res.raw.physical_offsets)
+            suggest = self.suggest_broker(res.raw.physical_offsets[-1], req.offset)
+            return self._raw_pull_reply(reply, res, suggest)
         if res.status == ms.FOUND:
             self.stats["pulled"] += len(res.messages)
             suggest = self.suggest_broker(res.messages[-1].physical_offset, req.offset)
@@ -259,6 +263,15 @@ class BrokerBase(RmqzActor):
                           "physical_offset": m.physical_offset, "body": m.body, "properties": m.properties,
                           "born_ms": m.born_timestamp_ms, "store_ms": m.store_timestamp_ms,
                           "reconsume_times": m.reconsume_times} for m in messages],
+        })
+
+    def _raw_pull_reply(self, reply: ReplyTo, res: Any, suggest: int) -> None:
+        raw = res.raw
+        self._reply(reply, {
+            "status": proto.FOUND, "next_offset": res.next_offset, "min_offset": res.min_offset,
+            "max_offset": res.max_offset, "suggest_which_broker_id": suggest, "records": raw.data,
+            "queue_offset": raw.first_queue_offset, "physical_offsets": raw.physical_offsets,
+            "unplaced": raw.unplaced,
         })
 
     def wake_pulls(self, key: tuple[str, int]) -> None:

@@ -203,17 +203,21 @@ class PullMessage:
     max_messages: int = 32
     max_bytes: int = 4 * 1024 * 1024
     suspend_ms: int = 0  # long polling: hold the request this long when there is nothing new
+    # The records as stored ("records" in the reply), verified and decoded by the consumer:
+    # the broker only reads them. Without it the broker decodes them into "messages".
+    raw: bool = False
 
     def to_dict(self) -> dict:
         return {"group": self.group, "topic": self.topic, "queue_id": self.queue_id, "offset": self.offset,
-                "max_messages": self.max_messages, "max_bytes": self.max_bytes, "suspend_ms": self.suspend_ms}
+                "max_messages": self.max_messages, "max_bytes": self.max_bytes, "suspend_ms": self.suspend_ms,
+                "raw": self.raw}
 
     @classmethod
     def from_dict(cls, d: Any) -> PullMessage:
         d = _map(d)
         return cls(_group(d), _topic(d), _int(d, "queue_id", 0, MAX_QUEUE_ID), _int(d, "offset", 0, 2**63 - 1),
                    _int(d, "max_messages", 1, MAX_PULL_MESSAGES, 32), _int(d, "max_bytes", 1, 64 * 1024 * 1024, 4 * 1024 * 1024),
-                   _int(d, "suspend_ms", 0, MAX_SUSPEND_MS, 0))
+                   _int(d, "suspend_ms", 0, MAX_SUSPEND_MS, 0), _get(d, "raw", bool, False))
 
 
 @dataclass(slots=True)
@@ -494,6 +498,9 @@ def decode_request(type_name: str, body: Any) -> Any:
 #                   "min_offset": int, "max_offset": int, "suggest_which_broker_id": int,
 #                   "messages": [{"msg_id", "queue_offset", "physical_offset", "body",
 #                                 "properties", "born_ms", "store_ms", "reconsume_times"}]}
+#                 with raw: instead of "messages", "records": bytes (the stored records back to
+#                   back), "queue_offset": int (of the first), "physical_offsets": [int],
+#                   "unplaced": bool (records hold zero offsets: take them from here)
 # CreateTopic   -> {"topic": str, "created": bool}
 # CommitOffset  -> {}
 # QueryOffset   -> {"offset": int}   (-1 when the group never committed on this queue)

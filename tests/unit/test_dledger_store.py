@@ -176,3 +176,18 @@ def test_a_queue_cut_at_recovery_is_found_by_binary_search_in_a_long_queue(tmp_p
     assert cq.truncate_beyond(end_at_25) == 15 and cq.max_offset == 25
     n.store.crash()
     n.log.crash()
+
+
+def test_a_raw_pull_ships_unplaced_records_and_the_consumer_takes_offsets_from_the_units(node):
+    from rmqz.client.model import MessageQueue, parse_pull_reply
+
+    for i in range(6):  # entries cross 4 KiB segments: records are read one by one
+        node.apply(node.propose(batch("T", 0, bytes([65 + i]) * 900, properties={"KEYS": f"k{i}"})))
+    decoded = node.store.get_messages("T", 0, 1, 32)
+    raw = node.store.get_messages("T", 0, 1, 32, raw=True).raw
+    assert raw.unplaced and raw.first_queue_offset == 1
+    reply = {"status": "FOUND", "next_offset": 6, "min_offset": 0, "max_offset": 6, "suggest_which_broker_id": 0,
+             "records": raw.data, "queue_offset": 1, "physical_offsets": raw.physical_offsets, "unplaced": True}
+    got = parse_pull_reply(reply, MessageQueue("T", "broker-a", 0)).messages
+    assert [(m.queue_offset, m.commit_log_offset, m.body, m.keys) for m in got] == \
+        [(m.queue_offset, m.physical_offset, m.body, m.properties["KEYS"]) for m in decoded.messages]
