@@ -102,10 +102,10 @@ class _StopFlag:
 @click.option("--base-port", "-p", type=click.IntRange(1, 65535), default=DEFAULT_BASE_PORT,
               show_default=True, help="Port of the first NameServer; other nodes use the "
                                       "ports above it.")
-@click.option("--host-per-node", is_flag=True,
-              help="Give every node its own loopback address (127.0.0.10 and up), from which it also "
-                   "connects to the others: a packet filter can then cut links between nodes "
-                   "(rmqz chaos --links iptables).")
+@click.option("--host-per-node", "first_host", metavar="127.A.B.C", default=None,
+              help="Give every node its own loopback address, counting up from this one (all of "
+                   "127/8 is loopback), from which it also connects to the others: a packet filter "
+                   "can then cut links between nodes (rmqz chaos --links iptables).")
 @click.option("--no-status", is_flag=True,
               help="No live table: print one line per node state change instead.")
 @click.option("--runtime", type=click.Choice(["local", "docker"]), default="local", show_default=True,
@@ -114,24 +114,24 @@ class _StopFlag:
 @click.option("--max-restarts", type=click.IntRange(0, MAX_RESTART_BUDGET), default=RESTART_BUDGET, show_default=True,
               help=f"Restarts of one node allowed within {RESTART_WINDOW_S:.0f} s; past that it is left down "
                    "(like systemd's StartLimitBurst). Fault drills that kill nodes often raise it.")
-def up(topology_spec: str, data_dir: str | None, base_port: int, host_per_node: bool, no_status: bool,
+def up(topology_spec: str, data_dir: str | None, base_port: int, first_host: str | None, no_status: bool,
        runtime: str, max_restarts: int) -> None:
     """Start a local cluster (one process per node) and supervise it until Ctrl-C."""
     if runtime == "docker":
         from .docker_runtime import run_docker
         sys.exit(run_docker(topology_spec, os.path.abspath(data_dir or os.path.join(DEFAULT_DATA_ROOT, f"docker-{topology_spec}"))))
-    topology, plans, data_dir = _plan(topology_spec, data_dir, base_port, host_per_node)
+    topology, plans, data_dir = _plan(topology_spec, data_dir, base_port, first_host)
     live_status = not no_status and sys.stdout.isatty()
     _setup_logging(data_dir)
     sys.exit(_run(topology, plans, data_dir, live_status, max_restarts))
 
 
 def _plan(spec: str, data_dir: str | None, base_port: int,
-          host_per_node: bool = False) -> tuple[Topology, list[NodePlan], str]:
+          first_host: str | None = None) -> tuple[Topology, list[NodePlan], str]:
     """Everything a user can get wrong is checked here, before any process starts."""
     try:
         topology = load_topology(spec)
-        plans = assign_ports(topology, base_port, host_per_node)
+        plans = assign_ports(topology, base_port, first_host)
         data_dir = prepare_data_dir(data_dir or os.path.join(DEFAULT_DATA_ROOT, topology.name))
         lock_data_dir(data_dir)  # the fd stays open (and locked) until this process ends
         check_ports_free(plans)

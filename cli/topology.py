@@ -42,9 +42,6 @@ __all__ = [
 ]
 
 HOST = "127.0.0.1"
-FIRST_NODE_HOST_OCTET = 10  # --host-per-node: 127.0.0.10, .11, ... (all of 127/8 is loopback)
-MAX_NODE_HOSTS = 254 - FIRST_NODE_HOST_OCTET
-assert 1 < FIRST_NODE_HOST_OCTET < 254
 ROLES = ("ASYNC_MASTER", "SYNC_MASTER", "SLAVE")
 FLUSH_TYPES = ("ASYNC_FLUSH", "SYNC_FLUSH")
 DEFAULT_CLUSTER = "DefaultCluster"
@@ -318,30 +315,35 @@ def _check_dledger_groups(topology: Topology) -> None:
 # ---------------------------------------------------------------------------- planning
 
 
-def assign_ports(topology: Topology, base_port: int, host_per_node: bool = False) -> list[NodePlan]:
+def assign_ports(topology: Topology, base_port: int, first_host: str | None = None) -> list[NodePlan]:
     """NameServers first (the first on `base_port`), then brokers, on consecutive ports. With
-    host_per_node every node also gets its own loopback address (127.0.0.10 and up): links
-    between nodes can then be cut by address with a packet filter (rmqz chaos --links iptables)."""
+    first_host (a loopback address such as 127.0.0.10) every node also gets its own address,
+    counting up from it: links between nodes can then be cut by address with a packet filter
+    (rmqz chaos --links iptables; each run takes its own 127.0.X block)."""
     if type(base_port) is not int or not 1 <= base_port <= MAX_PORT:
         raise TopologyError(f"base port must be in 1..{MAX_PORT}, got {base_port!r}")
     last_port = base_port + topology.node_count - 1
     if last_port > MAX_PORT:
         raise TopologyError(f"{topology.source}: {topology.node_count} nodes from base port "
                             f"{base_port} need ports up to {last_port}, above {MAX_PORT}")
-    if host_per_node and topology.node_count > MAX_NODE_HOSTS:
-        raise TopologyError(f"{topology.source}: {topology.node_count} nodes; an address per node "
-                            f"allows at most {MAX_NODE_HOSTS}")
-    plans = [NodePlan(name=n.name, kind="namesrv", port=base_port + i, host=_host(i, host_per_node))
+    hosts = node_hosts(first_host, topology.node_count) if first_host else [HOST] * topology.node_count
+    plans = [NodePlan(name=n.name, kind="namesrv", port=base_port + i, host=hosts[i])
              for i, n in enumerate(topology.namesrvs)]
     first = len(plans)
-    plans += [NodePlan(name=b.name, kind="broker", port=base_port + first + i, broker=b,
-                       host=_host(first + i, host_per_node))
+    plans += [NodePlan(name=b.name, kind="broker", port=base_port + first + i, broker=b, host=hosts[first + i])
               for i, b in enumerate(topology.brokers)]
     return plans
 
 
-def _host(index: int, host_per_node: bool) -> str:
-    return f"127.0.0.{FIRST_NODE_HOST_OCTET + index}" if host_per_node else HOST
+def node_hosts(first_host: str, count: int) -> list[str]:
+    """`count` consecutive loopback addresses from first_host (127.a.b.c, c counting up)."""
+    parts = first_host.split(".")
+    if len(parts) != 4 or parts[0] != "127" or not all(p.isdigit() and int(p) <= 255 for p in parts):
+        raise TopologyError(f"a node address block must start at a loopback address 127.a.b.c, got {first_host!r}")
+    a, b, c = (int(p) for p in parts[1:])
+    if c < 2 or c + count - 1 > 254:
+        raise TopologyError(f"{count} node addresses from {first_host} do not fit in 127.{a}.{b}.2..254")
+    return [f"127.{a}.{b}.{c + i}" for i in range(count)]
 
 
 def namesrv_addrs(plans: list[NodePlan]) -> list[str]:

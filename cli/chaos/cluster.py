@@ -30,7 +30,6 @@ from rmqz.transport.faults import FAULTS_ENV, write_rules
 
 from ..cmd_broker import STORE_FS_ENV
 from ..output import CliError
-from ..topology import FIRST_NODE_HOST_OCTET
 from .packet_filter import PacketFilter
 
 __all__ = ["LocalCluster", "free_base_port"]
@@ -42,6 +41,7 @@ POLL_S = 0.1
 ADMIN_TIMEOUT_MS = 1_000
 PORT_TRIES = 200
 PORT_RANGE = (20_000, 30_000)  # below the ephemeral range
+FIRST_HOST_OCTET = 10  # --links iptables: nodes on 127.0.X.10, .11, ...
 assert 0 < POLL_S < 1 and PORT_RANGE[0] < PORT_RANGE[1] < 32_768
 
 
@@ -93,9 +93,11 @@ class LocalCluster:
         self.namesrv = f"127.0.0.1:{base}"
         hosts = []
         if self.packet_filter is not None:
+            # A block of addresses of this run's own: rules of concurrent runs must not match it.
+            first = f"127.0.{random.SystemRandom().randrange(1, 255)}.{FIRST_HOST_OCTET}"
             self.packet_filter.install()
-            hosts = ["--host-per-node"]
-            self.namesrv = f"127.0.0.{FIRST_NODE_HOST_OCTET}:{base}"
+            hosts = ["--host-per-node", first]
+            self.namesrv = f"{first}:{base}"
         log = open(self.data_dir / "up.out", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "rmqz.cli.main", "up", "--topology", self.topology, "--data-dir",

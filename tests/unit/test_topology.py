@@ -88,11 +88,17 @@ def test_first_namesrv_gets_the_base_port_then_namesrvs_then_brokers_in_file_ord
 
 
 def test_host_per_node_gives_each_node_its_own_loopback_address_in_order():
-    plans = assign_ports(load_builtin("dledger3"), 9876, host_per_node=True)
-    assert [(p.host, p.port) for p in plans] == [("127.0.0.10", 9876), ("127.0.0.11", 9877),
-                                                 ("127.0.0.12", 9878), ("127.0.0.13", 9879)]
+    plans = assign_ports(load_builtin("dledger3"), 9876, first_host="127.0.7.10")
+    assert [(p.host, p.port) for p in plans] == [("127.0.7.10", 9876), ("127.0.7.11", 9877),
+                                                 ("127.0.7.12", 9878), ("127.0.7.13", 9879)]
     conf = render_broker_conf(plans[1], namesrv_addrs(plans), "/data", plans)
-    assert "listenHost=127.0.0.11" in conf and "namesrvAddr=127.0.0.10:9876" in conf
+    assert "listenHost=127.0.7.11" in conf and "namesrvAddr=127.0.7.10:9876" in conf
+
+
+@pytest.mark.parametrize("first", ["10.0.0.1", "127.0.0", "127.0.0.x", "127.0.0.1", "127.0.0.252", "localhost"])
+def test_a_node_address_block_outside_loopback_or_without_room_is_refused(first):
+    with pytest.raises(TopologyError, match="127"):
+        assign_ports(load_builtin("dledger3"), 9876, first_host=first)
 
 
 def test_ports_past_65535_are_rejected_naming_the_range():
