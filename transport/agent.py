@@ -75,6 +75,10 @@ PEER_PENDING_TTL_MS = 2_000  # parked longer than this = peer is down; drop (IMM
 RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 1_000  # capped backoff; a restarted peer is found within ~1 s
 ZMTP_HEARTBEAT_IVL_MS = 1_000  # detects half-open TCP (peer host gone) on peer DEALERs
+# A connect whose SYNs are lost (a partition) would wait out the kernel's SYN backoff (1, 3,
+# 7, 15 s ...): seconds of extra outage after the network heals. Abandon it instead and dial
+# again on the reconnect interval.
+CONNECT_TIMEOUT_MS = 1_000
 ZMTP_HEARTBEAT_TIMEOUT_MS = 3_000
 RECV_BATCH = 512  # per socket per loop turn, so one busy socket cannot starve the rest
 HOUSEKEEPING_MS = 250  # poll timeout while messages are parked (TTL expiry cadence)
@@ -91,6 +95,7 @@ assert 0 < MAX_PEERS <= 10_000
 assert 0 < PEER_PENDING_MAX <= 100_000
 assert 0 < PEER_PENDING_TTL_MS <= 60_000
 assert 0 < RECONNECT_IVL_MS <= RECONNECT_IVL_MAX_MS <= 60_000
+assert 0 < CONNECT_TIMEOUT_MS <= 10_000
 assert 0 < ZMTP_HEARTBEAT_IVL_MS < ZMTP_HEARTBEAT_TIMEOUT_MS <= 60_000
 assert 0 < RECV_BATCH <= 100_000
 assert 0 < HOUSEKEEPING_MS <= IDLE_POLL_MS <= 10_000
@@ -647,6 +652,7 @@ class TransportAgent:
             (zmq.MAXMSGSIZE, self._max_frame_bytes),
             (zmq.RECONNECT_IVL, RECONNECT_IVL_MS),
             (zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS),
+            (zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS),
             (zmq.IMMEDIATE, 1),  # never queue inside zmq for a peer that is not there
             (zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS),
             (zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS),

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import zmq
 from loguru import logger
 
-from .agent import DEFAULT_HWM, DEFAULT_MAX_FRAME_BYTES, RECONNECT_IVL_MAX_MS, RECONNECT_IVL_MS
+from .agent import CONNECT_TIMEOUT_MS, DEFAULT_HWM, DEFAULT_MAX_FRAME_BYTES, RECONNECT_IVL_MAX_MS, RECONNECT_IVL_MS
 from .curve import ClientCurve, client_curve_from_env
 from .envelope import MAX_NAME_CHARS, EnvelopeError, Header, decode, encode, unpack_body
 from .handoff import Handoff
@@ -302,6 +302,7 @@ class RpcClient:
             (zmq.MAXMSGSIZE, self._max_frame_bytes),
             (zmq.RECONNECT_IVL, RECONNECT_IVL_MS),
             (zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS),
+            (zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS),
         ):
             sock.setsockopt(option, value)
         if self._curve is not None:
