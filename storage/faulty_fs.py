@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import random
+import threading
 
 from .fs import OsFileSystem, OsSegmentFile
 
@@ -33,27 +34,37 @@ class FaultySegmentFile:
         self.size = base.size
         self._overlay: list[tuple[int, bytes]] = []
         self._dead = False
+        # Readers (pulls) and the writer share this handle from different threads: a sync
+        # moving the overlay to the file must not let a read see neither (zeros instead of
+        # data: found by `rmqz chaos --fault power-loss`, a leader failing as "corrupt").
+        self._lock = threading.Lock()
 
     def _check(self) -> None:
         if self._dead:
             raise PoweredOffError(errno.EIO, "handle from before the power loss", self.path)
 
     def pwrite(self, data: bytes | memoryview, offset: int) -> None:
-        self._check()
         assert 0 <= offset and offset + len(data) <= self.size, (self.path, offset, len(data))
-        self._overlay.append((offset, bytes(data)))
+        with self._lock:
+            self._check()
+            self._overlay.append((offset, bytes(data)))
 
     def pread(self, length: int, offset: int) -> bytes:
-        self._check()
-        buf = bytearray(self._base.pread(length, offset))
-        end = offset + length
-        for w_off, w_data in self._overlay:
-            lo, hi = max(offset, w_off), min(end, w_off + len(w_data))
-            if lo < hi:
-                buf[lo - offset:hi - offset] = w_data[lo - w_off:hi - w_off]
+        with self._lock:
+            self._check()
+            buf = bytearray(self._base.pread(length, offset))
+            end = offset + length
+            for w_off, w_data in self._overlay:
+                lo, hi = max(offset, w_off), min(end, w_off + len(w_data))
+                if lo < hi:
+                    buf[lo - offset:hi - offset] = w_data[lo - w_off:hi - w_off]
         return bytes(buf)
 
     def sync(self) -> None:
+        with self._lock:
+            self._sync_locked()
+
+    def _sync_locked(self) -> None:
         self._check()
         if self._fs.take_sync_failure():
             raise OSError(errno.EIO, "injected fsync failure", self.path)
@@ -62,8 +73,9 @@ class FaultySegmentFile:
         self._fs.sync_count += 1
 
     def zero_from(self, offset: int) -> None:
-        self.sync()
-        self._base.zero_from(offset)
+        with self._lock:
+            self._sync_locked()
+            self._base.zero_from(offset)
 
     def close(self) -> None:
         # Closing does not make data durable: the handle stays registered with its pending
@@ -75,6 +87,10 @@ class FaultySegmentFile:
             self._base.pwrite(w_data, w_off)
 
     def lose_power(self, rng: random.Random | None, keep_probability: float) -> None:
+        with self._lock:
+            self._lose_power_locked(rng, keep_probability)
+
+    def _lose_power_locked(self, rng: random.Random | None, keep_probability: float) -> None:
         survivors = []
         if rng is not None and keep_probability > 0:
             for w_off, w_data in self._overlay:
@@ -102,18 +118,20 @@ class FaultyFileSystem(OsFileSystem):
     """OsFileSystem whose segment writes are volatile until synced."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()  # a reader and the writer may open a path at once
         self._open: dict[str, FaultySegmentFile] = {}
         self._sync_failures = 0
         self.sync_count = 0
 
     def open_segment(self, path: str, size: int) -> FaultySegmentFile:
-        live = self._open.get(path)
-        if live is not None and not live._dead:
-            # A second handle on the same file must see the same page cache.
-            return live
-        handle = FaultySegmentFile(self, OsSegmentFile(path, size))
-        self._open[path] = handle
-        return handle
+        with self._lock:
+            live = self._open.get(path)
+            if live is not None and not live._dead:
+                # A second handle on the same file must see the same page cache.
+                return live
+            handle = FaultySegmentFile(self, OsSegmentFile(path, size))
+            self._open[path] = handle
+            return handle
 
     def open_reader(self, path: str) -> FaultySegmentFile:
         """Readers share the writer's handle: they must see its unsynced writes (the page
@@ -121,11 +139,13 @@ class FaultyFileSystem(OsFileSystem):
         return self.open_segment(path, self.file_size(path))
 
     def remove(self, path: str) -> None:
-        handle = self._open.pop(path, None)
+        with self._lock:
+            handle = self._open.pop(path, None)
         if handle is not None:
-            handle._overlay = []
-            handle._dead = True
-            handle._base.close()
+            with handle._lock:
+                handle._overlay = []
+                handle._dead = True
+                handle._base.close()
         super().remove(path)
 
     def fail_syncs(self, count: int = 1) -> None:

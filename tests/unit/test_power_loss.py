@@ -74,3 +74,39 @@ def test_fsync_error_stops_the_store_and_recovery_from_disk_works(open_store, ms
     recovered.open()
     assert {msg(i).body for i in range(5)} <= bodies(recovered)
     recovered.crash()
+
+
+def test_a_reader_never_sees_zeros_while_the_writer_syncs_on_another_thread(tmp_path):
+    """The fault layer is the page cache of chaos runs: a pull on one thread and a sync on
+    another must see the data in the overlay or in the file, never in neither. Found by
+    `rmqz chaos --fault power-loss`: a leader read zeros and stopped as corrupt."""
+    import threading
+    import time
+
+    fs = FaultyFileSystem()
+    path = str(tmp_path / "segment")
+    writer, reader = fs.open_segment(path, 1 << 22), fs.open_reader(path)
+    written, zero_reads, stop = [0], [0], threading.Event()
+
+    def write() -> None:
+        offset = 0
+        while not stop.is_set() and offset + 4096 <= 1 << 22:
+            writer.pwrite(b"\xab" * 4096, offset)
+            offset += 4096
+            written[0] = offset
+            if offset % (4 * 4096) == 0:
+                writer.sync()
+
+    def read() -> None:
+        while not stop.is_set():
+            if written[0] >= 4096 and reader.pread(4096, written[0] - 4096).count(0):
+                zero_reads[0] += 1
+
+    threads = [threading.Thread(target=write), threading.Thread(target=read)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert written[0] > 64 * 4096 and zero_reads[0] == 0
