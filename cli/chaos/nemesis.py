@@ -5,10 +5,12 @@
     pause     leader-pause, random-pause: SIGSTOP / docker pause, continued at the heal
     partition leader-isolate, random-isolate: the node is cut off from the other nodes (the
               NameServer included), both ways; one-way-loss: the leader's frames to the others
-              are lost, theirs still reach it. Locally through the transport hook
-              (transport/faults.py): exact, no privileges, clients still reach every node; in
-              Docker by `docker network disconnect` (clients lose the node too), and one-way
-              loss by iptables DROP rules in the victim's network namespace.
+              are lost, theirs still reach it. Locally by the transport hook
+              (transport/faults.py; exact, no privileges) or, with --links iptables, by real
+              packet loss between per-node loopback addresses (cli/chaos/packet_filter.py);
+              clients still reach every node. In Docker by `docker network disconnect`
+              (clients lose the node too), and one-way loss by iptables DROP rules in the
+              victim's network namespace.
     power     power-loss: kill -9 of one broker whose store runs on the fault layer that loses
               unsynced writes; power-loss-all: every broker at once (use --sync-flush to test
               SYNC_FLUSH's promise). The layer is switched on at cluster start (RMQZ_STORE_FS).
