@@ -27,7 +27,7 @@ from . import record as rec
 from .consume_queue import DEFAULT_UNITS_PER_SEGMENT, ConsumeQueue, CqUnit
 from .errors import CorruptStoreError, OffsetError
 from .fs import FileSystem
-from .queue_index import QueueIndex
+from .queue_index import QueueIndex, dense_span
 from .raft_reader import RaftLogReader
 
 UNPLACED = 0  # queue offset and physical offset of a record inside a Raft entry
@@ -198,6 +198,17 @@ class DLedgerStore(QueueIndex):
         if not 0 <= offset < self.applied_end:
             raise OffsetError(f"offset {offset} is not in the applied log (0..{self.applied_end})")
         return self.reader.read(offset, size)
+
+    def span_bytes(self, units: list[CqUnit]) -> bytes | None:
+        """One read when the records lie close together in one segment (a Raft read never
+        crosses a segment end); entry headers between batches are read and skipped."""
+        span = dense_span(units)
+        first = units[0].commit_log_offset
+        if span is None or first // self.reader.segment_bytes != (first + span - 1) // self.reader.segment_bytes:
+            return None
+        if first + span > self.applied_end:
+            raise OffsetError(f"records up to {first + span} are not in the applied log (0..{self.applied_end})")
+        return self.reader.read(first, span)
 
     def read_unit(self, cq: ConsumeQueue, unit: CqUnit) -> rec.StoredMessage:
         msg = self.read(unit.commit_log_offset, unit.size)

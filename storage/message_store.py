@@ -25,18 +25,13 @@ from .errors import CorruptStoreError, OffsetError, StorageError
 from .fs import FileSystem, OsFileSystem
 from .queue_index import (  # noqa: F401  (re-exported: callers import them from here)
     FOUND, MAX_PULL_BYTES, MAX_PULL_MESSAGES, NO_MESSAGE_IN_QUEUE, OFFSET_OVERFLOW_BADLY,
-    OFFSET_OVERFLOW_ONE, OFFSET_TOO_SMALL, GetResult, QueueIndex,
+    OFFSET_OVERFLOW_ONE, OFFSET_TOO_SMALL, GetResult, QueueIndex, dense_span,
 )
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 DEFAULT_SEGMENT_BYTES = 1 << 30
 MAX_BATCH_MESSAGES = 10_000
 assert MAX_PULL_MESSAGES <= MAX_BATCH_MESSAGES
-# A pull reads its records with one read when their span is at most this many times their
-# size (plus the slack): cheaper than a read per record even with other queues' bytes inside.
-DENSE_READ_FACTOR = 4
-DENSE_READ_SLACK_BYTES = 64 * 1024
-assert DENSE_READ_FACTOR >= 1 and DENSE_READ_SLACK_BYTES >= 0
 
 
 @dataclass(slots=True)
@@ -251,7 +246,7 @@ class MessageStore(QueueIndex):
 
     def span_bytes(self, units: list[CqUnit]) -> bytes | None:
         first = units[0].commit_log_offset
-        span = _dense_span(units)
+        span = dense_span(units)
         if span is None:
             return None
         data = self.commit_log.read_raw(first, span)
@@ -261,7 +256,7 @@ class MessageStore(QueueIndex):
         """One read for the whole pull when its records lie close together in the log (a
         queue's messages interleave with other queues'), else one read each."""
         first = units[0].commit_log_offset
-        span = _dense_span(units)
+        span = dense_span(units)
         if span is None:
             return [self.read_unit(cq, u) for u in units]
         msgs = self.commit_log.read_many(first, span, [(u.commit_log_offset, u.size) for u in units])
@@ -273,17 +268,6 @@ class MessageStore(QueueIndex):
             raise CorruptStoreError(cq.files.directory, unit.queue_offset * 20,
                                     "consume queue unit points at another message")
         return msg
-
-
-def _dense_span(units: list[CqUnit]) -> int | None:
-    """Bytes from the first record to the end of the last, when one read of them wastes
-    little (a queue's messages interleave with other queues'); else None."""
-    first = units[0].commit_log_offset
-    span = units[-1].commit_log_offset + units[-1].size - first
-    total = sum(u.size for u in units)
-    if len(units) == 1 or span <= 0 or span > DENSE_READ_FACTOR * total + DENSE_READ_SLACK_BYTES:
-        return None
-    return span
 
 
 __all__ = ["MessageStore", "StoreConfig", "PutResult", "GetResult", "RecoveryReport", "StorageError", "OffsetError"]

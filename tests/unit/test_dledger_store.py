@@ -191,3 +191,15 @@ def test_a_raw_pull_ships_unplaced_records_and_the_consumer_takes_offsets_from_t
     got = parse_pull_reply(reply, MessageQueue("T", "broker-a", 0)).messages
     assert [(m.queue_offset, m.commit_log_offset, m.body, m.keys) for m in got] == \
         [(m.queue_offset, m.physical_offset, m.body, m.properties["KEYS"]) for m in decoded.messages]
+
+
+def test_a_raw_pull_of_records_close_together_in_one_segment_is_one_read(node, monkeypatch):
+    node.apply(node.propose(batch("T", 0, b"a", b"b", b"c")))
+    node.apply(node.propose(batch("T", 0, b"d")))  # an entry header lies between c and d
+    reads = []
+    real = node.store.reader.read
+    monkeypatch.setattr(node.store.reader, "read", lambda offset, size: reads.append(size) or real(offset, size))
+    raw = node.store.get_messages("T", 0, 0, 32, raw=True).raw
+    assert len(reads) == 1 and len(raw.physical_offsets) == 4
+    assert raw.data.count(b"T") >= 4 and len(raw.data) == sum(
+        u.size for u in node.store.queues[("T", 0)].get_range(0, 4))
