@@ -101,8 +101,14 @@ class Waiter:
 
 class GroupTransfer:
     def __init__(self, timeout_ms: int = 3_000, max_lag_bytes: int = 256 * 1024 * 1024,
-                 min_replicas: int = 1, slave_timeout_ms: int = 20_000) -> None:
-        assert timeout_ms > 0 and max_lag_bytes > 0 and min_replicas >= 1
+                 min_replicas: int = 1, slave_timeout_ms: int = 20_000, started_ms: int = 0,
+                 connect_grace_ms: int = 0) -> None:
+        assert timeout_ms > 0 and max_lag_bytes > 0 and min_replicas >= 1 and connect_grace_ms >= 0
+        # A master just (re)started has no slave yet; its slave reconnects within a second or
+        # two. Until the first slave report, or connect_grace_ms after started_ms, a send waits
+        # for it (FLUSH_SLAVE_TIMEOUT at worst) instead of failing SLAVE_NOT_AVAILABLE at once.
+        self.connect_grace_until_ms = started_ms + connect_grace_ms
+        self.ever_reported = False
         self.timeout_ms = timeout_ms
         self.max_lag_bytes = max_lag_bytes
         self.min_replicas = min_replicas
@@ -112,6 +118,7 @@ class GroupTransfer:
 
     def on_report(self, slave_id: int, offset: int, now_ms: int) -> list[Any]:
         """A slave acknowledged `offset`; returns the tokens of the waiters now satisfied."""
+        self.ever_reported = True
         prog = self.slaves.get(slave_id)
         if prog is None:
             self.slaves[slave_id] = SlaveProgress(offset, now_ms)
@@ -135,7 +142,8 @@ class GroupTransfer:
         in_reach = [p for p in self.slaves.values()
                     if now_ms - p.last_heard_ms <= self.slave_timeout_ms
                     and master_offset - p.acked_offset <= self.max_lag_bytes]
-        if len(in_reach) < self.min_replicas or len(self.waiters) >= MAX_WAITERS:
+        awaiting_first = not self.ever_reported and now_ms < self.connect_grace_until_ms
+        if (len(in_reach) < self.min_replicas and not awaiting_first) or len(self.waiters) >= MAX_WAITERS:
             return SLAVE_NOT_AVAILABLE
         self.waiters.append(Waiter(offset, now_ms + self.timeout_ms, token))
         return WAIT

@@ -52,7 +52,9 @@ class BrokerMaster(BrokerBase):
         self.flush_waiters: deque[tuple[int, int, ReplyTo, dict]] = deque()  # (offset, deadline, reply, body)
         self.flush_in_flight = False
         self.group = ha_core.GroupTransfer(self.config.slave_ack_timeout_ms, self.config.ha_max_gap_not_in_sync,
-                                           slave_timeout_ms=self.config.ha_housekeeping_interval_ms)
+                                           slave_timeout_ms=self.config.ha_housekeeping_interval_ms,
+                                           started_ms=self.clock_ms(),
+                                           connect_grace_ms=self.config.slave_ack_timeout_ms)
         self.cold_bytes = in_memory_max_bytes(self.config.access_message_in_memory_max_ratio,
                                               self.config.access_message_in_memory_max_bytes)
         self.stats.update({"flush_timeouts": 0, "slave_timeouts": 0, "slave_not_available": 0})

@@ -45,6 +45,23 @@ def test_no_slave_means_slave_not_available_at_once():
     assert g.wait(10, "send", now_ms=0, master_offset=10) == SLAVE_NOT_AVAILABLE
 
 
+def test_a_just_started_master_holds_sends_until_its_slave_first_reports():
+    """Found by a 10-minute `rmqz chaos` on 2m-2s-sync: a restarted SYNC_MASTER answered
+    SLAVE_NOT_AVAILABLE in the second before its slave reconnected."""
+    g = GroupTransfer(timeout_ms=3_000, started_ms=1_000, connect_grace_ms=3_000)
+    assert g.wait(10, "early", now_ms=1_500, master_offset=10) == WAIT
+    assert g.on_report(1, 10, now_ms=2_000) == ["early"]
+    g.disconnect(1)  # the grace is for the first connect only
+    assert g.wait(20, "later", now_ms=2_500, master_offset=20) == SLAVE_NOT_AVAILABLE
+
+
+def test_without_a_slave_by_the_end_of_the_grace_sends_fail_as_before():
+    g = GroupTransfer(timeout_ms=3_000, started_ms=0, connect_grace_ms=3_000)
+    assert g.wait(10, "held", now_ms=100, master_offset=10) == WAIT
+    assert g.expire(now_ms=3_100) == ["held"]  # FLUSH_SLAVE_TIMEOUT: stored, not replicated
+    assert g.wait(20, "late", now_ms=3_100, master_offset=20) == SLAVE_NOT_AVAILABLE
+
+
 def test_slave_lagging_too_far_means_slave_not_available():
     g = GroupTransfer(max_lag_bytes=1_000)
     g.on_report(1, 0, now_ms=0)
