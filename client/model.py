@@ -88,9 +88,10 @@ class SendResult:
         return d
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MessageExt:
-    """A message as a consumer receives it."""
+    """A message as a consumer receives it. Treat it as read-only: it is not frozen only
+    because a frozen dataclass costs a third of a raw pull's decoding on the consumer."""
 
     msg_id: str
     topic: str
