@@ -69,7 +69,7 @@ def slave_specs(deps: BrokerDeps, sup: Any) -> tuple[ChildSpec, ...]:
     def haclient():
         log = deps.store.commit_log
         ref = HAClient.start(deps.config, deps.agent, refs["broker"], deps.clock_ms, log.wrote_offset,
-                             log.last_record_before(log.wrote_offset), supervisor=sup)
+                             log.last_record_before(log.wrote_offset), commit_log=log, supervisor=sup)
         refs["broker"].tell(AttachHAClient(ref))
         return ref
 

@@ -101,6 +101,7 @@ class MessageStore(QueueIndex):
         self.commit_log.flush()
         self.checkpoint()
         self._opened = True
+        self.opened_clean = report.clean  # a master restarted uncleanly may be behind its slave
         report.seconds = time.monotonic() - started
         logger.info("store {} opened: {} end={} scanned={}B truncated={}B redispatched={} in {:.3f}s",
                     self.root, "clean" if report.clean else "recovered", report.end_offset,

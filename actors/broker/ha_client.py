@@ -53,8 +53,10 @@ class ReplicaData:
 
 class HAClient(RmqzActor):
     def __init__(self, config: BrokerConfig, agent: Any, slave_ref: Any, clock_ms: Any, start_offset: int,
-                 last_record: tuple[int, int] | None, *, name: str = "haclient", supervisor: Any = None) -> None:
+                 last_record: tuple[int, int] | None, *, commit_log: Any = None, name: str = "haclient",
+                 supervisor: Any = None) -> None:
         super().__init__(name=name, supervisor=supervisor)
+        self.commit_log = commit_log  # read_committed only (safe from this thread): HAFill
         self.config = config
         self.agent = agent
         self.slave_ref = slave_ref
@@ -90,7 +92,25 @@ class HAClient(RmqzActor):
         if self.master_silent:
             self.master_silent = False
             logger.info("slave {}: master {} is back", self.node_id, self.master)
+        if transfer.send_back_from is not None:
+            return self._send_back(transfer.send_back_from)
         tell_quietly(self.slave_ref, ReplicaData(transfer))
+
+    def _send_back(self, offset: int) -> None:
+        """The master came back behind us: what we hold past its end is acknowledged data
+        that only we have now. Send it one bounded chunk per request."""
+        if self.commit_log is None or self.master is None:
+            return
+        data = self.commit_log.read_committed(offset, proto.MAX_HA_DATA_BYTES)
+        fill = proto.HAFill(self.config.broker_id, self.config.broker_name, offset, data,
+                            max(self.commit_log.committed_offset, offset + len(data)))
+        logger.warning("slave {}: master {} is behind us at {}; sending back {} bytes of {}", self.node_id,
+                       self.master, offset, len(data), fill.end - offset)
+        header = Header(kind="tell", src=self.node_id, dst=proto.HA_SERVICE, type=proto.HA_FILL)
+        try:
+            self.agent.send(f"tcp://{self.master}", header, pack_body(fill.to_dict()))
+        except Exception as exc:  # the master asks again at our next report
+            logger.debug("slave {}: fill to {} failed: {}", self.node_id, self.master, exc)
 
     def handle_Tick(self, _tick: Tick) -> None:
         now = self.clock_ms()

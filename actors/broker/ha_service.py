@@ -28,6 +28,30 @@ class AttachBroker:
     broker_ref: Any
 
 
+@dataclass(frozen=True, slots=True)
+class Filling:
+    """BrokerMaster -> HAService -> write halves: the master came back uncleanly and takes
+    no writes until it has what its slave holds beyond its end; meanwhile a slave ahead of
+    it must not be told to cut (its bytes are the only copy of acknowledged messages)."""
+
+    on: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFill:
+    """BrokerMaster -> HAService -> the slave's write half: ask the slave for its bytes."""
+
+    slave_id: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaFill:
+    """HAService -> BrokerMaster: bytes a slave sent back."""
+
+    fill: proto.HAFill
+
+
 @dataclass(slots=True)
 class Connection:
     address: str
@@ -47,6 +71,7 @@ class HAService(RmqzActor):
         self.broker_ref: Any = None
         self.conns: dict[int, Connection] = {}
         self.bad_reports = 0
+        self.filling = False
 
     def release(self) -> None:
         for slave_id in list(self.conns):
@@ -55,7 +80,19 @@ class HAService(RmqzActor):
     def handle_AttachBroker(self, msg: AttachBroker) -> None:
         self.broker_ref = msg.broker_ref
 
+    def handle_Filling(self, msg: Filling) -> None:
+        self.filling = msg.on
+        for conn in self.conns.values():
+            conn.write_ref.tell(msg)
+
+    def handle_RequestFill(self, msg: RequestFill) -> None:
+        conn = self.conns.get(msg.slave_id)
+        if conn is not None:
+            conn.write_ref.tell(msg)
+
     def handle_Inbound(self, inbound: Inbound) -> None:
+        if inbound.header.type == proto.HA_FILL:
+            return self._on_fill(inbound)
         if inbound.header.type != proto.HA_REPORT:
             return
         try:
@@ -71,6 +108,17 @@ class HAService(RmqzActor):
         if conn is not None:
             conn.read_ref.tell(report)
 
+    def _on_fill(self, inbound: Inbound) -> None:
+        try:
+            fill = proto.HAFill.from_dict(unpack_body(inbound.body, proto.MAX_HA_DATA_BYTES + 4096))
+        except (EnvelopeError, proto.ProtocolError) as exc:
+            self.bad_reports += 1
+            if self.bad_reports in (1, 10, 100, 1000):
+                logger.warning("bad HA fill #{} from {}: {}", self.bad_reports, inbound.header.src, exc)
+            return
+        if fill.broker_name == self.config.broker_name and self.filling:
+            tell_quietly(self.broker_ref, ReplicaFill(fill))
+
     def _connection(self, report: proto.HAReport) -> Connection | None:
         conn = self.conns.get(report.slave_id)
         if conn is not None and conn.address == report.address:
@@ -81,7 +129,8 @@ class HAService(RmqzActor):
             return None
         write = HAWriteHalf.start(report.slave_id, report.address, self.log, self.agent, self.node_id,
                                   self.config.ha_transfer_batch_size, self.config.ha_send_heartbeat_interval_ms,
-                                  self.clock_ms, name=f"ha-write-{report.slave_id}", supervisor=self.actor_ref)
+                                  self.clock_ms, filling=self.filling, name=f"ha-write-{report.slave_id}",
+                                  supervisor=self.actor_ref)
         read = HAReadHalf.start(report.slave_id, write, self.actor_ref, self.broker_ref,
                                 self.config.ha_housekeeping_interval_ms, self.clock_ms, name=f"ha-read-{report.slave_id}",
                                 supervisor=self.actor_ref)

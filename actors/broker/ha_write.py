@@ -35,9 +35,10 @@ class Ack:
 
 class HAWriteHalf(RmqzActor):
     def __init__(self, slave_id: int, slave_address: str, commit_log: Any, agent: Any, node_id: str,
-                 batch_bytes: int, heartbeat_ms: int, clock_ms: Any, *, name: str = "ha-write",
-                 supervisor: Any = None) -> None:
+                 batch_bytes: int, heartbeat_ms: int, clock_ms: Any, *, filling: bool = False,
+                 name: str = "ha-write", supervisor: Any = None) -> None:
         super().__init__(name=name, supervisor=supervisor)
+        self.filling = filling  # the master is taking back what the slave holds past its end
         self.slave_id = slave_id
         self.endpoint = f"tcp://{slave_address}"
         self.log = commit_log
@@ -51,7 +52,15 @@ class HAWriteHalf(RmqzActor):
         self.last_sent_ms = 0
         self.last_progress_ms = clock_ms()
 
+    def handle_Filling(self, msg: Any) -> None:
+        self.filling = msg.on
+
+    def handle_RequestFill(self, msg: Any) -> None:
+        self._send(proto.HATransfer(msg.offset, b"", self.log.committed_offset, send_back_from=msg.offset))
+
     def handle_Ack(self, ack: Ack) -> None:
+        if self.window is None and self.filling and ack.offset > self.log.committed_offset:
+            return  # the slave holds what we lost: the broker is fetching it; never cut it
         if self.window is None:
             cut = self._disagreement(ack.offset, ack.last_record)
             if cut is not None:

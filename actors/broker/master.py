@@ -19,6 +19,7 @@ from rmqz.actors.broker.ha_core import DataAvailable, SlaveAck, SlaveGone
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.base import AgentReady, BrokerBase, BrokerDeps, PrepareStop, Refusal, ReplyTo
 from rmqz.actors.broker.flush import FlushFailed, Flushed, FlushRequest
+from rmqz.actors.broker.tail_fill import TailFill
 from rmqz.storage.errors import StoreFailedError
 from rmqz.storage.metadata import PERM_WRITE, TopicConfig, SubscriptionGroupConfig
 from rmqz.storage.record import Message, StoredMessage
@@ -41,7 +42,7 @@ def in_memory_max_bytes(ratio_percent: int, explicit_bytes: int) -> int:
     return total * ratio_percent // 100
 
 
-class BrokerMaster(BrokerBase):
+class BrokerMaster(TailFill, BrokerBase):
     ROLE = "MASTER"
 
     def __init__(self, deps: BrokerDeps, flush_ref: Any, ha_ref: Any = None, *, name: str = "broker",
@@ -58,6 +59,7 @@ class BrokerMaster(BrokerBase):
         self.cold_bytes = in_memory_max_bytes(self.config.access_message_in_memory_max_ratio,
                                               self.config.access_message_in_memory_max_bytes)
         self.stats.update({"flush_timeouts": 0, "slave_timeouts": 0, "slave_not_available": 0})
+        self.start_fill_gate()
         self._queue_rr = itertools.count()
         self.handlers.update({proto.SEND_MESSAGE: self._on_send, proto.CREATE_TOPIC: self._on_create_topic,
                               proto.GET_METADATA: self._on_get_metadata, proto.SEND_BACK: self._on_send_back})
@@ -91,6 +93,7 @@ class BrokerMaster(BrokerBase):
 
     def _append(self, msgs: list[Message]) -> list:
         """Append a batch of one (topic, queue) to the write buffer; the burst's end writes it."""
+        self.refuse_while_filling()
         results = self.store.put_messages(msgs)
         self._burst_queues.add((msgs[0].topic, msgs[0].queue_id))
         return results
@@ -148,6 +151,8 @@ class BrokerMaster(BrokerBase):
     # ---- the schedule service: delayed retries reach their retry topic -------------------
 
     def _deliver_scheduled(self) -> None:
+        if self.filling:
+            return
         now_wall = self.store.clock_ms()  # store timestamps are wall clock
         for level in self.schedule_levels():
             offset, due, end = self.due_scheduled(level, now_wall)
@@ -260,6 +265,7 @@ class BrokerMaster(BrokerBase):
         return None
 
     def handle_SlaveAck(self, msg: SlaveAck) -> None:
+        self.fill_on_report(msg.slave_id, msg.offset)
         for reply, body in self.group.on_report(msg.slave_id, msg.offset, self.clock_ms()):
             self._reply(reply, body)
 
@@ -310,6 +316,7 @@ class BrokerMaster(BrokerBase):
     # ---- time ----------------------------------------------------------------------------
 
     def on_tick(self, now_ms: int) -> None:
+        self.fill_on_tick(now_ms)
         self._expire_flush_waiters(now_ms)
         for reply, body in self.group.expire(now_ms):
             self.stats["slave_timeouts"] += 1

@@ -44,6 +44,7 @@ HA_SERVICE = "ha"
 HA_CLIENT = "haclient"
 HA_REPORT = "HAReport"
 HA_TRANSFER = "HATransfer"
+HA_FILL = "HAFill"
 MAX_HA_DATA_BYTES = 4 * 1024 * 1024
 
 # SendResult statuses (RocketMQ's SendStatus).
@@ -563,9 +564,13 @@ class HATransfer:
     data: bytes
     master_max: int
     diverged_at: int | None = None
+    # A master restarted behind its slave (power loss took its unflushed tail) asks for the
+    # slave's bytes from here: the slave answers with HAFill.
+    send_back_from: int | None = None
 
     def to_dict(self) -> dict:
-        return {"offset": self.offset, "data": self.data, "master_max": self.master_max, "diverged_at": self.diverged_at}
+        return {"offset": self.offset, "data": self.data, "master_max": self.master_max, "diverged_at": self.diverged_at,
+                "send_back_from": self.send_back_from}
 
     @classmethod
     def from_dict(cls, d: Any) -> HATransfer:
@@ -573,10 +578,45 @@ class HATransfer:
         data = _get(d, "data", bytes)
         if len(data) > MAX_HA_DATA_BYTES:
             raise ProtocolError(f"HA transfer of {len(data)} bytes exceeds {MAX_HA_DATA_BYTES}")
-        diverged = d.get("diverged_at")
-        if diverged is not None and (not isinstance(diverged, int) or isinstance(diverged, bool) or diverged < 0):
-            raise ProtocolError("diverged_at must be an offset or null")
-        return cls(_int(d, "offset", 0, 2**63 - 1), data, _int(d, "master_max", 0, 2**63 - 1), diverged)
+        return cls(_int(d, "offset", 0, 2**63 - 1), data, _int(d, "master_max", 0, 2**63 - 1),
+                   _opt_offset(d, "diverged_at"), _opt_offset(d, "send_back_from"))
+
+
+def _opt_offset(d: dict, key: str) -> int | None:
+    value = d.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise ProtocolError(f"{key} must be an offset or null")
+    return value
+
+
+@dataclass(slots=True)
+class HAFill:
+    """Slave -> master: the slave's log bytes from offset (its log ends at `end`), asked for
+    by a master that came back behind it."""
+
+    slave_id: int
+    broker_name: str
+    offset: int
+    data: bytes
+    end: int
+
+    def to_dict(self) -> dict:
+        return {"slave_id": self.slave_id, "broker_name": self.broker_name, "offset": self.offset,
+                "data": self.data, "end": self.end}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> HAFill:
+        d = _map(d)
+        data = _get(d, "data", bytes)
+        if len(data) > MAX_HA_DATA_BYTES:
+            raise ProtocolError(f"HA fill of {len(data)} bytes exceeds {MAX_HA_DATA_BYTES}")
+        broker_name = _get(d, "broker_name", str)
+        if not BROKER_NAME_PATTERN.fullmatch(broker_name):
+            raise ProtocolError(f"bad broker name {broker_name[:40]!r}")
+        offset, end = _int(d, "offset", 0, 2**63 - 1), _int(d, "end", 0, 2**63 - 1)
+        if offset + len(data) > end:
+            raise ProtocolError("HA fill runs past the slave's end")
+        return cls(_int(d, "slave_id", 1, MAX_QUEUE_ID), broker_name, offset, data, end)
 
 
 def msg_id(broker_name: str, physical_offset: int) -> str:

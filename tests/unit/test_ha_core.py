@@ -1,5 +1,7 @@
 """HA bookkeeping transcripts: flow-controlled transfer and SYNC_MASTER waiting."""
 
+import pytest
+
 from rmqz.actors.broker.ha_core import DONE, SLAVE_NOT_AVAILABLE, WAIT, GroupTransfer, TransferWindow
 
 
@@ -100,3 +102,15 @@ def test_rewind_resends_everything_not_acknowledged():
     w.on_ack(100)
     w.rewind()  # frames lost in transit: go back to the last acknowledged byte
     assert w.next_range(1_000) == (100, 100)
+
+
+def test_an_ha_fill_is_decoded_strictly_and_bounded():
+    from rmqz.actors.broker.messages import MAX_HA_DATA_BYTES, HAFill, ProtocolError
+
+    good = HAFill(1, "broker-a", 100, b"x" * 10, 200)
+    assert HAFill.from_dict(good.to_dict()) == good
+    for bad in ({**good.to_dict(), "end": 105}, {**good.to_dict(), "broker_name": "../x"},
+                {**good.to_dict(), "data": "text"}, {**good.to_dict(), "slave_id": 0},
+                {**good.to_dict(), "data": b"x" * (MAX_HA_DATA_BYTES + 1), "end": 2**40}):
+        with pytest.raises(ProtocolError):
+            HAFill.from_dict(bad)
