@@ -106,8 +106,14 @@ class ConsumeQueue:
 
     def units_within(self, commit_log_end: int) -> int:
         """The queue offset of the first unit whose record does not end at or below
-        commit_log_end. Units are appended in commit-log order, so a binary search."""
+        commit_log_end. Units are appended in commit-log order, so a binary search, after one
+        look at the last unit (at a checkpoint, usually all of them are within)."""
         lo, hi = self.min_offset, self.max_offset
+        if lo == hi:
+            return hi
+        last = self.get(hi - 1)
+        if last.commit_log_offset + last.size <= commit_log_end:
+            return hi
         while lo < hi:
             mid = (lo + hi) // 2
             unit = self.get(mid)

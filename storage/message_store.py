@@ -78,6 +78,7 @@ class MessageStore(QueueIndex):
         self.units_per_segment = config.consume_queue_units_per_segment
         self.dispatched_offset = 0
         self._opened = False
+        self.opened_clean = True  # set by open(): a master restarted uncleanly may be behind its slave
 
     # ---- open / close --------------------------------------------------------------------
 
@@ -101,7 +102,7 @@ class MessageStore(QueueIndex):
         self.commit_log.flush()
         self.checkpoint()
         self._opened = True
-        self.opened_clean = report.clean  # a master restarted uncleanly may be behind its slave
+        self.opened_clean = report.clean
         report.seconds = time.monotonic() - started
         logger.info("store {} opened: {} end={} scanned={}B truncated={}B redispatched={} in {:.3f}s",
                     self.root, "clean" if report.clean else "recovered", report.end_offset,

@@ -22,7 +22,6 @@ from rmqz.actors.base import tell_quietly
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.base import Refusal
 from rmqz.actors.broker.ha_service import Filling, ReplicaFill, RequestFill
-from rmqz.storage.errors import CorruptStoreError
 
 FILL_WAIT_MS = 10_000  # a restarted slave reports within a couple of heartbeats
 assert 0 < FILL_WAIT_MS <= 60_000
@@ -35,8 +34,7 @@ class TailFill:
     fill_deadline_ms: int = 0
 
     def start_fill_gate(self) -> None:
-        unclean = not getattr(self.store, "opened_clean", True)
-        if self.config.broker_role != "SYNC_MASTER" or not unclean or self.ha_ref is None:
+        if self.config.broker_role != "SYNC_MASTER" or self.store.opened_clean or self.ha_ref is None:
             return
         self.filling = True
         self.fill_deadline_ms = self.clock_ms() + FILL_WAIT_MS
@@ -63,8 +61,10 @@ class TailFill:
         if not self.filling or fill.offset != log.wrote_offset or not fill.data:
             return  # a duplicate or stale answer: the next report asks again from our end
         whole = log.complete_prefix(fill.data, fill.offset)
-        if whole == 0:
-            raise CorruptStoreError("slave fill", fill.offset, "no whole record in a fill")
+        if whole == 0:  # a record larger than one fill: writes open at the deadline instead
+            logger.warning("broker {}: a fill at {} from slave {} holds no whole record; ignored",
+                           self.node_id, fill.offset, fill.slave_id)
+            return
         metas = self.store.append_replicated(fill.data[:whole], fill.offset)
         self.store.commit()
         self.stats["tail_filled_bytes"] += whole
