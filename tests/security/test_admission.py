@@ -4,6 +4,7 @@ with too much waiting in its inbox, gets SYSTEM_BUSY at once instead of growing 
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import wait
 
 import pykka
@@ -98,7 +99,13 @@ def test_bytes_waiting_for_an_actor_are_bounded_not_only_the_count(gated, make_c
     agent, gate = gated(Admission(max_backlog=1_000, max_backlog_bytes=1024 * 1024))
     client = make_client(agent.endpoint)
     futures = [client.request_async("echo", "Echo", b"b" * 100_000) for _ in range(20)]
-    wait(futures[12:], timeout=WAIT_S)
+    # Open the gate once every request has been admitted or refused. Which ones are refused
+    # depends on when the actor takes its first message out of the inbox, so waiting on
+    # particular futures could wait on one that sits in the closed inbox.
+    decided = lambda: agent.stats["delivered"] + agent.stats["busy_refused"] >= 20  # noqa: E731
+    deadline = time.monotonic() + WAIT_S
+    while not decided() and time.monotonic() < deadline:
+        time.sleep(0.01)
     gate.set()
     got = outcomes(futures)
     # ~10 bodies of 100 kB fit the 1 MiB bound (plus the one the actor holds).
