@@ -32,6 +32,7 @@ from rmqz.storage.record import (
     encode_properties,
     verify_queue_record,
 )
+from rmqz.storage.record_batch import encode_batch
 
 from .errors import InvalidMessage, MQClientError
 
@@ -225,15 +226,21 @@ def _field(reply: Mapping[str, Any], key: str, kind: type, where: str, default: 
 def parse_send_reply(reply: Mapping[str, Any], mq: MessageQueue, count: int) -> SendResult:
     where = "SendMessage"
     status = _field(reply, "status", str, where)
-    results = _field(reply, "results", list, where)
-    if len(results) != count or not all(isinstance(r, dict) for r in results):
-        raise MQClientError(f"malformed {where} reply: {len(results)} results for {count} messages")
-    ids = tuple(_field(r, "msg_id", str, where) for r in results)
-    first_offset = _field(results[0], "queue_offset", int, where)
-    return SendResult(status=status, msg_id=ids[0],
-                      broker_name=_field(reply, "broker_name", str, where, mq.broker_name),
+    offsets = _field(reply, "offsets", list, where)
+    if len(offsets) != count or not all(type(o) is int and o >= 0 for o in offsets):
+        raise MQClientError(f"malformed {where} reply: {len(offsets)} offsets for {count} messages")
+    broker_name = _field(reply, "broker_name", str, where, mq.broker_name)
+    ids = tuple([msg_id(broker_name, o) for o in offsets])
+    return SendResult(status=status, msg_id=ids[0], broker_name=broker_name,
                       queue_id=_field(reply, "queue_id", int, where, mq.queue_id),
-                      queue_offset=first_offset, msg_ids=ids)
+                      queue_offset=_field(reply, "queue_offset", int, where), msg_ids=ids)
+
+
+def encode_records(topic: str, messages: list[OutMessage]) -> bytes:
+    """A send's messages as the records the broker stores (storage/record_batch.py); the
+    topic and messages were checked by check_topic and build_message."""
+    return encode_batch(topic.encode(), [(m.body, encode_properties(m.properties) if m.properties else b"",
+                                          m.flag, m.born_timestamp_ms) for m in messages])
 
 
 def _message(raw: object, mq: MessageQueue) -> MessageExt:

@@ -50,7 +50,9 @@ from rmqz.actors.broker.messages import (
 
 from .coalesce import MAX_COALESCE_MESSAGES, SendCoalescer
 from .errors import BrokerError, ClientTimeout, InvalidMessage, MQClientError, NoRouteError
-from .model import MessageQueue, SendResult, build_message, check_batch, check_topic, parse_send_reply
+from .model import (
+    MessageQueue, SendResult, build_message, check_batch, check_topic, encode_records, parse_send_reply,
+)
 from .namesrv import NamesrvClient
 from .pool import ClientPool, check_timeout_ms, now_ms
 from .route import DEFAULT_ROUTE_REFRESH_MS, RouteCache, RouteSnapshot
@@ -123,6 +125,7 @@ class _SendJob:
     tried: set[str] = field(default_factory=set)
     attempts: int = 0
     last_error: BaseException | None = None
+    records: bytes | None = None
 
 
 class Producer:
@@ -302,7 +305,9 @@ class Producer:
             timeout_ms = max(1, remaining // job.attempts_left)
             job.attempts_left -= 1
             job.attempts += 1
-            request = SendMessage(job.topic, mq.queue_id, job.messages).to_dict()
+            if job.records is None:  # encoded once: a retry elsewhere sends the same bytes
+                job.records = encode_records(job.topic, job.messages)
+            request = SendMessage(job.topic, mq.queue_id, [], job.records, len(job.messages)).to_dict()
             future = self._pool.request_async(addr, BROKER, SEND_MESSAGE, request, timeout_ms)
         except Exception as exc:  # noqa: BLE001 - the caller's future must always complete
             job.outer.set_exception(exc)

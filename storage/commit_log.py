@@ -15,6 +15,7 @@ from . import record as rec
 from .errors import CorruptStoreError, MessageTooLargeError, OffsetError, StoreFailedError
 from .fs import FileSystem
 from .mapped_file import MappedFileQueue
+from .record_batch import RecordBatch, place_batch
 
 SCAN_CHUNK_BYTES = 4 * 1024 * 1024
 assert SCAN_CHUNK_BYTES >= rec.HEADER_BYTES
@@ -77,6 +78,32 @@ class CommitLog:
             offset += size
         self._guard(self.files.append, b"".join(parts))
         return metas
+
+    def append_batch(self, batch: RecordBatch, queue_id: int, first_queue_offset: int,
+                     store_timestamp_ms: int) -> list[int]:
+        """Place a producer's checked records (storage/record_batch.py) at the end of the log
+        and write them as they are; their physical offsets, in order."""
+        self._check()
+        offset = self.files.wrote_offset
+        positions, blanks = [], []
+        for i, size in enumerate(batch.sizes):
+            remaining = self.segment_bytes - offset % self.segment_bytes
+            if size != remaining and size + rec.MIN_BLANK_BYTES > remaining:
+                blanks.append((i, remaining))
+                offset += remaining
+            positions.append(offset)
+            offset += size
+        place_batch(batch, queue_id, first_queue_offset, positions, store_timestamp_ms)
+        if not blanks:
+            self._guard(self.files.append, batch.data)
+            return positions
+        parts, view, done = [], memoryview(batch.data), 0
+        for i, blank in blanks:  # a record never spans segments: fill the rest of one first
+            parts += (view[done:batch.starts[i]], rec.encode_blank(blank))
+            done = batch.starts[i]
+        parts.append(view[done:])
+        self._guard(self.files.append, b"".join(parts))
+        return positions
 
     def _prepare(self, msg: rec.Message) -> tuple[bytes, bytes, int]:
         topic_b = rec.validate_topic(msg.topic)

@@ -81,6 +81,17 @@ class ConsumeQueue:
                                     f"queue offset {queue_offset} leaves a gap after {self.max_offset}")
         self.files.append(UNIT.pack(commit_log_offset, size, tag_hash))
 
+    def put_run(self, first_queue_offset: int, commit_log_offsets: list[int], sizes: list[int],
+                tag_hashes: list[int]) -> None:
+        """Units for consecutive queue offsets from the queue's end, as one append (a send's
+        batch); anywhere else (recovery re-dispatching) unit by unit, as put does."""
+        if first_queue_offset != self.max_offset:
+            for i, args in enumerate(zip(commit_log_offsets, sizes, tag_hashes)):
+                self.put(first_queue_offset + i, *args)
+            return
+        pack = UNIT.pack
+        self.files.append(b"".join([pack(o, s, t) for o, s, t in zip(commit_log_offsets, sizes, tag_hashes)]))
+
     def get(self, queue_offset: int) -> CqUnit:
         units = self.get_range(queue_offset, 1)
         if not units:

@@ -27,6 +27,7 @@ from .queue_index import (  # noqa: F401  (re-exported: callers import them from
     FOUND, MAX_PULL_BYTES, MAX_PULL_MESSAGES, NO_MESSAGE_IN_QUEUE, OFFSET_OVERFLOW_BADLY,
     OFFSET_OVERFLOW_ONE, OFFSET_TOO_SMALL, GetResult, QueueIndex, dense_span,
 )
+from .record_batch import RecordBatch
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 DEFAULT_SEGMENT_BYTES = 1 << 30
@@ -190,6 +191,20 @@ class MessageStore(QueueIndex):
         metas = self.commit_log.append(items, ts)
         self.dispatch(self.commit_log.wrote_offset, metas)
         return [PutResult(m.physical_offset, m.size, m.queue_id, m.queue_offset, m.store_timestamp_ms) for m in metas]
+
+    def put_batch(self, topic: str, queue_id: int, batch: RecordBatch,
+                  store_timestamp_ms: int | None = None) -> tuple[int, list[int]]:
+        """Append a producer's checked records (storage/record_batch.py) to one queue as one
+        write, and index them: (first queue offset, physical offset of each record)."""
+        if not 0 <= queue_id <= rec.MAX_QUEUE_ID:
+            raise rec.RecordError(f"queue id {queue_id} out of range 0..{rec.MAX_QUEUE_ID}")
+        cq = self._queue(topic, queue_id)
+        first = cq.max_offset
+        ts = self.clock_ms() if store_timestamp_ms is None else store_timestamp_ms
+        positions = self.commit_log.append_batch(batch, queue_id, first, ts)
+        cq.put_run(first, positions, batch.sizes, batch.tag_hashes)
+        self.dispatched_offset = self.commit_log.wrote_offset
+        return first, positions
 
     def append_replicated(self, data: bytes, at_offset: int) -> list[rec.RecordMeta]:
         """A slave appends bytes copied from its master (whole entries, verified)."""

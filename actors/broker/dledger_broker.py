@@ -31,6 +31,7 @@ from rmqz.storage import record as rec
 from rmqz.storage.errors import MessageTooLargeError
 from rmqz.storage.json_file import load_json, require, save_json
 from rmqz.storage.metadata import PERM_WRITE, TopicConfig, SubscriptionGroupConfig
+from rmqz.storage.record_batch import parse_batch
 
 APPLIED_FILE = "applied.json"
 APPLIED_VERSION = 2  # 2: the Raft log is the commit log (version 1 had a separate one)
@@ -142,8 +143,14 @@ class BrokerDLedger(BrokerBase):
         qid = req.queue_id if req.queue_id >= 0 else next(self._queue_rr) % queues
         if qid >= queues:
             raise Refusal(proto.BAD_REQUEST, f"queue {qid} does not exist: {req.topic} has {queues} write queues")
-        self._validate(req)
-        data = self._encode([self._message(req.topic, qid, m) for m in req.messages], self.store.clock_ms())
+        now = self.store.clock_ms()
+        if req.records is not None:
+            batch = parse_batch(req.records, req.topic, req.count, self.config.max_message_size,
+                                self.store.max_record_bytes, now)
+            data = de.encode_record_batch(batch, qid, now)
+        else:
+            self._validate(req)
+            data = self._encode([self._message(req.topic, qid, m) for m in req.messages], now)
         if len(data) > MAX_PROPOSAL_BYTES:
             raise Refusal(proto.MESSAGE_ILLEGAL, f"batch of {len(data)} bytes exceeds {MAX_PROPOSAL_BYTES} "
                                                  "(one Raft entry must fit a transport frame): send smaller batches")
@@ -314,10 +321,8 @@ class BrokerDLedger(BrokerBase):
             self.stats["sent_back"] += 1
             self._reply(token[1], token[2])
         elif token is not None and token[0] == "send":
-            self._reply(token[1], {
-                "status": proto.SEND_OK, "broker_name": self.config.broker_name, "queue_id": indexed[0].queue_id,
-                "results": [{"msg_id": proto.msg_id(self.config.broker_name, r.physical_offset),
-                             "queue_offset": r.queue_offset} for r in indexed]})
+            self._reply(token[1], proto.send_reply(self.config.broker_name, indexed[0].queue_id,
+                                                   indexed[0].queue_offset, [r.physical_offset for r in indexed]))
 
     def _apply_topic(self, cfg: TopicConfig) -> None:
         before = self.topics.data_version

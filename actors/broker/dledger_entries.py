@@ -26,6 +26,7 @@ from rmqz.actors.broker import messages as proto
 from rmqz.storage import record as rec
 from rmqz.storage.dledger_store import UNPLACED
 from rmqz.storage.metadata import TopicConfig
+from rmqz.storage.record_batch import RecordBatch, place_batch
 
 TOPIC = 2  # kinds of the msgpack entries; message batches are binary (RECORDS_MAGIC)
 OFFSETS = 3
@@ -81,6 +82,12 @@ def encode_messages(msgs: list[rec.Message], store_timestamp_ms: int, max_record
             raise rec.RecordError(f"record of {rec.encoded_size(topic_b, props_b, m.body)} bytes exceeds {max_record_bytes}")
         parts.append(rec.encode_record(m, UNPLACED, UNPLACED, store_timestamp_ms, topic_b, props_b))
     return b"".join(parts)
+
+
+def encode_record_batch(batch: RecordBatch, queue_id: int, store_timestamp_ms: int) -> bytes:
+    """A producer's checked records (storage/record_batch.py) as one entry, unplaced."""
+    place_batch(batch, queue_id, UNPLACED, None, store_timestamp_ms)
+    return RECORDS_HEADER.pack(RECORDS_MAGIC, RECORDS_VERSION, False, 0, 0, 0) + batch.data
 
 
 def encode_topic(cfg: TopicConfig) -> bytes:

@@ -23,6 +23,7 @@ from rmqz.actors.broker.tail_fill import TailFill
 from rmqz.storage.errors import StoreFailedError
 from rmqz.storage.metadata import PERM_WRITE, TopicConfig, SubscriptionGroupConfig
 from rmqz.storage.record import Message, StoredMessage
+from rmqz.storage.record_batch import parse_batch
 
 MAX_FLUSH_WAITERS = 100_000
 # A burst of sends is appended to the write buffer one by one but written (one pwrite),
@@ -83,13 +84,18 @@ class BrokerMaster(TailFill, BrokerBase):
         if qid >= cfg.write_queue_nums:
             raise Refusal(proto.BAD_REQUEST, f"queue {qid} does not exist: {req.topic} has {cfg.write_queue_nums} write queues")
         now = self.store.clock_ms()  # wall clock, as born/store timestamps are
-        msgs = [Message(req.topic, m.body, qid, m.flag, m.properties, m.born_timestamp_ms or now) for m in req.messages]
-        results = self._append(msgs)
-        self.stats["sent"] += len(results)
-        body = {"status": proto.SEND_OK, "broker_name": self.config.broker_name, "queue_id": qid,
-                "results": [{"msg_id": proto.msg_id(self.config.broker_name, r.physical_offset),
-                             "queue_offset": r.queue_offset} for r in results]}
-        self._answer_after_burst(reply, body)
+        self.refuse_while_filling()
+        if req.records is not None:
+            batch = parse_batch(req.records, req.topic, req.count, self.store.commit_log.max_message_bytes,
+                                self.store.commit_log.max_record_bytes, now)
+            first, offsets = self.store.put_batch(req.topic, qid, batch, now)
+        else:
+            msgs = [Message(req.topic, m.body, qid, m.flag, m.properties, m.born_timestamp_ms or now) for m in req.messages]
+            results = self.store.put_messages(msgs)
+            first, offsets = results[0].queue_offset, [r.physical_offset for r in results]
+        self._burst_queues.add((req.topic, qid))
+        self.stats["sent"] += len(offsets)
+        self._answer_after_burst(reply, proto.send_reply(self.config.broker_name, qid, first, offsets))
 
     def _append(self, msgs: list[Message]) -> list:
         """Append a batch of one (topic, queue) to the write buffer; the burst's end writes it."""

@@ -69,6 +69,8 @@ SYSTEM_ERROR = "SYSTEM_ERROR"
 
 MAX_BATCH_MESSAGES = 1024
 MAX_BATCH_BYTES = 8 * 1024 * 1024  # bodies of one send request (the transport's frame limit)
+# The records form: bodies plus a record header, topic and properties each (most are small).
+MAX_BATCH_RECORD_BYTES = MAX_BATCH_BYTES + 256 * 1024
 MAX_PULL_MESSAGES = 1024
 MAX_SUSPEND_MS = 60_000
 MAX_NAME_CHARS = 255
@@ -173,18 +175,32 @@ class OutMessage:
 
 @dataclass(slots=True)
 class SendMessage:
-    """One batch for one queue of one topic. queue_id -1 lets the broker pick."""
+    """One batch for one queue of one topic. queue_id -1 lets the broker pick.
+
+    Two forms: `messages` (maps, decoded here), or `records`: `count` commit-log records the
+    producer encoded itself (storage/record_batch.py), which the broker checks and writes
+    as they are. Producers use records; messages stay for scripts and tools."""
 
     topic: str
     queue_id: int
     messages: list[OutMessage]
+    records: bytes | None = None
+    count: int = 0
 
     def to_dict(self) -> dict:
+        if self.records is not None:
+            return {"topic": self.topic, "queue_id": self.queue_id, "records": self.records, "count": self.count}
         return {"topic": self.topic, "queue_id": self.queue_id, "messages": [m.to_dict() for m in self.messages]}
 
     @classmethod
     def from_dict(cls, d: Any) -> SendMessage:
         d = _map(d)
+        if "records" in d:
+            records = _get(d, "records", bytes)
+            count = _int(d, "count", 1, MAX_BATCH_MESSAGES)
+            if len(records) > MAX_BATCH_RECORD_BYTES:
+                raise ProtocolError(f"a batch holds at most {MAX_BATCH_RECORD_BYTES} bytes of records, got {len(records)}")
+            return cls(_topic(d), _int(d, "queue_id", -1, MAX_QUEUE_ID), [], records, count)
         raw = _get(d, "messages", list)
         if not 1 <= len(raw) <= MAX_BATCH_MESSAGES:
             raise ProtocolError(f"a batch holds 1..{MAX_BATCH_MESSAGES} messages, got {len(raw)}")
@@ -494,7 +510,9 @@ def decode_request(type_name: str, body: Any) -> Any:
 # ---- replies (maps built by the broker; documented here so clients agree) ----------------
 #
 # SendMessage   -> {"status": SEND_OK|FLUSH_DISK_TIMEOUT|..., "broker_name": str,
-#                   "queue_id": int, "results": [{"msg_id": str, "queue_offset": int}]}
+#                   "queue_id": int, "queue_offset": int (of the first message; the rest follow
+#                   it), "offsets": [int] (physical offset of each message: its msg id is
+#                   msg_id(broker_name, offset))}
 # PullMessage   -> {"status": FOUND|NO_NEW_MSG|OFFSET_ILLEGAL, "next_offset": int,
 #                   "min_offset": int, "max_offset": int, "suggest_which_broker_id": int,
 #                   "messages": [{"msg_id", "queue_offset", "physical_offset", "body",
@@ -617,6 +635,12 @@ class HAFill:
         if offset + len(data) > end:
             raise ProtocolError("HA fill runs past the slave's end")
         return cls(_int(d, "slave_id", 1, MAX_QUEUE_ID), broker_name, offset, data, end)
+
+
+def send_reply(broker_name: str, queue_id: int, first_queue_offset: int, offsets: list[int],
+               status: str = SEND_OK) -> dict:
+    return {"status": status, "broker_name": broker_name, "queue_id": queue_id,
+            "queue_offset": first_queue_offset, "offsets": offsets}
 
 
 def msg_id(broker_name: str, physical_offset: int) -> str:

@@ -15,7 +15,9 @@ from rmqz.actors.broker.base import AgentReady, BrokerDeps
 from rmqz.actors.broker.master import BrokerMaster
 from rmqz.actors.ticker import Tick
 from rmqz.storage.message_store import MessageStore, StoreConfig
+from rmqz.storage import record as rec
 from rmqz.storage.metadata import ConsumerOffsetStore, TopicConfigStore
+from rmqz.storage.record_batch import encode_batch
 from rmqz.transport.envelope import Header, Inbound, pack_body, unpack_body
 
 WAIT_S = 5.0
@@ -112,7 +114,7 @@ def test_async_flush_send_is_acknowledged_and_readable(broker):
     ref, agent, *_ = broker()
     header, body = agent.wait_reply(send(ref, bodies=(b"a", b"b")))
     assert header.kind == "reply" and body["status"] == proto.SEND_OK
-    assert [r["queue_offset"] for r in body["results"]] == [0, 1]
+    assert body["queue_offset"] == 0 and len(body["offsets"]) == 2
     _, pulled = agent.wait_reply(pull(ref))
     assert pulled["status"] == proto.FOUND and [m["body"] for m in pulled["messages"]] == [b"a", b"b"]
 
@@ -199,6 +201,32 @@ def test_oversized_message_is_refused_as_illegal(broker):
     ref, agent, *_ = broker(max_message_size=1024)
     header, body = agent.wait_reply(send(ref, bodies=(b"x" * 2048,)))
     assert header.kind == "error" and body["code"] == proto.MESSAGE_ILLEGAL
+
+
+def send_records(ref, data: bytes, count: int, topic="Orders", queue_id=0):
+    return request(ref, proto.SEND_MESSAGE, proto.SendMessage(topic, queue_id, [], data, count).to_dict())
+
+
+def test_records_a_producer_encoded_are_stored_and_pulled_back_with_their_tags(broker):
+    ref, agent, *_ = broker()
+    props = rec.encode_properties({"TAGS": "red"})
+    data = encode_batch(b"Orders", [(b"r%d" % i, props, 0, 5) for i in range(3)])
+    header, body = agent.wait_reply(send_records(ref, data, 3))
+    assert header.kind == "reply" and body["status"] == proto.SEND_OK and body["queue_offset"] == 0
+    _, pulled = agent.wait_reply(pull(ref))
+    assert [(m["body"], m["properties"], m["physical_offset"]) for m in pulled["messages"]] == [
+        (b"r%d" % i, {"TAGS": "red"}, off) for i, off in enumerate(body["offsets"])]
+
+
+def test_a_records_batch_with_one_bad_record_is_refused_whole(broker):
+    ref, agent, *_ = broker()
+    good = encode_batch(b"Orders", [(b"ok", b"", 0, 5)])
+    bad = encode_batch(b"Other", [(b"no", b"", 0, 5)])
+    header, body = agent.wait_reply(send_records(ref, good + bad, 2))
+    assert header.kind == "error" and body["code"] == proto.MESSAGE_ILLEGAL
+    header, body = agent.wait_reply(send_records(ref, good, 2))  # count says 2, holds 1
+    assert header.kind == "error" and body["code"] == proto.MESSAGE_ILLEGAL
+    assert agent.wait_reply(send(ref, bodies=(b"after",)))[1]["queue_offset"] == 0  # nothing was stored
 
 
 def test_unknown_topic_with_auto_create_off_is_refused(broker):

@@ -23,6 +23,8 @@ from rmqz.actors.broker import retry_core
 from rmqz.actors.broker.consumer_manager import ConsumerTable
 from rmqz.actors.namesrv.core import RouteInfoManager
 from rmqz.actors.namesrv.messages import RegisterBroker, TopicConfig
+from rmqz.storage import record as rec
+from rmqz.storage.record_batch import parse_batch
 from rmqz.transport.agent import TransportAgent
 from rmqz.transport.envelope import Header, Inbound, pack_body, unpack_body
 
@@ -164,15 +166,14 @@ class FakeBroker:
         queue_id = max(req.queue_id, 0)
         self.sent_queues.append(queue_id)
         queue = self.store.queue(req.topic, queue_id)
-        results = []
-        for m in req.messages:
+        first, offsets = len(queue), []
+        for body, properties, born_ms in _sent_messages(req):
             self.store.physical += 100
-            mid = bm.msg_id(self.name, self.store.physical)
-            queue.append({"msg_id": mid, "queue_offset": len(queue), "physical_offset": self.store.physical,
-                          "body": m.body, "properties": m.properties, "born_ms": m.born_timestamp_ms,
-                          "store_ms": int(time.time() * 1000), "reconsume_times": 0})
-            results.append({"msg_id": mid, "queue_offset": len(queue) - 1})
-        return {"status": self.send_status, "broker_name": self.name, "queue_id": queue_id, "results": results}
+            offsets.append(self.store.physical)
+            queue.append({"msg_id": bm.msg_id(self.name, self.store.physical), "queue_offset": len(queue),
+                          "physical_offset": self.store.physical, "body": body, "properties": properties,
+                          "born_ms": born_ms, "store_ms": int(time.time() * 1000), "reconsume_times": 0})
+        return bm.send_reply(self.name, queue_id, first, offsets, self.send_status)
 
     def _on_PullMessage(self, req: bm.PullMessage, inbound: Inbound) -> Any:
         if req.topic not in self.store.topics:
@@ -361,3 +362,17 @@ def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> bool:
 @pytest.fixture
 def wait() -> Callable[..., bool]:
     return wait_until
+
+
+def _sent_messages(req: bm.SendMessage) -> list[tuple[bytes, dict, int]]:
+    """(body, properties, born_ms) of each message of a send, in either form."""
+    if req.records is None:
+        return [(m.body, m.properties, m.born_timestamp_ms) for m in req.messages]
+    batch = parse_batch(req.records, req.topic, req.count, 4 << 20, 8 << 20, now_ms=0)
+    out = []
+    for pos, size in zip(batch.starts, batch.sizes):
+        f = rec.HEADER.unpack_from(batch.data, pos)
+        props_at = pos + rec.HEADER_BYTES + f[11]
+        props = rec.decode_properties(bytes(batch.data[props_at:props_at + f[12]]))
+        out.append((bytes(batch.data[props_at + f[12]:pos + size]), props, f[8]))
+    return out

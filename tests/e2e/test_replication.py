@@ -132,7 +132,7 @@ def test_sync_master_send_ok_means_the_slave_already_has_the_message(group):
     for i in range(40):
         res = g.send(f"sync-{i}".encode())
         assert res["status"] == proto.SEND_OK
-        q_off = res["results"][0]["queue_offset"]
+        q_off = res["queue_offset"]
         pulled = g.call(g.s, proto.PULL_MESSAGE, proto.PullMessage("check", "Orders", 0, q_off).to_dict())
         assert pulled["status"] == proto.FOUND and pulled["messages"][0]["body"] == f"sync-{i}".encode()
 
@@ -190,7 +190,7 @@ def test_promoted_slave_takes_writes_and_queue_offsets_continue_without_gaps(gro
     assert g.call(g.s, proto.PROMOTE, proto.PromoteToMaster().to_dict())["promoting"] is True
     g.wait_role(g.s, "ASYNC_MASTER")
     res = g.call(g.s, proto.SEND_MESSAGE, proto.SendMessage("Orders", 0, [proto.OutMessage(b"after")]).to_dict())
-    assert res["status"] == proto.SEND_OK and res["results"][0]["queue_offset"] == 20
+    assert res["status"] == proto.SEND_OK and res["queue_offset"] == 20
     assert g.pull_all(g.s) == [f"before-{i}".encode() for i in range(20)] + [b"after"]
 
 

@@ -27,6 +27,8 @@ from rmqz.actors.broker.config_update import apply_runtime_update
 from rmqz.actors.dledger import messages as raftmsg
 from rmqz.actors.namesrv import messages as nsmsg
 from rmqz.storage import record as rec
+from rmqz.storage import record_batch
+from rmqz.storage.errors import MessageTooLargeError
 from rmqz.storage.metadata import TopicConfig
 from rmqz.transport import envelope as env
 
@@ -230,6 +232,30 @@ def seeds_record() -> list[bytes]:
     return [b"\x00" + raw, b"\x01" + raw, b"\x02" + raw, b"\x00" + rec.encode_blank(64)]
 
 
+# ---- a producer's record batches (the "records" form of a send) ------------------------
+
+_BATCH_TOPIC = "T"
+
+
+def run_record_batch(data: bytes) -> None:
+    """parse_batch on untrusted bytes; what it accepts, place_batch must turn into records the
+    store's own reader accepts (a slave, a consumer and recovery all read them)."""
+    count = data[0] % 8 + 1 if data else 1
+    batch = record_batch.parse_batch(data[1:], _BATCH_TOPIC, count, MAX_BODY_BYTES, 2 * MAX_BODY_BYTES, now_ms=7)
+    offsets = [_RECORD_OFFSET + pos for pos in batch.starts]
+    record_batch.place_batch(batch, 3, 10, offsets, 9)
+    for pos, offset in zip(batch.starts, offsets):
+        meta = rec.check_record(memoryview(bytes(batch.data)), pos, offset)
+        if (meta.topic, meta.queue_id, meta.queue_offset) != (_BATCH_TOPIC, 3, 10 + batch.starts.index(pos)):
+            raise AcceptedInvalid(f"placed record reads back as {meta}")
+
+
+def seeds_record_batch() -> list[bytes]:
+    bodies = [(b"body", rec.encode_properties({"TAGS": "t"}), 0, 5), (b"", b"", 1, 0)]
+    return [b"\x01" + record_batch.encode_batch(_BATCH_TOPIC.encode(), bodies),
+            b"\x00" + record_batch.encode_batch(_BATCH_TOPIC.encode(), bodies[:1])]
+
+
 # ---- DLedger (Raft) entries ------------------------------------------------------------
 
 
@@ -277,6 +303,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("namesrv", run_namesrv, (env.EnvelopeError, nsmsg.NamesrvError), seeds_namesrv),
     Target("raft_message", run_raft_message, (env.EnvelopeError, raftmsg.RaftMessageError), seeds_raft_message),
     Target("record", run_record, (rec.RecordError,), seeds_record),
+    Target("record_batch", run_record_batch, (rec.RecordError, MessageTooLargeError), seeds_record_batch),
     Target("raft_entry", run_raft_entry, (de.EntryError,), seeds_raft_entry),
     Target("raft_entry_strict", run_raft_entry_strict, (de.EntryError,), seeds_raft_entry),
 )}

@@ -83,7 +83,7 @@ def test_a_valid_request_with_one_field_replaced_is_accepted_or_cleanly_rejected
     assert_clean(name, seed[:1] + msgpack.packb(mutated, use_bin_type=True))
 
 
-@pytest.mark.parametrize("name", ["envelope", "record", "raft_entry"])
+@pytest.mark.parametrize("name", ["envelope", "record", "record_batch", "raft_entry"])
 @fast
 @given(data=st.data())
 def test_a_valid_frame_or_record_with_bytes_changed_is_accepted_or_cleanly_rejected(name, data):

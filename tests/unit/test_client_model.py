@@ -77,18 +77,21 @@ def test_batches_are_bounded_in_count_and_bytes():
     assert len(check_batch([build_message("x")] * 1024)) == 1024
 
 
-def test_send_reply_becomes_a_send_result():
-    reply = {"status": "FLUSH_DISK_TIMEOUT", "broker_name": "broker-a", "queue_id": 3,
-             "results": [{"msg_id": "A@broker-a", "queue_offset": 7}, {"msg_id": "B@broker-a", "queue_offset": 8}]}
+def test_send_reply_becomes_a_send_result_with_msg_ids_from_physical_offsets():
+    reply = {"status": "FLUSH_DISK_TIMEOUT", "broker_name": "broker-a", "queue_id": 3, "queue_offset": 7,
+             "offsets": [0x10, 0x2A0]}
     result = parse_send_reply(reply, MQ, 2)
-    assert (result.status, result.msg_id, result.queue_offset, result.msg_ids) == (
-        "FLUSH_DISK_TIMEOUT", "A@broker-a", 7, ("A@broker-a", "B@broker-a"))
-    assert result.to_dict()["msg_ids"] == ["A@broker-a", "B@broker-a"]
+    ids = ("0000000000000010@broker-a", "00000000000002A0@broker-a")
+    assert (result.status, result.msg_id, result.queue_offset, result.msg_ids) == ("FLUSH_DISK_TIMEOUT", ids[0], 7, ids)
+    assert result.to_dict()["msg_ids"] == list(ids)
 
 
 @pytest.mark.parametrize("reply", [
-    {}, {"status": "SEND_OK", "results": []}, {"status": 1, "results": [{"msg_id": "a", "queue_offset": 0}]},
-    {"status": "SEND_OK", "results": [{"msg_id": "a", "queue_offset": True}]},
+    {}, {"status": "SEND_OK", "queue_offset": 0, "offsets": []},
+    {"status": 1, "queue_offset": 0, "offsets": [5]},
+    {"status": "SEND_OK", "queue_offset": True, "offsets": [5]},
+    {"status": "SEND_OK", "queue_offset": 0, "offsets": [-1]},
+    {"status": "SEND_OK", "queue_offset": 0, "offsets": ["5"]},
 ])
 def test_malformed_send_replies_are_client_errors(reply):
     with pytest.raises(MQClientError, match="malformed"):
