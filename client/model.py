@@ -43,6 +43,7 @@ __all__ = [
     "MessageQueue",
     "PullResult",
     "SendResult",
+    "build_batch",
     "build_message",
     "check_batch",
     "check_group",
@@ -203,10 +204,29 @@ def build_message(body: bytes | str, key: str | Iterable[str] | None = None,
     return OutMessage(body=data, properties=props, born_timestamp_ms=stamp)
 
 
+def build_batch(bodies: Iterable[bytes | str], key: str | Iterable[str] | None = None,
+                tags: str | None = None, properties: Mapping[str, str] | None = None,
+                born_ms: int | None = None) -> list[OutMessage]:
+    """build_message for messages that share key, tags and properties: those are checked
+    once and the messages share one properties map (read-only). Raises InvalidMessage."""
+    it = iter(bodies)
+    first = next(it, None)
+    if first is None:
+        raise InvalidMessage(f"a batch holds 1..{MAX_BATCH_MESSAGES} messages, got 0")
+    head = build_message(first, key, tags, properties, born_ms)
+    props, stamp = head.properties, head.born_timestamp_ms
+    return check_batch([head] + [OutMessage(_body_bytes(b), props, 0, stamp) for b in it])
+
+
 def check_batch(messages: list[OutMessage]) -> list[OutMessage]:
     if not 1 <= len(messages) <= MAX_BATCH_MESSAGES:
         raise InvalidMessage(f"a batch holds 1..{MAX_BATCH_MESSAGES} messages, got {len(messages)}")
-    total = sum(len(m.body) + sum(len(k) + len(v) + 2 for k, v in m.properties.items()) for m in messages)
+    shared = messages[0].properties
+    if all(m.properties is shared for m in messages):  # a build_batch batch: count them once
+        props = sum(len(k) + len(v) + 2 for k, v in shared.items())
+        total = sum([len(m.body) for m in messages]) + props * len(messages)
+    else:
+        total = sum(len(m.body) + sum(len(k) + len(v) + 2 for k, v in m.properties.items()) for m in messages)
     if total > MAX_BATCH_BYTES:
         raise InvalidMessage(f"batch of {len(messages)} messages holds {total} bytes, "
                              f"limit {MAX_BATCH_BYTES}; send smaller batches")
@@ -239,8 +259,14 @@ def parse_send_reply(reply: Mapping[str, Any], mq: MessageQueue, count: int) -> 
 def encode_records(topic: str, messages: list[OutMessage]) -> bytes:
     """A send's messages as the records the broker stores (storage/record_batch.py); the
     topic and messages were checked by check_topic and build_message."""
-    return encode_batch(topic.encode(), [(m.body, encode_properties(m.properties) if m.properties else b"",
-                                          m.flag, m.born_timestamp_ms) for m in messages])
+    encoded: dict[int, bytes] = {}  # a batch's messages usually share one properties map
+    out = []
+    for m in messages:
+        props_b = encoded.get(id(m.properties))
+        if props_b is None:
+            props_b = encoded[id(m.properties)] = encode_properties(m.properties) if m.properties else b""
+        out.append((m.body, props_b, m.flag, m.born_timestamp_ms))
+    return encode_batch(topic.encode(), out)
 
 
 def _message(raw: object, mq: MessageQueue) -> MessageExt:

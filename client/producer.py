@@ -51,7 +51,7 @@ from rmqz.actors.broker.messages import (
 from .coalesce import MAX_COALESCE_MESSAGES, SendCoalescer
 from .errors import BrokerError, ClientTimeout, InvalidMessage, MQClientError, NoRouteError
 from .model import (
-    MessageQueue, SendResult, build_message, check_batch, check_topic, encode_records, parse_send_reply,
+    MessageQueue, SendResult, build_batch, build_message, check_topic, encode_records, parse_send_reply,
 )
 from .namesrv import NamesrvClient
 from .pool import ClientPool, check_timeout_ms, now_ms
@@ -232,9 +232,7 @@ class Producer:
     def send_batch_async(self, topic: str, bodies: Iterable[bytes | str], key: str | Iterable[str] | None = None,
                          tags: str | None = None, properties: Mapping[str, str] | None = None) -> Future:
         check_topic(topic)
-        stamp = int(time.time() * 1000)
-        messages = [build_message(b, key, tags, properties, stamp) for b in bodies]
-        return self._submit(topic, check_batch(messages))
+        return self._submit(topic, build_batch(bodies, key, tags, properties))
 
     def send_orderly(self, topic: str, body: bytes | str, sharding_key: str,
                      key: str | Iterable[str] | None = None, tags: str | None = None,
