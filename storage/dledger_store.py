@@ -125,21 +125,28 @@ class DLedgerStore(QueueIndex):
         """Index the records of one applied entry; `records` starts at Raft log offset
         at_offset. Queue offsets are assigned here, in apply order: the same on every node.
         A record that fails its checks means the Raft log is damaged: CorruptStoreError."""
-        view = memoryview(records)
+        try:
+            checked = rec.check_unplaced_records(records, MAX_RECORDS_PER_ENTRY)
+        except rec.RecordError as exc:
+            raise CorruptStoreError(self.reader.segment_path(at_offset), at_offset, f"entry record: {exc}") from exc
         found: list[Indexed] = []
-        pos = 0
-        while pos < len(view):
-            if len(found) >= MAX_RECORDS_PER_ENTRY:
-                raise CorruptStoreError(self.reader.segment_path(at_offset), at_offset, "too many records in one entry")
-            try:
-                meta = rec.check_record(view, pos, UNPLACED)
-            except rec.RecordError as exc:
-                raise CorruptStoreError(self.reader.segment_path(at_offset + pos), at_offset + pos, str(exc)) from exc
-            cq = self._queue(meta.topic, meta.queue_id)
-            queue_offset = cq.max_offset
-            cq.put(queue_offset, at_offset + pos, meta.size, meta.tag_hash)
-            found.append(Indexed(meta.topic, meta.queue_id, queue_offset, at_offset + pos, meta.size))
-            pos += meta.size
+        pos, i = at_offset, 0
+        while i < len(checked):  # runs of one queue (a send's batch): one consume-queue append
+            topic, queue_id = checked[i][0], checked[i][1]
+            j = i
+            while j < len(checked) and checked[j][0] == topic and checked[j][1] == queue_id:
+                j += 1
+            cq = self._queue(topic, queue_id)
+            first = cq.max_offset
+            offsets, sizes, tags = [], [], []
+            for _, _, size, tag in checked[i:j]:
+                offsets.append(pos)
+                sizes.append(size)
+                tags.append(tag)
+                found.append(Indexed(topic, queue_id, first + len(offsets) - 1, pos, size))
+                pos += size
+            cq.put_run(first, offsets, sizes, tags)
+            i = j
         self.applied_end = max(self.applied_end, entry_end)
         return found
 

@@ -278,6 +278,54 @@ def check_record(buf: bytes | memoryview, pos: int, expected_offset: int) -> Rec
     return RecordMeta(topic, queue_id, queue_offset, physical_offset, size, tag_hash(tags), store_ts)
 
 
+def check_unplaced_records(buf: bytes | memoryview, max_records: int) -> list[tuple[str, int, int, int]]:
+    """check_record for every record of a Raft entry's payload (all unplaced: offsets 0):
+    the same checks, with the CRC taken in two calls and a topic decoded and matched against
+    the pattern once per run of records that repeat it (a send's batch). Returns (topic,
+    queue id, size, tag hash) per record; RecordError at the first bad one."""
+    view = memoryview(buf)
+    out: list[tuple[str, int, int, int]] = []
+    pos, end = 0, len(view)
+    last_topic_b, last_topic = b"", ""
+    crc32, unpack = zlib.crc32, HEADER.unpack_from
+    while pos < end:
+        if len(out) >= max_records:
+            raise RecordError(f"more than {max_records} records")
+        if end - pos < HEADER_BYTES:
+            raise RecordError("truncated record header")
+        f = unpack(view, pos)
+        size, topic_len, props_len = f[0], f[11], f[12]
+        if f[1] != MESSAGE_MAGIC:
+            raise RecordError(f"bad magic 0x{f[1]:08x}")
+        if size != HEADER_BYTES + topic_len + props_len + f[13] or end - pos < size:
+            raise RecordError(f"size {size} disagrees with field lengths or the data")
+        if crc32(view[pos + 12:pos + size], crc32(view[pos:pos + 8])) != f[2]:
+            raise RecordError("CRC mismatch")
+        if f[5] or f[6]:
+            raise RecordError(f"record claims offsets {f[5]}/{f[6]} inside an entry")
+        t_at = pos + HEADER_BYTES
+        topic_b = view[t_at:t_at + topic_len]
+        if topic_b != last_topic_b:
+            last_topic_b = bytes(topic_b)
+            last_topic = _checked_topic(last_topic_b)
+        if f[3] > MAX_QUEUE_ID:
+            raise RecordError(f"queue id {f[3]} out of range 0..{MAX_QUEUE_ID}")
+        tag = tag_hash(_tags_of(bytes(view[t_at + topic_len:t_at + topic_len + props_len]))) if props_len else 0
+        out.append((last_topic, f[3], size, tag))
+        pos += size
+    return out
+
+
+def _checked_topic(topic_b: bytes) -> str:
+    try:
+        topic = topic_b.decode()
+    except UnicodeDecodeError as exc:
+        raise RecordError("topic is not UTF-8") from exc
+    if not TOPIC_PATTERN.fullmatch(topic):
+        raise RecordError(f"bad topic name {topic[:40]!r} in record")
+    return topic
+
+
 def _tags_of(props: bytes) -> str | None:
     return decode_properties(props).get(PROPERTY_TAGS) if props else None
 
