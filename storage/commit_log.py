@@ -95,7 +95,7 @@ class CommitLog:
             offset += size
         place_batch(batch, queue_id, first_queue_offset, positions, store_timestamp_ms)
         if not blanks:
-            self._guard(self.files.append, batch.data)
+            self._guard(self.files.append, batch.data, True)  # the batch is done with its buffer
             return positions
         parts, view, done = [], memoryview(batch.data), 0
         for i, blank in blanks:  # a record never spans segments: fill the rest of one first

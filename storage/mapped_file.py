@@ -95,9 +95,14 @@ class MappedFileQueue:
 
     # ---- writing -------------------------------------------------------------------------
 
-    def append(self, data: bytes | bytearray | memoryview) -> int:
+    def append(self, data: bytes | bytearray | memoryview, owned: bool = False) -> int:
+        """Buffer data at the end (commit writes it). owned: data is a bytearray nobody else
+        will touch again, so an empty buffer takes it as it is instead of copying it."""
         start = self.wrote_offset
-        self._pending += data
+        if owned and not self._pending and type(data) is bytearray:
+            self._pending = data
+        else:
+            self._pending += data
         self.wrote_offset += len(data)
         if len(self._pending) >= MAX_PENDING_BYTES:
             self.commit()
@@ -118,7 +123,7 @@ class MappedFileQueue:
             view = view[n:]
             offset += n
         view.release()
-        self._pending.clear()
+        self._pending = bytearray()
         self.committed_offset = offset
 
     def sync(self) -> None:

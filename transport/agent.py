@@ -571,7 +571,7 @@ class TransportAgent:
 
     def _router_send(self, identity: bytes, frames: list[bytes]) -> None:
         try:
-            self._router.send_multipart([identity, *frames], zmq.NOBLOCK, copy=False)
+            self._router.send_multipart([identity, *frames], zmq.NOBLOCK)
         except zmq.Again:  # pipe at HWM: the client is not reading
             self.stats["reply_dropped"] += 1
             self._log_limited("reply_dropped", "reply dropped: client at HWM")
@@ -594,7 +594,7 @@ class TransportAgent:
             self._park(peer, frames)
             return
         try:
-            peer.socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            peer.socket.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:  # not connected yet (IMMEDIATE=1) or at HWM
             self._park(peer, frames)
             return
@@ -613,7 +613,7 @@ class TransportAgent:
     def _flush_pending(self, peer: _Peer) -> None:
         while peer.pending:
             try:
-                peer.socket.send_multipart(peer.pending[0][1], zmq.NOBLOCK, copy=False)
+                peer.socket.send_multipart(peer.pending[0][1], zmq.NOBLOCK)
             except zmq.Again:
                 return
             peer.pending.popleft()

@@ -344,7 +344,7 @@ class RpcClient:
         if not future.set_running_or_notify_cancel():
             return  # cancelled by the caller before it went out
         try:
-            self._socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            self._socket.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:
             self.stats["busy"] += 1
             future.set_exception(ClientBusy("socket send queue full"))
