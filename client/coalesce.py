@@ -60,7 +60,9 @@ class SendCoalescer:
     def send(self, topic: str, message: OutMessage, deadline_ms: int) -> Future:
         waiting = _Waiting(message, Future(), deadline_ms)
         with self._lock:
-            st = self._topics.setdefault(topic, _Topic())
+            st = self._topics.get(topic)
+            if st is None:
+                st = self._topics[topic] = _Topic()
             st.buffer.append(waiting)
             st.buffered_bytes += len(message.body)
             full = len(st.buffer) >= self._max_messages or st.buffered_bytes >= MAX_COALESCE_BYTES

@@ -178,6 +178,8 @@ def build_message(body: bytes | str, key: str | Iterable[str] | None = None,
                   born_ms: int | None = None) -> OutMessage:
     """Validate one message and turn it into the wire form. Raises InvalidMessage."""
     data = _body_bytes(body)
+    if key is None and tags is None and properties is None:  # a body only: nothing more to check
+        return OutMessage(data, {}, 0, int(time.time() * 1000) if born_ms is None else born_ms)
     props: dict[str, str] = {}
     if properties is not None:
         if not isinstance(properties, Mapping):

@@ -248,6 +248,10 @@ def run_record_batch(data: bytes) -> None:
         meta = rec.check_record(memoryview(bytes(batch.data)), pos, offset)
         if (meta.topic, meta.queue_id, meta.queue_offset) != (_BATCH_TOPIC, 3, 10 + batch.starts.index(pos)):
             raise AcceptedInvalid(f"placed record reads back as {meta}")
+        try:  # a stored message must be re-storable (retry topic, DLQ): its RecordError is a bug here
+            rec.encode_properties(rec.decode_record(bytes(batch.data), pos, offset).properties)
+        except rec.RecordError as exc:
+            raise AcceptedInvalid(f"stored record cannot be stored again: {exc}") from None
 
 
 def seeds_record_batch() -> list[bytes]:

@@ -69,6 +69,12 @@ def test_malformed_properties_are_refused_before_they_are_stored():
         parse(bad, 1)
 
 
+def test_properties_a_retry_copy_could_not_store_again_are_refused():
+    props = b"K\x01" + b"v" * (rec.MAX_PROPERTIES_BYTES + 10) + b"\x02"
+    with pytest.raises(rec.RecordError, match="properties take"):
+        parse_batch(encode_batch(TOPIC.encode(), [(b"x", props, 0, 1)]), TOPIC, 1, 1 << 20, 1 << 20, now_ms=1)
+
+
 def test_a_body_over_max_message_size_is_refused():
     with pytest.raises(MessageTooLargeError, match="maxMessageSize"):
         parse(records(1, size=MAX_BODY + 1), 1)
