@@ -135,7 +135,7 @@ def decode_properties(data: bytes) -> dict[str, str]:
     props = {}
     for item in text[:-1].split(PROPERTY_SEPARATOR):
         name, sep, value = item.partition(NAME_SEPARATOR)
-        if not sep or not name:
+        if not sep or not name or NAME_SEPARATOR in value:  # as encode_properties would refuse
             raise RecordError("malformed property entry")
         props[name] = value
     return props
