@@ -178,8 +178,9 @@ def build_message(body: bytes | str, key: str | Iterable[str] | None = None,
                   born_ms: int | None = None) -> OutMessage:
     """Validate one message and turn it into the wire form. Raises InvalidMessage."""
     data = _body_bytes(body)
+    stamp = int(time.time() * 1000) if born_ms is None else born_ms
     if key is None and tags is None and properties is None:  # a body only: nothing more to check
-        return OutMessage(data, {}, 0, int(time.time() * 1000) if born_ms is None else born_ms)
+        return OutMessage(data, {}, 0, stamp)
     props: dict[str, str] = {}
     if properties is not None:
         if not isinstance(properties, Mapping):
@@ -202,7 +203,6 @@ def build_message(body: bytes | str, key: str | Iterable[str] | None = None,
         encode_properties(props)  # the store's own check: separators and 32 KiB limit
     except RecordError as exc:
         raise InvalidMessage(f"bad properties: {exc}") from None
-    stamp = int(time.time() * 1000) if born_ms is None else born_ms
     return OutMessage(body=data, properties=props, born_timestamp_ms=stamp)
 
 

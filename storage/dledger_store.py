@@ -18,6 +18,7 @@ re-delivers the entries after it.
 from __future__ import annotations
 
 import time
+from itertools import accumulate, groupby
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -130,23 +131,16 @@ class DLedgerStore(QueueIndex):
         except rec.RecordError as exc:
             raise CorruptStoreError(self.reader.segment_path(at_offset), at_offset, f"entry record: {exc}") from exc
         found: list[Indexed] = []
-        pos, i = at_offset, 0
-        while i < len(checked):  # runs of one queue (a send's batch): one consume-queue append
-            topic, queue_id = checked[i][0], checked[i][1]
-            j = i
-            while j < len(checked) and checked[j][0] == topic and checked[j][1] == queue_id:
-                j += 1
+        pos = at_offset
+        for (topic, queue_id), run in groupby(checked, key=lambda c: (c[0], c[1])):
+            run = list(run)
+            sizes, tags = [c[2] for c in run], [c[3] for c in run]
+            offsets = list(accumulate(sizes[:-1], initial=pos))
             cq = self._queue(topic, queue_id)
             first = cq.max_offset
-            offsets, sizes, tags = [], [], []
-            for _, _, size, tag in checked[i:j]:
-                offsets.append(pos)
-                sizes.append(size)
-                tags.append(tag)
-                found.append(Indexed(topic, queue_id, first + len(offsets) - 1, pos, size))
-                pos += size
-            cq.put_run(first, offsets, sizes, tags)
-            i = j
+            cq.put_run(first, offsets, sizes, tags)  # a send's batch: one consume-queue append
+            found += [Indexed(topic, queue_id, first + k, offsets[k], sizes[k]) for k in range(len(sizes))]
+            pos = offsets[-1] + sizes[-1]
         self.applied_end = max(self.applied_end, entry_end)
         return found
 

@@ -219,14 +219,9 @@ def _verify(buf: bytes | memoryview, pos: int, expected_offset: int) -> tuple:
         raise RecordError("CRC mismatch")
     if physical_offset != expected_offset:
         raise RecordError(f"record claims offset {physical_offset}")
-    try:
-        topic = bytes(view[HEADER_BYTES:t_end]).decode()
-    except UnicodeDecodeError as exc:
-        raise RecordError("topic is not UTF-8") from exc
     # Replicated bytes come from a peer and a CRC is no proof of good intent: the topic and
     # queue id name a consume-queue directory, so "../x" or queue 2**32-1 must stop here.
-    if not TOPIC_PATTERN.fullmatch(topic):
-        raise RecordError(f"bad topic name {topic[:40]!r} in record")
+    topic = _checked_topic(bytes(view[HEADER_BYTES:t_end]))
     if queue_id > MAX_QUEUE_ID:
         raise RecordError(f"queue id {queue_id} out of range 0..{MAX_QUEUE_ID}")
     return fields, topic, view
@@ -317,6 +312,7 @@ def check_unplaced_records(buf: bytes | memoryview, max_records: int) -> list[tu
 
 
 def _checked_topic(topic_b: bytes) -> str:
+    """The topic a record names, if it may name a consume-queue directory."""
     try:
         topic = topic_b.decode()
     except UnicodeDecodeError as exc:

@@ -74,6 +74,18 @@ def test_applied_records_are_pulled_from_the_raft_log_with_queue_offsets(node):
     assert node.store.max_offset("Orders", 1) == 1
 
 
+def test_an_entry_mixing_queues_gets_units_with_its_tags_and_positions_for_tag_filtered_pulls(node):
+    msgs = (batch("Orders", 0, b"a", b"b", properties={"TAGS": "red"}) + batch("Orders", 1, b"x")
+            + batch("Orders", 0, b"c", properties={"TAGS": "blue"}))
+    found = node.apply(node.propose(msgs))
+    assert [(f.queue_id, f.queue_offset) for f in found] == [(0, 0), (0, 1), (1, 0), (0, 2)]
+    assert all(b.physical_offset == a.physical_offset + a.size for a, b in zip(found, found[1:]))
+    units = node.store.queues[("Orders", 0)].get_range(0, 10)
+    assert [(u.commit_log_offset, u.tag_hash) for u in units] == [
+        (found[0].physical_offset, rec.tag_hash("red")), (found[1].physical_offset, rec.tag_hash("red")),
+        (found[3].physical_offset, rec.tag_hash("blue"))]
+
+
 def test_a_messages_physical_offset_is_where_it_lies_in_the_raft_log(node):
     index = node.propose(batch("Orders", 0, b"hello"))
     found = node.apply(index)
