@@ -206,10 +206,13 @@ class MessageStore(QueueIndex):
         self.dispatched_offset = self.commit_log.wrote_offset
         return first, positions
 
-    def append_replicated(self, data: bytes, at_offset: int) -> list[rec.RecordMeta]:
-        """A slave appends bytes copied from its master (whole entries, verified)."""
+    def append_replicated(self, data: bytes, at_offset: int, *, dispatch: bool = True) -> list[rec.RecordMeta]:
+        """A slave appends bytes copied from its master (whole entries, verified). With
+        dispatch=False the caller indexes them later (store.dispatch): a slave acknowledges
+        its master as soon as the bytes are in its log, then builds consume queues."""
         metas = self.commit_log.append_raw(data, at_offset)
-        self.dispatch(self.commit_log.wrote_offset, metas)
+        if dispatch:
+            self.dispatch(self.commit_log.wrote_offset, metas)
         return metas
 
     def dispatch(self, up_to: int, metas: list[rec.RecordMeta] | None = None) -> int:

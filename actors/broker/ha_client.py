@@ -38,10 +38,28 @@ assert MASTER_SILENT_HEARTBEATS >= 2
 
 @dataclass(frozen=True, slots=True)
 class Appended:
-    """BrokerSlave -> HAClient: the slave's log now ends at offset."""
+    """BrokerSlave -> HAClient: the slave's log now ends at offset. `reported`: the slave
+    already sent this report itself (straight after the append: the acknowledgement a
+    SYNC_MASTER send waits for should not wait for another thread hop)."""
 
     offset: int
     last_record: tuple[int, int] | None
+    reported: bool = False
+
+
+def send_report(agent: Any, config: BrokerConfig, master: str, offset: int,
+                last_record: tuple[int, int] | None) -> bool:
+    """Report this slave's log end to its master (the HAReport; safe from any thread: the
+    transport agent queues it). False when the transport refused it: a later report retries."""
+    report = proto.HAReport(config.broker_id, config.broker_name, config.address, offset, last_record)
+    node_id = f"{config.broker_name}-{config.broker_id}@{config.address}"
+    header = Header(kind="tell", src=node_id, dst=proto.HA_SERVICE, type=proto.HA_REPORT)
+    try:
+        agent.send(f"tcp://{master}", header, pack_body(report.to_dict()))
+    except Exception as exc:  # transport busy or closed
+        logger.debug("slave {}: report to {} failed: {}", node_id, master, exc)
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +96,10 @@ class HAClient(RmqzActor):
     def handle_Appended(self, msg: Appended) -> None:
         self.offset = msg.offset
         self.last_record = msg.last_record
-        self._report()
+        if msg.reported:
+            self.last_report_ms = self.clock_ms()
+        else:
+            self._report()
 
     def handle_Inbound(self, inbound: Inbound) -> None:
         if inbound.header.type != proto.HA_TRANSFER:
@@ -128,10 +149,4 @@ class HAClient(RmqzActor):
         if self.master is None:
             return
         self.last_report_ms = self.clock_ms()
-        report = proto.HAReport(self.config.broker_id, self.config.broker_name, self.config.address,
-                                self.offset, self.last_record)
-        header = Header(kind="tell", src=self.node_id, dst=proto.HA_SERVICE, type=proto.HA_REPORT)
-        try:
-            self.agent.send(f"tcp://{self.master}", header, pack_body(report.to_dict()))
-        except Exception as exc:  # the next tick retries
-            logger.debug("slave {}: report to {} failed: {}", self.node_id, self.master, exc)
+        send_report(self.agent, self.config, self.master, self.offset, self.last_record)  # else the next tick retries

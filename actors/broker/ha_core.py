@@ -23,17 +23,25 @@ assert 0 < MAX_BATCH_BYTES <= MAX_WINDOW_BYTES
 
 @dataclass(frozen=True, slots=True)
 class DataAvailable:
-    """Master -> HA service -> write halves: the commit log is committed up to offset."""
+    """Master -> write halves (and HA service, on heartbeats): committed up to offset."""
 
     offset: int
 
 
 @dataclass(frozen=True, slots=True)
 class SlaveAck:
-    """HA read half -> master: slave `slave_id` holds the log up to offset."""
+    """HA service -> master: slave `slave_id` holds the log up to offset."""
 
     slave_id: int
     offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class HAWriters:
+    """HA service -> master: the write halves of the connected slaves. The master tells them
+    of new bytes itself: one thread hop less between an append and the slave."""
+
+    refs: tuple
 
 
 @dataclass(frozen=True, slots=True)

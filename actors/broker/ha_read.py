@@ -1,7 +1,7 @@
 """HAConnection read half (master side): takes one slave's offset reports.
 
-Each report is an acknowledgement: it moves the write half's window and completes
-SYNC_MASTER sends (through the broker's GroupTransfer). A slave silent for longer than the
+Each report is an acknowledgement: it moves the write half's window (HAService itself
+forwards it to the broker's GroupTransfer, for SYNC_MASTER sends). A slave silent for longer than the
 housekeeping interval is declared gone and its connection closed; it reconnects by reporting
 again.
 """
@@ -15,7 +15,6 @@ from loguru import logger
 
 from rmqz.actors.base import RmqzActor, tell_quietly
 from rmqz.actors.broker import messages as proto
-from rmqz.actors.broker.ha_core import SlaveAck
 from rmqz.actors.broker.ha_write import Ack
 from rmqz.actors.ticker import Tick
 
@@ -26,13 +25,12 @@ class ConnectionClosed:
 
 
 class HAReadHalf(RmqzActor):
-    def __init__(self, slave_id: int, write_ref: Any, service_ref: Any, broker_ref: Any, silence_ms: int,
+    def __init__(self, slave_id: int, write_ref: Any, service_ref: Any, silence_ms: int,
                  clock_ms: Any, *, name: str = "ha-read", supervisor: Any = None) -> None:
         super().__init__(name=name, supervisor=supervisor)
         self.slave_id = slave_id
         self.write_ref = write_ref
         self.service_ref = service_ref
-        self.broker_ref = broker_ref
         self.silence_ms = silence_ms
         self.clock_ms = clock_ms
         self.last_heard_ms = clock_ms()
@@ -43,7 +41,6 @@ class HAReadHalf(RmqzActor):
         self.last_heard_ms = self.clock_ms()
         self.acked_offset = report.offset
         self.write_ref.tell(Ack(report.offset, report.last_record))
-        tell_quietly(self.broker_ref, SlaveAck(self.slave_id, report.offset))
 
     def handle_Tick(self, _tick: Tick) -> None:
         if not self.closed and self.clock_ms() - self.last_heard_ms > self.silence_ms:

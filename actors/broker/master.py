@@ -15,7 +15,7 @@ from loguru import logger
 
 from rmqz.actors.base import tell_quietly
 from rmqz.actors.broker import ha_core, retry_core
-from rmqz.actors.broker.ha_core import DataAvailable, SlaveAck, SlaveGone
+from rmqz.actors.broker.ha_core import DataAvailable, HAWriters, SlaveAck, SlaveGone
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.base import AgentReady, BrokerBase, BrokerDeps, PrepareStop, Refusal, ReplyTo
 from rmqz.actors.broker.flush import FlushFailed, Flushed, FlushRequest
@@ -68,6 +68,7 @@ class BrokerMaster(TailFill, BrokerBase):
         self._delay_saved_version = self.delay_offsets.data_version
         self._burst: list[tuple[ReplyTo, dict]] = []  # appended, not yet written nor answered
         self._burst_queues: set[tuple[str, int]] = set()
+        self.ha_writers: tuple = ()  # write halves of the connected slaves (from HAService)
 
     def before_stop(self) -> None:
         self._end_burst()
@@ -123,9 +124,11 @@ class BrokerMaster(TailFill, BrokerBase):
         for key in self._burst_queues:
             self.wake_pulls(key)
         self._burst_queues.clear()
-        if self.ha_ref is not None and self.group.slaves:
-            # Only with a slave connected: a new slave's write half reads up to the end anyway.
-            self.ha_ref.tell(DataAvailable(end))
+        if self.ha_writers:
+            # Straight to the slaves' write halves; a new one reads up to the end anyway.
+            available = DataAvailable(end)
+            for writer in self.ha_writers:
+                tell_quietly(writer, available)
         burst, self._burst = self._burst, []
         for reply, body in burst:
             self._await_durable(end, reply, body)
@@ -274,6 +277,9 @@ class BrokerMaster(TailFill, BrokerBase):
         self.fill_on_report(msg.slave_id, msg.offset)
         for reply, body in self.group.on_report(msg.slave_id, msg.offset, self.clock_ms()):
             self._reply(reply, body)
+
+    def handle_HAWriters(self, msg: HAWriters) -> None:
+        self.ha_writers = msg.refs
 
     def handle_SlaveGone(self, msg: SlaveGone) -> None:
         self.group.disconnect(msg.slave_id)

@@ -13,7 +13,7 @@ from loguru import logger
 from rmqz.actors.base import tell_quietly
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.base import BrokerBase, BrokerDeps
-from rmqz.actors.broker.ha_client import Appended, MasterAddress, MasterSilent, ReplicaData
+from rmqz.actors.broker.ha_client import Appended, MasterAddress, MasterSilent, ReplicaData, send_report
 from rmqz.storage.errors import CorruptStoreError
 from rmqz.transport.envelope import EnvelopeError, Inbound, unpack_body
 
@@ -67,7 +67,13 @@ class BrokerSlave(BrokerBase):
             raise CorruptStoreError("replicated data", log.wrote_offset, "partial entry larger than any record")
         whole = log.complete_prefix(bytes(self.pending), log.wrote_offset)
         if whole:
-            metas = self.store.append_replicated(bytes(self.pending[:whole]), log.wrote_offset)
+            metas = self.store.append_replicated(bytes(self.pending[:whole]), log.wrote_offset, dispatch=False)
+            log.commit()
+            # Acknowledge once the bytes are in our log (they survive our kill -9): the master's
+            # SYNC_MASTER sends wait on this, not on our consume queues, which are rebuilt from
+            # the log after a crash anyway.
+            self._ack(metas[-1].physical_offset if metas else None)
+            self.store.dispatch(log.wrote_offset, metas)
             self.store.commit()
             del self.pending[:whole]
             self.stats["replicated_bytes"] += whole
@@ -76,7 +82,6 @@ class BrokerSlave(BrokerBase):
                 self.wake_pulls(key)
             if any(self.topics.get(t) is None for t, _ in keys) and self.due("topic_sync", self.clock_ms(), 1_000):
                 self._sync_metadata()  # a topic new to us: copy its config now, not in 10 s
-            self._ack(metas[-1].physical_offset if metas else None)
 
     def _ack(self, last_start: int | None = None) -> None:
         log = self.store.commit_log
@@ -85,7 +90,9 @@ class BrokerSlave(BrokerBase):
             last = (last_start, found[1]) if found else None
         else:
             last = log.last_record_before(log.wrote_offset)
-        tell_quietly(self.ha_client, Appended(log.wrote_offset, last))
+        master = self.master_addr
+        reported = master is not None and send_report(self.agent, self.config, master, log.wrote_offset, last)
+        tell_quietly(self.ha_client, Appended(log.wrote_offset, last, reported))
 
     def _cut_to(self, offset: int) -> None:
         log = self.store.commit_log

@@ -36,7 +36,7 @@ class Recorder:
         self.tell((header, unpack_body(body, 1 << 26)))
 
     def send(self, endpoint, header, body):
-        pass
+        self.tell((endpoint, header, unpack_body(body, 1 << 26)))
 
     def wait_for(self, pred):
         with self.cond:
@@ -52,13 +52,17 @@ def make_store(path) -> MessageStore:
 
 @pytest.fixture
 def slave(tmp_path):
+    yield from start_slave(tmp_path, BrokerConfig(broker_id=1, broker_role="SLAVE", listen_port=10912,
+                                                  slave_lag_suggest_master_bytes=100))
+
+
+def start_slave(tmp_path, config):
     master = make_store(tmp_path / "master")
     master.put_messages([Message("Orders", f"m{i}".encode() * 50, queue_id=0) for i in range(30)])
     master.commit()
     store = make_store(tmp_path / "slave")
     topics = TopicConfigStore(store.fs, str(tmp_path / "cfg"))
     topics.put(TopicConfig("Orders", 1, 1))
-    config = BrokerConfig(broker_id=1, broker_role="SLAVE", listen_port=10912, slave_lag_suggest_master_bytes=100)
     agent, ha = Recorder(), Recorder()
     deps = BrokerDeps(config, store, agent, topics, ConsumerOffsetStore(store.fs, str(tmp_path / "cfg")), lambda: 0)
     ref = BrokerSlave.start(deps)
@@ -117,3 +121,31 @@ def test_slave_in_step_keeps_consumers_and_refuses_writes(slave):
     ref.tell(Inbound(header, pack_body(proto.SendMessage("Orders", 0, [proto.OutMessage(b"x")]).to_dict()), b"t", None))
     h, err = agent.wait_for(lambda i: isinstance(i, tuple) and i[0].cid == 999)
     assert h.kind == "error" and err["code"] == proto.NOT_MASTER
+
+
+def test_slave_reports_to_its_master_itself_as_soon_as_the_bytes_are_in_its_log(tmp_path):
+    """The report is what a SYNC_MASTER send waits for: the slave sends it straight after
+    the append (before indexing), and tells its HAClient it did, so no second one follows."""
+    config = BrokerConfig(broker_id=1, broker_role="SLAVE", listen_port=10912, ha_master_address="127.0.0.1:10911")
+    gen = start_slave(tmp_path, config)
+    ref, master, store, agent, ha = next(gen)
+    try:
+        end = master.commit_log.committed_offset
+        ref.tell(transfer(master, 0, end))
+        endpoint, header, report = agent.wait_for(lambda i: len(i) == 3 and i[1].type == proto.HA_REPORT)
+        assert endpoint == "tcp://127.0.0.1:10911" and header.dst == proto.HA_SERVICE
+        assert report["offset"] == end and report["slave_id"] == 1
+        told = ha.wait_for(lambda m: isinstance(m, Appended) and m.offset == end)
+        assert told.reported
+        ref.ask(Ping())
+        assert store.queues[("Orders", 0)].max_offset == 30  # indexed right after
+    finally:
+        next(gen, None)
+
+
+def test_slave_without_a_known_master_leaves_the_report_to_its_haclient(slave):
+    ref, master, _, agent, ha = slave
+    ref.tell(transfer(master, 0, master.commit_log.committed_offset))
+    told = ha.wait_for(lambda m: isinstance(m, Appended))
+    assert not told.reported
+    assert not [i for i in agent.items if len(i) == 3]

@@ -1,0 +1,97 @@
+"""HAService at the actor level: the replication round trip a SYNC_MASTER send waits on
+takes as few thread hops as it can: a slave's report reaches the master straight from the
+service, and the master learns the write halves so it can wake them itself."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from rmqz.actors.broker import messages as proto
+from rmqz.actors.broker.config import BrokerConfig
+from rmqz.actors.broker.ha_core import DataAvailable, HAWriters, SlaveAck, SlaveGone
+from rmqz.actors.broker.ha_read import ConnectionClosed
+from rmqz.actors.broker.ha_service import AttachBroker, HAService
+from rmqz.storage.message_store import MessageStore, StoreConfig
+from rmqz.storage.record import Message
+from rmqz.transport.envelope import Header, Inbound, pack_body, unpack_body
+
+WAIT_S = 5.0
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.items = []
+        self.cond = threading.Condition()
+
+    def tell(self, msg):
+        with self.cond:
+            self.items.append(msg)
+            self.cond.notify_all()
+
+    def send(self, endpoint, header, body):
+        self.tell((endpoint, header, unpack_body(body, 1 << 26)))
+
+    def wait_for(self, pred):
+        with self.cond:
+            assert self.cond.wait_for(lambda: any(pred(i) for i in self.items), WAIT_S)
+            return [i for i in self.items if pred(i)][-1]
+
+
+@pytest.fixture
+def service(tmp_path):
+    store = MessageStore(StoreConfig(str(tmp_path), commit_log_segment_bytes=1 << 20, max_message_bytes=1 << 16))
+    store.open()
+    store.put_messages([Message("Orders", b"x" * 100, queue_id=0) for _ in range(10)])
+    store.commit()
+    agent, broker = Recorder(), Recorder()
+    ref = HAService.start(BrokerConfig(), store.commit_log, agent, "broker-a-0@127.0.0.1:10911", lambda: 0)
+    ref.tell(AttachBroker(broker))
+    yield ref, store, agent, broker
+    ref.stop()
+    store.close()
+
+
+def report(offset: int, slave_id: int = 1) -> Inbound:
+    body = proto.HAReport(slave_id, "broker-a", "127.0.0.1:10912", offset, None).to_dict()
+    header = Header(kind="tell", src="broker-a-1@127.0.0.1:10912", dst=proto.HA_SERVICE, type=proto.HA_REPORT)
+    return Inbound(header, pack_body(body), b"t", None)
+
+
+def test_slave_report_reaches_the_master_as_an_ack_and_the_master_learns_the_write_half(service):
+    ref, store, agent, broker = service
+    ref.tell(report(0))
+    writers = broker.wait_for(lambda m: isinstance(m, HAWriters))
+    assert len(writers.refs) == 1
+    assert broker.wait_for(lambda m: isinstance(m, SlaveAck)) == SlaveAck(1, 0)
+    # The write half streams what the log holds to the slave's address.
+    end = store.commit_log.committed_offset
+    endpoint, _, transfer = agent.wait_for(lambda i: i[1].type == proto.HA_TRANSFER and i[2]["data"])
+    assert endpoint == "tcp://127.0.0.1:10912" and transfer["offset"] == 0 and len(transfer["data"]) == end
+    ref.tell(report(end))
+    assert broker.wait_for(lambda m: isinstance(m, SlaveAck) and m.offset == end) == SlaveAck(1, end)
+
+
+def test_master_woken_write_half_streams_new_bytes(service):
+    ref, store, agent, broker = service
+    ref.tell(report(0))
+    writer = broker.wait_for(lambda m: isinstance(m, HAWriters)).refs[0]
+    first_end = store.commit_log.committed_offset
+    agent.wait_for(lambda i: i[1].type == proto.HA_TRANSFER and i[2]["data"])
+    ref.tell(report(first_end))
+    store.put_messages([Message("Orders", b"y" * 100, queue_id=0)])
+    store.commit()
+    writer.tell(DataAvailable(store.commit_log.committed_offset))  # what BrokerMaster._end_burst does
+    _, _, transfer = agent.wait_for(lambda i: i[1].type == proto.HA_TRANSFER and i[2]["offset"] == first_end and i[2]["data"])
+    assert first_end + len(transfer["data"]) == store.commit_log.committed_offset
+
+
+def test_closed_connection_leaves_the_master_no_write_half(service):
+    ref, _, _, broker = service
+    ref.tell(report(0))
+    broker.wait_for(lambda m: isinstance(m, HAWriters) and m.refs)
+    ref.tell(ConnectionClosed(1))
+    assert broker.wait_for(lambda m: isinstance(m, SlaveGone)) == SlaveGone(1)
+    assert broker.items.index(SlaveGone(1)) > max(i for i, m in enumerate(broker.items) if isinstance(m, HAWriters))
+    assert [m for m in broker.items if isinstance(m, HAWriters)][-1].refs == ()
