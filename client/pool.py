@@ -79,6 +79,19 @@ class ClientPool:
         future = self.request_async(addr, dst, type_, body, timeout_ms, what)
         return future.result()  # the RpcClient enforces the deadline
 
+    def request_here(self, addr: str, dst: str, type_: str, body: dict[str, Any],
+                     timeout_ms: int | None = None, what: str = "broker") -> dict[str, Any]:
+        """Blocking request sent and answered on the calling thread (RpcClient.request_here:
+        no hand-off to the transport's I/O thread). Raises as :meth:`request`."""
+        timeout_ms = self.timeout_ms if timeout_ms is None else max(1, min(timeout_ms, MAX_TIMEOUT_MS))
+        entry = self._entry(addr)
+        try:
+            _, raw = entry.client.request_here(dst, type_, pack_body(body), timeout_ms)
+        except ClientError as exc:
+            raise self._map(exc, addr, entry, timeout_ms, what) from None
+        entry.last_reply_ms = now_ms()
+        return self._decode(raw, addr, what)
+
     def request_async(self, addr: str, dst: str, type_: str, body: dict[str, Any],
                       timeout_ms: int | None = None, what: str = "broker") -> Future:
         """A Future of the reply map, failing with the SDK's exceptions. Callbacks run on
@@ -114,16 +127,21 @@ class ClientPool:
         entry.last_reply_ms = now_ms()
         _, raw = inner.result()
         try:
+            outer.set_result(self._decode(raw, addr, what))
+        except MQClientError as bad:
+            outer.set_exception(bad)
+
+    @staticmethod
+    def _decode(raw: bytes, addr: str, what: str) -> dict[str, Any]:
+        try:
             reply = unpack_body(raw, MAX_REPLY_BYTES) if raw else {}
         except EnvelopeError as err:
-            outer.set_exception(MQClientError(f"malformed reply from {what} {addr}: {err}"))
-            return
+            raise MQClientError(f"malformed reply from {what} {addr}: {err}") from None
         if reply is None:
             reply = {}
         if not isinstance(reply, dict):
-            outer.set_exception(MQClientError(f"malformed reply from {what} {addr}: not a map"))
-            return
-        outer.set_result(reply)
+            raise MQClientError(f"malformed reply from {what} {addr}: not a map")
+        return reply
 
     def _map(self, exc: BaseException, addr: str, entry: _Entry, timeout_ms: int,
              what: str) -> BaseException:

@@ -200,8 +200,10 @@ class Producer:
     def send(self, topic: str, body: bytes | str, key: str | Iterable[str] | None = None,
              tags: str | None = None, properties: Mapping[str, str] | None = None) -> SendResult:
         """Send one message; blocks until stored or failed. Raises InvalidMessage,
-        NoRouteError, BrokerError, ClientTimeout (all MQClientError)."""
-        return self.send_async(topic, body, key, tags, properties).result()
+        NoRouteError, BrokerError, ClientTimeout (all MQClientError). Sent and answered
+        on the calling thread (no hand-off to the transport's I/O thread and back)."""
+        check_topic(topic)
+        return self._send_here(self._job(topic, [build_message(body, key, tags, properties)]))
 
     def send_oneway(self, topic: str, body: bytes | str, key: str | Iterable[str] | None = None,
                     tags: str | None = None, properties: Mapping[str, str] | None = None) -> None:
@@ -213,7 +215,8 @@ class Producer:
     def send_batch(self, topic: str, bodies: Iterable[bytes | str], key: str | Iterable[str] | None = None,
                    tags: str | None = None, properties: Mapping[str, str] | None = None) -> SendResult:
         """Send several messages in ONE request to ONE queue (stored together, in order)."""
-        return self.send_batch_async(topic, bodies, key, tags, properties).result()
+        check_topic(topic)
+        return self._send_here(self._job(topic, build_batch(bodies, key, tags, properties)))
 
     def send_async(self, topic: str, body: bytes | str, key: str | Iterable[str] | None = None,
                    tags: str | None = None, properties: Mapping[str, str] | None = None) -> Future:
@@ -270,47 +273,78 @@ class Producer:
 
     def _submit(self, topic: str, messages: list[OutMessage],
                 fixed: Callable[[RouteSnapshot], MessageQueue] | None = None, deadline_ms: int | None = None) -> Future:
+        job = self._job(topic, messages, fixed, deadline_ms)
+        self._attempt(job)
+        return job.outer
+
+    def _job(self, topic: str, messages: list[OutMessage],
+             fixed: Callable[[RouteSnapshot], MessageQueue] | None = None, deadline_ms: int | None = None) -> _SendJob:
         if self._state != "running":
             raise MQClientError("producer is not running (use `with Producer(...)` or call start())")
         attempts = 1 if fixed is not None else 1 + self.retry_times
         deadline_ms = self._clock_ms() + self.send_timeout_ms if deadline_ms is None else deadline_ms
-        job = _SendJob(topic, messages, deadline_ms, attempts, Future(), fixed)
-        self._attempt(job)
-        return job.outer
+        return _SendJob(topic, messages, deadline_ms, attempts, Future(), fixed)
 
     def _attempt(self, job: _SendJob) -> None:
+        """One attempt of an async send; the reply's callback settles or retries it."""
         try:
-            if self._state != "running":
-                raise MQClientError("producer was shut down before the send completed")
-            try:
-                snapshot = self._publish_info(job.topic)
-            except NoRouteError:
-                # No master right now (a DLedger group electing, a master restarting): wait
-                # within the send timeout instead of failing at once.
-                if self._clock_ms() + NO_MASTER_POLL_MS >= job.deadline_ms:
-                    raise
-                time.sleep(NO_MASTER_POLL_MS / 1000)
-                self._routes.invalidate(job.topic)
+            step = self._next_step(job)
+            if step is None:
                 self._executor.submit(self._attempt, job)
                 return
-            if job.attempts == 0:  # the budget starts once the route is known (auto-create)
-                job.deadline_ms = self._clock_ms() + self.send_timeout_ms
-            mq = job.fixed(snapshot) if job.fixed is not None else self._select(snapshot, job.tried)
-            addr = snapshot.master_addr(mq.broker_name)
-            remaining = job.deadline_ms - self._clock_ms()
-            if addr is None or remaining <= 0:
-                raise self._final_error(job, job.last_error or ClientTimeout("no time left"))
-            timeout_ms = max(1, remaining // job.attempts_left)
-            job.attempts_left -= 1
-            job.attempts += 1
-            if job.records is None:  # encoded once: a retry elsewhere sends the same bytes
-                job.records = encode_records(job.topic, job.messages)
-            request = SendMessage(job.topic, mq.queue_id, [], job.records, len(job.messages)).to_dict()
+            mq, addr, request, timeout_ms = step
             future = self._pool.request_async(addr, BROKER, SEND_MESSAGE, request, timeout_ms)
         except Exception as exc:  # noqa: BLE001 - the caller's future must always complete
             job.outer.set_exception(exc)
             return
         future.add_done_callback(lambda f: self._on_reply_safely(job, mq, f))
+
+    def _send_here(self, job: _SendJob) -> SendResult:
+        """A blocking send, every attempt on the calling thread (ClientPool.request_here):
+        no hand-off to the transport's I/O thread and back. Same retries as _attempt."""
+        while not job.outer.done():
+            try:
+                step = self._next_step(job)
+                if step is None:
+                    continue
+                mq, addr, request, timeout_ms = step
+                try:
+                    reply, failure = self._pool.request_here(addr, BROKER, SEND_MESSAGE, request, timeout_ms), None
+                except MQClientError as exc:
+                    reply, failure = None, exc
+                self._settle(job, mq, failure, reply)
+            except Exception as exc:  # noqa: BLE001 - e.g. no route; the caller gets it below
+                job.outer.set_exception(exc)
+        return job.outer.result()
+
+    def _next_step(self, job: _SendJob) -> tuple[MessageQueue, str, dict, int] | None:
+        """(queue, broker address, request, timeout) of the job's next attempt; None after
+        waiting a while for a master (try again). Raises when the send must fail."""
+        if self._state != "running":
+            raise MQClientError("producer was shut down before the send completed")
+        try:
+            snapshot = self._publish_info(job.topic)
+        except NoRouteError:
+            # No master right now (a DLedger group electing, a master restarting): wait
+            # within the send timeout instead of failing at once.
+            if self._clock_ms() + NO_MASTER_POLL_MS >= job.deadline_ms:
+                raise
+            time.sleep(NO_MASTER_POLL_MS / 1000)
+            self._routes.invalidate(job.topic)
+            return None
+        if job.attempts == 0:  # the budget starts once the route is known (auto-create)
+            job.deadline_ms = self._clock_ms() + self.send_timeout_ms
+        mq = job.fixed(snapshot) if job.fixed is not None else self._select(snapshot, job.tried)
+        addr = snapshot.master_addr(mq.broker_name)
+        remaining = job.deadline_ms - self._clock_ms()
+        if addr is None or remaining <= 0:
+            raise self._final_error(job, job.last_error or ClientTimeout("no time left"))
+        timeout_ms = max(1, remaining // job.attempts_left)
+        job.attempts_left -= 1
+        job.attempts += 1
+        if job.records is None:  # encoded once: a retry elsewhere sends the same bytes
+            job.records = encode_records(job.topic, job.messages)
+        return mq, addr, SendMessage(job.topic, mq.queue_id, [], job.records, len(job.messages)).to_dict(), timeout_ms
 
     def _on_reply_safely(self, job: _SendJob, mq: MessageQueue, future: Future) -> None:
         try:
@@ -321,26 +355,32 @@ class Producer:
 
     def _on_reply(self, job: _SendJob, mq: MessageQueue, future: Future) -> None:
         exc = future.exception()
-        if exc is None:
-            try:
-                result = parse_send_reply(future.result(), mq, len(job.messages))
-            except MQClientError as bad:
-                job.outer.set_exception(bad)
-                return
-            self.faults.succeeded(mq.broker_name)
-            job.outer.set_result(result)
-            return
-        if not self._retryable(exc):
-            job.outer.set_exception(exc)
-            return
-        self._note_failure(job, mq, exc)
-        if job.attempts_left <= 0 or self._clock_ms() >= job.deadline_ms:
-            job.outer.set_exception(self._final_error(job, exc))
+        if self._settle(job, mq, exc, None if exc else future.result()):
             return
         try:  # never retry on the I/O thread: a retry may block on a route refresh
             self._executor.submit(self._attempt, job)
         except RuntimeError:  # executor shut down
             job.outer.set_exception(MQClientError("producer was shut down before the send completed"))
+
+    def _settle(self, job: _SendJob, mq: MessageQueue, exc: BaseException | None, reply: dict | None) -> bool:
+        """Complete job.outer from one attempt's outcome; False when it should be retried."""
+        if exc is None:
+            try:
+                result = parse_send_reply(reply, mq, len(job.messages))
+            except MQClientError as bad:
+                job.outer.set_exception(bad)
+                return True
+            self.faults.succeeded(mq.broker_name)
+            job.outer.set_result(result)
+            return True
+        if not self._retryable(exc):
+            job.outer.set_exception(exc)
+            return True
+        self._note_failure(job, mq, exc)
+        if job.attempts_left <= 0 or self._clock_ms() >= job.deadline_ms:
+            job.outer.set_exception(self._final_error(job, exc))
+            return True
+        return False
 
     @staticmethod
     def _retryable(exc: BaseException) -> bool:

@@ -1,0 +1,109 @@
+"""RpcClient.request_here: a blocking request sent and answered on the caller's own socket
+(transport/direct.py), as a producer's sync send does. Same contract as request(): the
+reply that belongs to this request, errors as RemoteError, a bounded wait, Lazy Pirate."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from rmqz.transport.client import ClientBusy, ClientClosed, RemoteError, RequestTimeout, RequestTooLarge
+from rmqz.transport.direct import MAX_IDLE_SOCKETS, MAX_OPEN_SOCKETS
+from rmqz.transport.envelope import Header
+
+
+def test_request_here_returns_the_reply_and_reuses_its_socket(echo_agent, make_client):
+    client = make_client(echo_agent.endpoint)
+    for i in range(50):
+        header, body = client.request_here("echo", "SendMessage", f"m{i}".encode())
+        assert header.kind == "reply" and body == f"m{i}".encode()
+    assert client._direct.stats["opened"] == 1  # one socket served all 50, one at a time
+    assert client.stats["replies"] == 50
+
+
+def test_request_here_error_reply_raises_remote_error(echo_agent, make_client):
+    client = make_client(echo_agent.endpoint)
+    with pytest.raises(RemoteError) as info:
+        client.request_here("nobody", "Echo", b"")
+    assert info.value.code == "UNKNOWN_TARGET"
+    assert client.request_here("echo", "Echo", b"ok")[1] == b"ok"  # the socket is still good
+
+
+def test_timed_out_socket_is_dropped_so_a_late_reply_never_answers_the_next_request(
+        make_agent, recorder_cls, echo_cls, make_client):
+    agent = make_agent("slow")
+    sink = recorder_cls()
+    agent.register("sink", sink)
+    agent.register("echo", echo_cls(agent))
+    client = make_client(agent.endpoint)
+    with pytest.raises(RequestTimeout):
+        client.request_here("sink", "Echo", b"first", timeout_ms=200)
+    late = sink.get()
+    h = late.header
+    agent.reply(late.reply_token, Header(kind="reply", src="slow", dst="", type=h.type, cid=h.cid), b"late")
+    assert client.request_here("echo", "Echo", b"second")[1] == b"second"
+    assert client._direct.stats["dropped"] == 1 and client._direct.stats["opened"] == 2
+    assert client.stats["timeouts"] == 1
+
+
+def test_threads_each_get_their_own_replies(echo_agent, make_client):
+    client = make_client(echo_agent.endpoint)
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(100):
+                body = f"{n}:{i}".encode()
+                assert client.request_here("echo", "Echo", body)[1] == body
+        except BaseException as exc:  # re-raised in the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors and client.stats["replies"] == 1_200
+    assert client._direct.stats["opened"] <= 12
+    assert len(client._direct._idle) <= MAX_IDLE_SOCKETS
+
+
+def test_callers_beyond_the_socket_limit_are_refused_not_queued(make_agent, recorder_cls, make_client):
+    agent = make_agent("silent")
+    agent.register("sink", recorder_cls())
+    client = make_client(agent.endpoint)
+    started = threading.Barrier(MAX_OPEN_SOCKETS + 1)
+
+    def hold() -> None:
+        started.wait(10)
+        with pytest.raises(RequestTimeout):
+            client.request_here("sink", "Echo", b"", timeout_ms=1_500)
+
+    holders = [threading.Thread(target=hold) for _ in range(MAX_OPEN_SOCKETS)]
+    for t in holders:
+        t.start()
+    started.wait(10)
+    deadline = threading.Event()
+    while client._direct._open < MAX_OPEN_SOCKETS and not deadline.wait(0.01):
+        pass
+    with pytest.raises(ClientBusy):
+        client.request_here("sink", "Echo", b"", timeout_ms=1_000)
+    for t in holders:
+        t.join(10)
+
+
+def test_request_here_refuses_a_body_over_the_frame_limit_before_sending(echo_agent, make_client):
+    client = make_client(echo_agent.endpoint, max_frame_bytes=1024)
+    with pytest.raises(RequestTooLarge):
+        client.request_here("echo", "Echo", b"x" * 2048)
+    assert client._direct.stats["opened"] == 0
+
+
+def test_request_here_after_close_raises_client_closed(echo_agent, make_client):
+    client = make_client(echo_agent.endpoint)
+    assert client.request_here("echo", "Echo", b"x")[1] == b"x"
+    client.close()
+    with pytest.raises(ClientClosed):
+        client.request_here("echo", "Echo", b"x")
+    assert client._direct._ctx is None  # the idle socket and its context are gone
