@@ -32,7 +32,8 @@ MAX_RAFT_FRAME_BYTES = 80 * 1024 * 1024
 COMMIT_SAVE_INTERVAL_MS = 1_000
 DEFAULT_FLUSH_INTERVAL_MS = 500  # flushIntervalCommitLog: the log is the commit log
 MAX_PENDING_PROPOSALS = 100_000
-assert MAX_PENDING_PROPOSALS > 0
+ENTRY_CACHE_BYTES = 16 * 1024 * 1024  # newest persisted entries kept in memory (RaftLogStorage)
+assert MAX_PENDING_PROPOSALS > 0 and 0 < ENTRY_CACHE_BYTES <= 64 * 1024 * 1024  # it adds to a node's RSS
 
 
 # ---- messages to and from the broker -------------------------------------------------------
@@ -79,10 +80,40 @@ class TransferLeader:
 
 
 class RaftLogStorage:
-    """The core's read-only view (LogStorage protocol) of the durable RaftLog."""
+    """The core's read-only view (LogStorage protocol) of the durable RaftLog, with the
+    newest persisted entries kept in memory (as etcd keeps its MemoryStorage beside the
+    WAL): an entry is applied, and usually sent to a lagging follower, moments after it was
+    written, so reading it back (a pread and a CRC pass over the whole entry) is wasted
+    work on every node. `remember` is called with what was just persisted."""
 
-    def __init__(self, log: Any) -> None:
+    def __init__(self, log: Any, cache_bytes: int = ENTRY_CACHE_BYTES) -> None:
         self.log = log
+        self.cache_bytes = cache_bytes
+        self._cache: dict[int, Entry] = {}  # index -> entry, ascending, contiguous
+        self._cached_bytes = 0
+        self._last = 0  # highest cached index (0: none)
+
+    def remember(self, entries: list[Entry]) -> None:
+        if not entries:
+            return
+        first = entries[0].index
+        if self._cache and first != self._last + 1:
+            self._forget_from(first)  # a conflicting suffix was cut (or a gap): keep only what still holds
+        for e in entries:
+            self._cache[e.index] = e
+            self._cached_bytes += len(e.data)
+        self._last = entries[-1].index
+        while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
+            oldest = next(iter(self._cache))
+            self._cached_bytes -= len(self._cache.pop(oldest).data)
+
+    def _forget_from(self, index: int) -> None:
+        if index > self._last + 1 or index <= next(iter(self._cache)):
+            self._cache.clear()
+            self._cached_bytes = 0
+            return
+        for i in range(index, self._last + 1):
+            self._cached_bytes -= len(self._cache.pop(i).data)
 
     def initial_state(self) -> tuple[HardState, int]:
         term, vote, commit = self.log.hard_state()
@@ -92,6 +123,16 @@ class RaftLogStorage:
         return self.log.term(index)
 
     def entries(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
+        cache = self._cache
+        if lo < hi and lo in cache and hi - 1 in cache:
+            out, size = [], 0
+            for i in range(lo, hi):  # the first always, then while the data fits max_bytes
+                e = cache[i]
+                size += len(e.data)
+                if out and size > max_bytes:
+                    break
+                out.append(e)
+            return out
         return [Entry(t, i, d) for t, i, d in self.log.entries(lo, hi, max_bytes)]
 
     def first_index(self) -> int:
@@ -116,7 +157,8 @@ class DLedgerNode(RmqzActor):
         self.role_listeners = role_listeners  # e.g. the roles supervisor: swaps actors on RoleChanged
         self.sync_writes = sync_writes
         self.clock_ms = clock_ms
-        self.core = RaftCore(self_id, list(peers), RaftLogStorage(raft_log), config, random.Random(seed), applied=applied)
+        self.storage = RaftLogStorage(raft_log)
+        self.core = RaftCore(self_id, list(peers), self.storage, config, random.Random(seed), applied=applied)
         self.pending: dict[int, tuple[int, Any]] = {}  # index -> (term, token)
         self.saved_commit = raft_log.hard_state()[2]
         self.last_commit_save_ms = clock_ms()
@@ -249,6 +291,7 @@ class DLedgerNode(RmqzActor):
                 self.log.sync()
             else:
                 self.log.commit()
+            self.storage.remember(entries)
         if hard is not None:
             term, vote, _ = self.log.hard_state()
             if (hard.term, hard.vote) != (term, vote):
