@@ -4,8 +4,8 @@ Modes (exactly one):
 - ``--sequential``: one ``send`` at a time; latency per send.
 - ``--inflight N``: N ``send_async`` in flight; latency per send, submit to completion
   (measured in the done-callback, so a slow send never hides behind a fast one).
-- ``--batch B``: one ``send_batch`` of B messages at a time; latency per request,
-  throughput per message.
+- ``--batch B``: one blocking ``send_batch`` of B messages at a time (with ``--inflight
+  N``: N ``send_batch_async`` in flight); latency per request, throughput per message.
 
 The topic is created first (on every master, ``--queues`` each) when it has no route, and
 ``--warmup`` messages go before the clock starts (connections, route cache). A send that
@@ -262,9 +262,12 @@ def _drain(slots: threading.Semaphore, window: int, timeout_ms: int) -> None:
 
 def _batched(producer: Producer, p: _Params, count: int, bodies: list[bytes], lat: Latencies,
              tally: _Tally, progress: BenchProgress | None, timeout_ms: int) -> None:
-    """send_batch_async with up to p.inflight batches in flight (1: one at a time)."""
+    """send_batch_async with up to p.inflight batches in flight; one at a time is the
+    blocking send_batch, as a caller without a window sends."""
     b, window = p.batch, p.inflight
     pool = [[bodies[(k * b + j) % len(bodies)] for j in range(b)] for k in range(max(1, len(bodies) // b))]
+    if window == 1:
+        return _blocking_batches(producer, p.topic, count, pool, lat, tally, progress)
     slots = threading.Semaphore(window)
     add, clock, topic = lat.add, time.perf_counter_ns, p.topic
 
@@ -297,6 +300,28 @@ def _batched(producer: Producer, p: _Params, count: int, bodies: list[bytes], la
         if progress is not None:
             progress.update(done)
     _drain(slots, window, timeout_ms)
+
+
+def _blocking_batches(producer: Producer, topic: str, count: int, pool: list[list[bytes]], lat: Latencies,
+                      tally: _Tally, progress: BenchProgress | None) -> None:
+    send_batch, add, clock = producer.send_batch, lat.add, time.perf_counter_ns
+    done = k = 0
+    while done < count:
+        batch = pool[k % len(pool)][:count - done]
+        k += 1
+        t0 = clock()
+        try:
+            result = send_batch(topic, batch)
+        except MQClientError as exc:
+            tally.fail(exc, len(batch))
+            if tally.gave_up:
+                return
+        else:
+            add(clock() - t0)
+            tally.ok(result.status, len(batch))
+        done += len(batch)
+        if progress is not None:
+            progress.update(done)
 
 
 _RUNNERS = {"sequential": _sequential, "inflight": _inflight, "batch": _batched}
