@@ -14,8 +14,6 @@ lost when the restarted master told its slave to cut its log and copy the master
 
 from __future__ import annotations
 
-from typing import Any
-
 from loguru import logger
 
 from rmqz.actors.base import tell_quietly

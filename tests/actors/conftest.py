@@ -8,7 +8,35 @@ import time
 import pykka
 import pytest
 
+from rmqz.transport.envelope import unpack_body
+
 THREAD_EXIT_TIMEOUT_S = 10.0
+WAIT_S = 5.0
+
+
+class Recorder:
+    """Stands in for an actor ref (tell) and a transport agent (reply, send): keeps what it
+    was given, decoded, and lets a test wait for an item."""
+
+    def __init__(self) -> None:
+        self.items = []
+        self.cond = threading.Condition()
+
+    def tell(self, msg):
+        with self.cond:
+            self.items.append(msg)
+            self.cond.notify_all()
+
+    def reply(self, token, header, body):
+        self.tell((header, unpack_body(body, 1 << 26)))
+
+    def send(self, endpoint, header, body):
+        self.tell((endpoint, header, unpack_body(body, 1 << 26)))
+
+    def wait_for(self, pred):
+        with self.cond:
+            assert self.cond.wait_for(lambda: any(pred(i) for i in self.items), WAIT_S)
+            return [i for i in self.items if pred(i)][-1]
 
 
 @pytest.fixture(autouse=True)

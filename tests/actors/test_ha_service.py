@@ -4,8 +4,6 @@ service, and the master learns the write halves so it can wake them itself."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from rmqz.actors.broker import messages as proto
@@ -15,28 +13,9 @@ from rmqz.actors.broker.ha_read import ConnectionClosed
 from rmqz.actors.broker.ha_service import AttachBroker, HAService
 from rmqz.storage.message_store import MessageStore, StoreConfig
 from rmqz.storage.record import Message
-from rmqz.transport.envelope import Header, Inbound, pack_body, unpack_body
+from rmqz.transport.envelope import Header, Inbound, pack_body
 
-WAIT_S = 5.0
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.items = []
-        self.cond = threading.Condition()
-
-    def tell(self, msg):
-        with self.cond:
-            self.items.append(msg)
-            self.cond.notify_all()
-
-    def send(self, endpoint, header, body):
-        self.tell((endpoint, header, unpack_body(body, 1 << 26)))
-
-    def wait_for(self, pred):
-        with self.cond:
-            assert self.cond.wait_for(lambda: any(pred(i) for i in self.items), WAIT_S)
-            return [i for i in self.items if pred(i)][-1]
+from .conftest import Recorder
 
 
 @pytest.fixture

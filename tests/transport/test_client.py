@@ -115,15 +115,19 @@ def test_lazy_pirate_retry_succeeds_after_server_restarts_on_same_port(
     assert client.stats["reconnects"] >= 1
 
 
-def test_many_threads_can_share_one_client(echo_agent, make_client):
+@pytest.mark.parametrize("method", ["request", "request_here"])
+def test_many_threads_can_share_one_client(echo_agent, make_client, method):
+    """request hands every call to the I/O thread; request_here uses a socket per caller
+    (transport/direct.py): either way each thread gets its own replies."""
     client = make_client(echo_agent.endpoint)
+    call = getattr(client, method)
     errors: list[BaseException] = []
 
     def worker(n: int) -> None:
         try:
             for i in range(100):
                 body = f"{n}:{i}".encode()
-                assert client.request("echo", "Echo", body)[1] == body
+                assert call("echo", "Echo", body)[1] == body
         except BaseException as exc:  # collected and re-raised in the test thread
             errors.append(exc)
 
@@ -134,6 +138,7 @@ def test_many_threads_can_share_one_client(echo_agent, make_client):
         t.join(30)
     assert not errors
     assert client.stats["replies"] == 800
+    assert client._direct.stats["opened"] <= (8 if method == "request_here" else 0)
 
 
 def test_in_flight_limit_raises_client_busy(make_agent, recorder_cls, make_client):

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from rmqz.transport.client import ClientBusy, ClientClosed, RemoteError, RequestTimeout, RequestTooLarge
-from rmqz.transport.direct import MAX_IDLE_SOCKETS, MAX_OPEN_SOCKETS
+from rmqz.transport.direct import MAX_OPEN_SOCKETS
 from rmqz.transport.envelope import Header
 
 
@@ -45,28 +45,6 @@ def test_timed_out_socket_is_dropped_so_a_late_reply_never_answers_the_next_requ
     assert client.request_here("echo", "Echo", b"second")[1] == b"second"
     assert client._direct.stats["dropped"] == 1 and client._direct.stats["opened"] == 2
     assert client.stats["timeouts"] == 1
-
-
-def test_threads_each_get_their_own_replies(echo_agent, make_client):
-    client = make_client(echo_agent.endpoint)
-    errors: list[BaseException] = []
-
-    def worker(n: int) -> None:
-        try:
-            for i in range(100):
-                body = f"{n}:{i}".encode()
-                assert client.request_here("echo", "Echo", body)[1] == body
-        except BaseException as exc:  # re-raised in the test thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert not errors and client.stats["replies"] == 1_200
-    assert client._direct.stats["opened"] <= 12
-    assert len(client._direct._idle) <= MAX_IDLE_SOCKETS
 
 
 def test_callers_beyond_the_socket_limit_are_refused_not_queued(make_agent, recorder_cls, make_client):
