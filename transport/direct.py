@@ -25,7 +25,9 @@ from .envelope import EnvelopeError, Header, decode
 MAX_IDLE_SOCKETS = 8  # kept open between requests; more concurrent callers open extra ones
 MAX_OPEN_SOCKETS = 64  # callers beyond this many at once are refused (ClientBusy)
 MAX_STRAY_REPLIES = 1_000  # replies to other ids read while waiting, before the socket is dropped
+CLOSE_CHECK_MS = 100  # a caller waiting for its reply notices close() at least this often
 assert 0 < MAX_IDLE_SOCKETS <= MAX_OPEN_SOCKETS <= 1_024 and MAX_STRAY_REPLIES > 0
+assert 0 < CLOSE_CHECK_MS <= 1_000
 
 
 class DirectBusy(Exception):
@@ -84,8 +86,12 @@ class DirectSockets:
         strays = 0
         while True:
             left_ms = (deadline_ns - time.monotonic_ns() + 999_999) // 1_000_000
-            if left_ms <= 0 or not sock.poll(left_ms, zmq.POLLIN):
+            if left_ms <= 0:
                 raise DirectTimeout(f"no reply to request {cid} within {timeout_ms} ms")
+            if not sock.poll(min(left_ms, CLOSE_CHECK_MS), zmq.POLLIN):
+                if self._closed:  # as the I/O thread fails its requests at close
+                    raise DirectClosed("client is closed")
+                continue
             try:
                 header, body = decode(sock.recv_multipart(zmq.NOBLOCK), self._max_frame_bytes)
             except zmq.Again:

@@ -85,3 +85,25 @@ def test_request_here_after_close_raises_client_closed(echo_agent, make_client):
     with pytest.raises(ClientClosed):
         client.request_here("echo", "Echo", b"x")
     assert client._direct._ctx is None  # the idle socket and its context are gone
+
+
+def test_close_fails_a_request_waiting_on_its_own_socket_at_once(make_agent, recorder_cls, make_client):
+    agent = make_agent("silent")
+    agent.register("sink", recorder_cls())
+    client = make_client(agent.endpoint)
+    outcome: list[BaseException] = []
+
+    def wait_for_reply() -> None:
+        try:
+            client.request_here("sink", "Echo", b"", timeout_ms=60_000)
+        except BaseException as exc:  # re-raised below
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=wait_for_reply)
+    waiter.start()
+    while client._direct._open == 0 and waiter.is_alive():
+        threading.Event().wait(0.01)
+    client.close()
+    waiter.join(10)  # far below the request's 60 s timeout
+    assert not waiter.is_alive() and isinstance(outcome[0], ClientClosed)
+    assert client._direct._ctx is None  # its socket closed when the caller let go of it
