@@ -47,28 +47,28 @@ def test_timed_out_socket_is_dropped_so_a_late_reply_never_answers_the_next_requ
     assert client.stats["timeouts"] == 1
 
 
-def test_callers_beyond_the_socket_limit_are_refused_not_queued(make_agent, recorder_cls, make_client):
+def test_callers_beyond_the_socket_limit_are_refused_not_queued(make_agent, recorder_cls, make_client, wait):
     agent = make_agent("silent")
     agent.register("sink", recorder_cls())
     client = make_client(agent.endpoint)
-    started = threading.Barrier(MAX_OPEN_SOCKETS + 1)
+    outcomes: list[BaseException] = []
 
     def hold() -> None:
-        started.wait(10)
-        with pytest.raises(RequestTimeout):
-            client.request_here("sink", "Echo", b"", timeout_ms=1_500)
+        try:
+            client.request_here("sink", "Echo", b"", timeout_ms=60_000)
+        except BaseException as exc:  # checked below
+            outcomes.append(exc)
 
     holders = [threading.Thread(target=hold) for _ in range(MAX_OPEN_SOCKETS)]
     for t in holders:
         t.start()
-    started.wait(10)
-    deadline = threading.Event()
-    while client._direct._open < MAX_OPEN_SOCKETS and not deadline.wait(0.01):
-        pass
+    assert wait(lambda: client._direct._open == MAX_OPEN_SOCKETS, 20)
     with pytest.raises(ClientBusy):
         client.request_here("sink", "Echo", b"", timeout_ms=1_000)
+    client.close()  # releases the holders at once
     for t in holders:
         t.join(10)
+    assert len(outcomes) == MAX_OPEN_SOCKETS and all(isinstance(e, ClientClosed) for e in outcomes)
 
 
 def test_request_here_refuses_a_body_over_the_frame_limit_before_sending(echo_agent, make_client):
@@ -87,7 +87,7 @@ def test_request_here_after_close_raises_client_closed(echo_agent, make_client):
     assert client._direct._ctx is None  # the idle socket and its context are gone
 
 
-def test_close_fails_a_request_waiting_on_its_own_socket_at_once(make_agent, recorder_cls, make_client):
+def test_close_fails_a_request_waiting_on_its_own_socket_at_once(make_agent, recorder_cls, make_client, wait):
     agent = make_agent("silent")
     agent.register("sink", recorder_cls())
     client = make_client(agent.endpoint)
@@ -101,8 +101,7 @@ def test_close_fails_a_request_waiting_on_its_own_socket_at_once(make_agent, rec
 
     waiter = threading.Thread(target=wait_for_reply)
     waiter.start()
-    while client._direct._open == 0 and waiter.is_alive():
-        threading.Event().wait(0.01)
+    assert wait(lambda: client._direct._open == 1, 20)
     client.close()
     waiter.join(10)  # far below the request's 60 s timeout
     assert not waiter.is_alive() and isinstance(outcome[0], ClientClosed)
