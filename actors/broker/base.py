@@ -502,8 +502,13 @@ class BrokerBase(RmqzActor):
             self.offsets.persist()
             self._offsets_saved_version = self.offsets.data_version
 
-    def due(self, what: str, now_ms: int, interval_ms: int) -> bool:
-        last = self._last.setdefault(what, now_ms)
+    def due(self, what: str, now_ms: int, interval_ms: int, *, at_once: bool = False) -> bool:
+        """True once interval_ms has passed since `what` was last due. The first call starts
+        the period (False), or, with at_once, is due itself: a rate limit, not a timer."""
+        last = self._last.get(what)
+        if last is None:
+            self._last[what] = now_ms
+            return at_once
         if now_ms - last >= interval_ms:
             self._last[what] = now_ms
             return True

@@ -80,7 +80,7 @@ class BrokerSlave(BrokerBase):
             keys = {(m.topic, m.queue_id) for m in metas}
             for key in keys:
                 self.wake_pulls(key)
-            if any(self.topics.get(t) is None for t, _ in keys) and self.due("topic_sync", self.clock_ms(), 1_000):
+            if any(self.topics.get(t) is None for t, _ in keys) and self.due("topic_sync", self.clock_ms(), 1_000, at_once=True):
                 self._sync_metadata()  # a topic new to us: copy its config now, not in 10 s
 
     def _ack(self, last_start: int | None = None) -> None:

@@ -125,3 +125,19 @@ def test_slave_without_a_known_master_leaves_the_report_to_its_haclient(slave):
     told = ha.wait_for(lambda m: isinstance(m, Appended))
     assert not told.reported
     assert not [i for i in agent.items if len(i) == 3]
+
+
+def test_slave_asks_its_master_for_a_new_topics_config_at_its_first_record(tmp_path):
+    """A slave that holds records of a topic it has no config for cannot serve them; if the
+    master dies before the periodic metadata sync (10 s), only an immediate copy saves them."""
+    config = BrokerConfig(broker_id=1, broker_role="SLAVE", listen_port=10912, ha_master_address="127.0.0.1:10911")
+    gen = start_slave(tmp_path, config)
+    ref, master, store, agent, _ = next(gen)
+    try:
+        master.put_messages([Message("Fresh", b"new topic", queue_id=0)])
+        master.commit()
+        ref.tell(transfer(master, 0, master.commit_log.committed_offset))
+        endpoint, header, _ = agent.wait_for(lambda i: len(i) == 3 and i[1].type == proto.GET_METADATA)
+        assert endpoint == "tcp://127.0.0.1:10911"
+    finally:
+        next(gen, None)
