@@ -19,6 +19,8 @@ from rmqz.transport.envelope import EnvelopeError, Inbound, unpack_body
 
 MAX_PENDING_REPLICA_BYTES = 2 * proto.MAX_HA_DATA_BYTES
 FIND_MASTER_INTERVAL_MS = 1_000
+TOPIC_SYNC_GAP_MS = 1_000  # a topic new to the slave: its config is copied at most this often
+assert TOPIC_SYNC_GAP_MS > 0
 assert MAX_PENDING_REPLICA_BYTES >= proto.MAX_HA_DATA_BYTES
 
 
@@ -37,6 +39,7 @@ class BrokerSlave(BrokerBase):
         self.master_max = 0
         self.master_addr: str | None = self.config.ha_master_address or None
         self.looking_for_master = False  # our master went silent: ask the NameServers every second
+        self.topic_unknown = False  # records of a topic without config arrived since the last copy
         self.stats.update({"replicated_bytes": 0, "out_of_order": 0, "truncations": 0})
         self.handlers[proto.PROMOTE] = self._on_promote
 
@@ -80,8 +83,17 @@ class BrokerSlave(BrokerBase):
             keys = {(m.topic, m.queue_id) for m in metas}
             for key in keys:
                 self.wake_pulls(key)
-            if any(self.topics.get(t) is None for t, _ in keys) and self.due("topic_sync", self.clock_ms(), 1_000, at_once=True):
-                self._sync_metadata()  # a topic new to us: copy its config now, not in 10 s
+            if any(self.topics.get(t) is None for t, _ in keys):
+                self.topic_unknown = True  # copy its config now, not at the 10 s sync
+                self._sync_unknown_topics()
+
+    def _sync_unknown_topics(self) -> None:
+        """At most once a second while records of a topic we have no config for arrive (the
+        tick retries a copy the rate limit held back): a slave cannot serve a topic it does
+        not know, and after its master dies it can no longer ask."""
+        if self.topic_unknown and self.due("topic_sync", self.clock_ms(), TOPIC_SYNC_GAP_MS, at_once=True):
+            self.topic_unknown = False
+            self._sync_metadata()
 
     def _ack(self, last_start: int | None = None) -> None:
         log = self.store.commit_log
@@ -144,6 +156,7 @@ class BrokerSlave(BrokerBase):
             self.store.flush()
         if self.due("metadata", now_ms, self.config.slave_metadata_sync_interval_ms):
             self._sync_metadata()
+        self._sync_unknown_topics()
 
     def _sync_metadata(self) -> None:
         if self.master_addr:

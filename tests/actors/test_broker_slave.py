@@ -12,6 +12,7 @@ from rmqz.actors.broker.base import BrokerDeps
 from rmqz.actors.broker.config import BrokerConfig
 from rmqz.actors.broker.ha_client import Appended, ReplicaData
 from rmqz.actors.broker.slave import AttachHAClient, BrokerSlave
+from rmqz.actors.ticker import Tick
 from rmqz.storage.message_store import MessageStore, StoreConfig
 from rmqz.storage.metadata import ConsumerOffsetStore, TopicConfig, TopicConfigStore
 from rmqz.storage.record import Message
@@ -32,7 +33,7 @@ def slave(tmp_path):
                                                   slave_lag_suggest_master_bytes=100))
 
 
-def start_slave(tmp_path, config):
+def start_slave(tmp_path, config, clock_ms=lambda: 0):
     master = make_store(tmp_path / "master")
     master.put_messages([Message("Orders", f"m{i}".encode() * 50, queue_id=0) for i in range(30)])
     master.commit()
@@ -40,7 +41,7 @@ def start_slave(tmp_path, config):
     topics = TopicConfigStore(store.fs, str(tmp_path / "cfg"))
     topics.put(TopicConfig("Orders", 1, 1))
     agent, ha = Recorder(), Recorder()
-    deps = BrokerDeps(config, store, agent, topics, ConsumerOffsetStore(store.fs, str(tmp_path / "cfg")), lambda: 0)
+    deps = BrokerDeps(config, store, agent, topics, ConsumerOffsetStore(store.fs, str(tmp_path / "cfg")), clock_ms)
     ref = BrokerSlave.start(deps)
     ref.tell(AttachHAClient(ha))
     yield ref, master, store, agent, ha
@@ -129,15 +130,32 @@ def test_slave_without_a_known_master_leaves_the_report_to_its_haclient(slave):
 
 def test_slave_asks_its_master_for_a_new_topics_config_at_its_first_record(tmp_path):
     """A slave that holds records of a topic it has no config for cannot serve them; if the
-    master dies before the periodic metadata sync (10 s), only an immediate copy saves them."""
+    master dies before the periodic metadata sync (10 s), only an immediate copy saves them.
+    A second new topic inside the rate limit is copied at the next tick past it."""
+    now = [0]
     config = BrokerConfig(broker_id=1, broker_role="SLAVE", listen_port=10912, ha_master_address="127.0.0.1:10911")
-    gen = start_slave(tmp_path, config)
+    gen = start_slave(tmp_path, config, clock_ms=lambda: now[0])
     ref, master, store, agent, _ = next(gen)
+
+    def metadata_requests():
+        return [i for i in agent.items if len(i) == 3 and i[1].type == proto.GET_METADATA]
+
     try:
+        start = master.commit_log.committed_offset
         master.put_messages([Message("Fresh", b"new topic", queue_id=0)])
         master.commit()
         ref.tell(transfer(master, 0, master.commit_log.committed_offset))
         endpoint, header, _ = agent.wait_for(lambda i: len(i) == 3 and i[1].type == proto.GET_METADATA)
         assert endpoint == "tcp://127.0.0.1:10911"
+        second = master.commit_log.committed_offset
+        master.put_messages([Message("Fresher", b"another", queue_id=0)])
+        master.commit()
+        ref.tell(transfer(master, second, master.commit_log.committed_offset - second))
+        ref.ask(Ping())
+        assert len(metadata_requests()) == 1 and store.commit_log.wrote_offset > second > start
+        now[0] = 1_500
+        ref.tell(Tick(now[0]))
+        ref.ask(Ping())
+        assert len(metadata_requests()) == 2
     finally:
         next(gen, None)
