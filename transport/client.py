@@ -207,9 +207,10 @@ class RpcClient:
     def request_here(self, dst: str, type: str, body: bytes,
                      timeout_ms: int | None = None) -> tuple[Header, bytes]:
         """Blocking request sent and answered on the CALLING thread, on a socket of its
-        own (transport/direct.py): two thread wake-ups less than :meth:`request`. One
-        attempt, no retries. Raises RequestTimeout, RemoteError, ClientBusy, ClientClosed,
-        RequestTooLarge."""
+        own (transport/direct.py): two thread wake-ups less than :meth:`request`. When
+        every direct socket is busy (more blocking callers than MAX_OPEN_SOCKETS) the call
+        goes through the I/O thread instead. One attempt, no retries. Raises
+        RequestTimeout, RemoteError, ClientBusy, ClientClosed, RequestTooLarge."""
         timeout_ms = self._timeout_ms if timeout_ms is None else _check_timeout(timeout_ms)
         if self._closed:
             raise ClientClosed("client is closed")
@@ -219,9 +220,8 @@ class RpcClient:
         except DirectTimeout as exc:
             self._count_off_thread("timeouts")
             raise RequestTimeout(str(exc)) from None
-        except DirectBusy as exc:
-            self._count_off_thread("busy")
-            raise ClientBusy(str(exc)) from None
+        except DirectBusy:
+            return self._wait(self._submit("request", dst, type, body, timeout_ms), timeout_ms)
         except DirectClosed as exc:
             raise ClientClosed(str(exc)) from None
         self._count_off_thread("errors" if header.kind == "error" else "replies")

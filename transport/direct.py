@@ -23,7 +23,7 @@ import zmq
 from .envelope import EnvelopeError, Header, decode
 
 MAX_IDLE_SOCKETS = 8  # kept open between requests; more concurrent callers open extra ones
-MAX_OPEN_SOCKETS = 64  # callers beyond this many at once are refused (ClientBusy)
+MAX_OPEN_SOCKETS = 64  # callers beyond this many at once are refused (DirectBusy; RpcClient then uses its I/O thread)
 MAX_STRAY_REPLIES = 1_000  # replies to other ids read while waiting, before the socket is dropped
 CLOSE_CHECK_MS = 100  # a caller waiting for its reply notices close() at least this often
 assert 0 < MAX_IDLE_SOCKETS <= MAX_OPEN_SOCKETS <= 1_024 and MAX_STRAY_REPLIES > 0

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from rmqz.transport.client import ClientBusy, ClientClosed, RemoteError, RequestTimeout, RequestTooLarge
+from rmqz.transport.client import ClientClosed, RemoteError, RequestTimeout, RequestTooLarge
 from rmqz.transport.direct import MAX_OPEN_SOCKETS
 from rmqz.transport.envelope import Header
 
@@ -47,9 +47,11 @@ def test_timed_out_socket_is_dropped_so_a_late_reply_never_answers_the_next_requ
     assert client.stats["timeouts"] == 1
 
 
-def test_callers_beyond_the_socket_limit_are_refused_not_queued(make_agent, recorder_cls, make_client, wait):
-    agent = make_agent("silent")
-    agent.register("sink", recorder_cls())
+def test_callers_beyond_the_socket_limit_go_through_the_io_thread(make_agent, recorder_cls, echo_cls,
+                                                                 make_client, wait):
+    agent = make_agent("mixed")
+    agent.register("sink", recorder_cls())  # never answers: holds its caller's socket
+    agent.register("echo", echo_cls(agent))
     client = make_client(agent.endpoint)
     outcomes: list[BaseException] = []
 
@@ -63,8 +65,8 @@ def test_callers_beyond_the_socket_limit_are_refused_not_queued(make_agent, reco
     for t in holders:
         t.start()
     assert wait(lambda: client._direct._open == MAX_OPEN_SOCKETS, 20)
-    with pytest.raises(ClientBusy):
-        client.request_here("sink", "Echo", b"", timeout_ms=1_000)
+    assert client.request_here("echo", "Echo", b"one more")[1] == b"one more"
+    assert client.stats["sent"] == 1  # the I/O thread carried it
     client.close()  # releases the holders at once
     for t in holders:
         t.join(10)
