@@ -83,7 +83,7 @@ class ClientPool:
                      timeout_ms: int | None = None, what: str = "broker") -> dict[str, Any]:
         """Blocking request sent and answered on the calling thread (RpcClient.request_here:
         no hand-off to the transport's I/O thread). Raises as :meth:`request`."""
-        timeout_ms = self.timeout_ms if timeout_ms is None else max(1, min(timeout_ms, MAX_TIMEOUT_MS))
+        timeout_ms = self._timeout(timeout_ms)
         entry = self._entry(addr)
         try:
             _, raw = entry.client.request_here(dst, type_, pack_body(body), timeout_ms)
@@ -96,7 +96,7 @@ class ClientPool:
                       timeout_ms: int | None = None, what: str = "broker") -> Future:
         """A Future of the reply map, failing with the SDK's exceptions. Callbacks run on
         the transport's I/O thread: they must not block."""
-        timeout_ms = self.timeout_ms if timeout_ms is None else max(1, min(timeout_ms, MAX_TIMEOUT_MS))
+        timeout_ms = self._timeout(timeout_ms)
         outer: Future = Future()
         try:
             entry = self._entry(addr)
@@ -130,6 +130,9 @@ class ClientPool:
             outer.set_result(self._decode(raw, addr, what))
         except MQClientError as bad:
             outer.set_exception(bad)
+
+    def _timeout(self, timeout_ms: int | None) -> int:
+        return self.timeout_ms if timeout_ms is None else max(1, min(timeout_ms, MAX_TIMEOUT_MS))
 
     @staticmethod
     def _decode(raw: bytes, addr: str, what: str) -> dict[str, Any]:

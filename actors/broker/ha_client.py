@@ -47,12 +47,11 @@ class Appended:
     reported: bool = False
 
 
-def send_report(agent: Any, config: BrokerConfig, master: str, offset: int,
+def send_report(agent: Any, node_id: str, config: BrokerConfig, master: str, offset: int,
                 last_record: tuple[int, int] | None) -> bool:
     """Report this slave's log end to its master (the HAReport; safe from any thread: the
     transport agent queues it). False when the transport refused it: a later report retries."""
     report = proto.HAReport(config.broker_id, config.broker_name, config.address, offset, last_record)
-    node_id = f"{config.broker_name}-{config.broker_id}@{config.address}"
     header = Header(kind="tell", src=node_id, dst=proto.HA_SERVICE, type=proto.HA_REPORT)
     try:
         agent.send(f"tcp://{master}", header, pack_body(report.to_dict()))
@@ -149,4 +148,4 @@ class HAClient(RmqzActor):
         if self.master is None:
             return
         self.last_report_ms = self.clock_ms()
-        send_report(self.agent, self.config, self.master, self.offset, self.last_record)  # else the next tick retries
+        send_report(self.agent, self.node_id, self.config, self.master, self.offset, self.last_record)  # else the next tick retries

@@ -23,7 +23,7 @@ assert 0 < MAX_BATCH_BYTES <= MAX_WINDOW_BYTES
 
 @dataclass(frozen=True, slots=True)
 class DataAvailable:
-    """Master -> write halves (and HA service, on heartbeats): committed up to offset."""
+    """Master -> write halves: the commit log is committed up to offset."""
 
     offset: int
 

@@ -175,10 +175,6 @@ class HAService(RmqzActor):
     def _tell_writers(self) -> None:
         tell_quietly(self.broker_ref, HAWriters(tuple(c.write_ref for c in self.conns.values())))
 
-    def handle_DataAvailable(self, msg: Any) -> None:
-        for conn in self.conns.values():
-            conn.write_ref.tell(msg)
-
     def handle_Tick(self, tick: Tick) -> None:
         for conn in list(self.conns.values()):
             tell_quietly(conn.read_ref, tick)

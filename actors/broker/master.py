@@ -124,11 +124,7 @@ class BrokerMaster(TailFill, BrokerBase):
         for key in self._burst_queues:
             self.wake_pulls(key)
         self._burst_queues.clear()
-        if self.ha_writers:
-            # Straight to the slaves' write halves; a new one reads up to the end anyway.
-            available = DataAvailable(end)
-            for writer in self.ha_writers:
-                tell_quietly(writer, available)
+        self._notify_writers(end)
         burst, self._burst = self._burst, []
         for reply, body in burst:
             self._await_durable(end, reply, body)
@@ -278,6 +274,13 @@ class BrokerMaster(TailFill, BrokerBase):
         for reply, body in self.group.on_report(msg.slave_id, msg.offset, self.clock_ms()):
             self._reply(reply, body)
 
+    def _notify_writers(self, end: int) -> None:
+        """Straight to the slaves' write halves (a new one reads up to the end anyway)."""
+        if self.ha_writers:
+            available = DataAvailable(end)
+            for writer in self.ha_writers:
+                tell_quietly(writer, available)
+
     def handle_HAWriters(self, msg: HAWriters) -> None:
         self.ha_writers = msg.refs
 
@@ -339,5 +342,5 @@ class BrokerMaster(TailFill, BrokerBase):
         self._end_burst()
         if self.due("delay_offsets", now_ms, self.config.checkpoint_interval_ms):
             self._persist_delay_offsets()
-        if self.ha_ref is not None and self.due("ha_notify", now_ms, self.config.ha_send_heartbeat_interval_ms):
-            tell_quietly(self.ha_ref, DataAvailable(self.store.commit_log.committed_offset))
+        if self.due("ha_notify", now_ms, self.config.ha_send_heartbeat_interval_ms):
+            self._notify_writers(self.store.commit_log.committed_offset)

@@ -103,7 +103,7 @@ class BrokerSlave(BrokerBase):
         else:
             last = log.last_record_before(log.wrote_offset)
         master = self.master_addr
-        reported = master is not None and send_report(self.agent, self.config, master, log.wrote_offset, last)
+        reported = master is not None and send_report(self.agent, self.node_id, self.config, master, log.wrote_offset, last)
         tell_quietly(self.ha_client, Appended(log.wrote_offset, last, reported))
 
     def _cut_to(self, offset: int) -> None:
