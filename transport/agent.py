@@ -39,6 +39,7 @@ from .envelope import (
 )
 from . import faults as link_faults  # chaos: deterministic partitions (off unless env set)
 from .handoff import Handoff
+from .own_sender import OwnSender  # an actor's own sockets for hot-path tells
 from .ratelimit import LogLimiter
 from .admission import Admission  # SYSTEM_BUSY instead of unbounded actor inboxes
 from .curve import TransportSecurity, check_bind, insecure_from_env  # CURVE keys, bind policy
@@ -293,12 +294,19 @@ class TransportAgent:
         agent is not running, EnvelopeError for an invalid header (a caller bug).
         """
         _check_endpoint(peer_endpoint)
-        frames = encode(header, body)
+        self.send_frames(peer_endpoint, encode(header, body))
+
+    def send_frames(self, peer_endpoint: str, frames: list[bytes]) -> None:
+        """:meth:`send` of frames encoded already (an OwnSender's fallback)."""
         if not self._running:
             raise TransportClosed(f"transport agent {self.node_id} is not running")
         if not self._handoff.put(("send", peer_endpoint, frames)):
             self._count_off_thread("outbox_full")
             raise TransportBusy("transport outbox full")
+
+    def own_sender(self) -> OwnSender:
+        """Sockets of the calling actor's own for its hot-path tells (transport/own_sender.py)."""
+        return OwnSender(lambda: self.endpoint, self._configure_peer_socket, self.send_frames)
 
     def reply(self, reply_token: bytes, header: Header, body: bytes) -> None:
         """Answer a message that arrived on our ROUTER. Never raises for delivery
@@ -643,29 +651,11 @@ class TransportAgent:
                               self._max_peers, endpoint)
             return None
         sock = self._ctx.socket(zmq.DEALER)
-        identity = f"{self.node_id}>{uuid.uuid4().hex[:12]}".encode()
-        for option, value in (
-            (zmq.IDENTITY, identity),  # unique: a restarted node must not clash
-            (zmq.LINGER, 0),
-            (zmq.SNDHWM, self._hwm),
-            (zmq.RCVHWM, self._hwm),
-            (zmq.MAXMSGSIZE, self._max_frame_bytes),
-            (zmq.RECONNECT_IVL, RECONNECT_IVL_MS),
-            (zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS),
-            (zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS),
-            (zmq.IMMEDIATE, 1),  # never queue inside zmq for a peer that is not there
-            (zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS),
-            (zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS),
-        ):
-            sock.setsockopt(option, value)
-        client_curve = self._security.client_side()
-        if client_curve is not None:
-            client_curve.apply(sock)  # peers are CURVE servers with the cluster's key
         monitor = sock.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
         )
         try:
-            sock.connect(dial_spec(endpoint, self._source_host))
+            self._configure_peer_socket(sock, endpoint)
         except zmq.ZMQError as exc:
             self.stats["bad_endpoint"] += 1
             self._log_limited("bad_endpoint", "cannot connect to {}: {}", endpoint, exc)
@@ -681,6 +671,29 @@ class TransportAgent:
         self._poller.register(monitor, zmq.POLLIN)
         logger.info("transport agent {} connecting to peer {}", self.node_id, endpoint)
         return peer
+
+    def _configure_peer_socket(self, sock: zmq.Socket, endpoint: str, immediate: bool = True) -> None:
+        """Options, CURVE keys and connect of a DEALER to another node (any thread's). An
+        OwnSender sets its own queue bounds first and asks for immediate=False."""
+        identity = f"{self.node_id}>{uuid.uuid4().hex[:12]}".encode()
+        queue_bounds = ((zmq.SNDHWM, self._hwm), (zmq.RCVHWM, self._hwm)) if immediate else ()
+        for option, value in (
+            (zmq.IDENTITY, identity),  # unique: a restarted node must not clash
+            (zmq.LINGER, 0),
+            *queue_bounds,
+            (zmq.MAXMSGSIZE, self._max_frame_bytes),
+            (zmq.RECONNECT_IVL, RECONNECT_IVL_MS),
+            (zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS),
+            (zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS),
+            (zmq.IMMEDIATE, int(immediate)),  # the agent never queues inside zmq for a peer that is not there
+            (zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS),
+            (zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS),
+        ):
+            sock.setsockopt(option, value)
+        client_curve = self._security.client_side()
+        if client_curve is not None:
+            client_curve.apply(sock)  # peers are CURVE servers with the cluster's key
+        sock.connect(dial_spec(endpoint, self._source_host))
 
     def _drain_monitor(self, peer: _Peer) -> None:
         while True:

@@ -47,14 +47,16 @@ class Appended:
     reported: bool = False
 
 
-def send_report(agent: Any, node_id: str, config: BrokerConfig, master: str, offset: int,
+def send_report(sender: Any, node_id: str, config: BrokerConfig, master: str, offset: int,
                 last_record: tuple[int, int] | None) -> bool:
-    """Report this slave's log end to its master (the HAReport; safe from any thread: the
-    transport agent queues it). False when the transport refused it: a later report retries."""
+    """Report this slave's log end to its master (the HAReport) through ``sender``: the
+    transport agent, or the calling actor's own sockets. False when it was refused: a later
+    report retries. A report that arrives after a newer one only makes the master resend
+    from the older offset; the slave then reports where it really is."""
     report = proto.HAReport(config.broker_id, config.broker_name, config.address, offset, last_record)
     header = Header(kind="tell", src=node_id, dst=proto.HA_SERVICE, type=proto.HA_REPORT)
     try:
-        agent.send(f"tcp://{master}", header, pack_body(report.to_dict()))
+        sender.send(f"tcp://{master}", header, pack_body(report.to_dict()))
     except Exception as exc:  # transport busy or closed
         logger.debug("slave {}: report to {} failed: {}", node_id, master, exc)
         return False

@@ -6,7 +6,10 @@ must be the master's record at the same place, with the same CRC); if not, it te
 to cut its log back to a segment boundary and report again, until they agree. Bytes go out in
 batches bounded by the transfer window, so an empty or far-behind slave catches up without
 the master buffering unbounded data. Reads use CommitLog.read_committed, which is safe from
-this thread.
+this thread. Transfers leave on this actor's own socket (transport/own_sender.py): one thread
+hop less on every SYNC_MASTER send, and one socket keeps them in order. A transfer lost or
+delivered late costs nothing: the slave takes only the offset it expects and reports where
+it is, and the window resends.
 """
 
 from __future__ import annotations
@@ -51,6 +54,14 @@ class HAWriteHalf(RmqzActor):
         self.available = 0
         self.last_sent_ms = 0
         self.last_progress_ms = clock_ms()
+        self.own_sender: Any = None  # every transfer leaves on this half's own socket, in order
+
+    def acquire(self) -> None:
+        self.own_sender = self.agent.own_sender()
+
+    def release(self) -> None:
+        if self.own_sender is not None:
+            self.own_sender.close()
 
     def handle_Filling(self, msg: Any) -> None:
         self.filling = msg.on
@@ -123,6 +134,6 @@ class HAWriteHalf(RmqzActor):
         self.last_sent_ms = self.clock_ms()
         header = Header(kind="tell", src=self.node_id, dst=proto.HA_CLIENT, type=proto.HA_TRANSFER)
         try:
-            self.agent.send(self.endpoint, header, pack_body(transfer.to_dict()))
+            self.own_sender.send(self.endpoint, header, pack_body(transfer.to_dict()))
         except Exception as exc:  # transport full/closed: the next ack or tick retries
             logger.debug("HA send to slave {} failed: {}", self.slave_id, exc)

@@ -40,11 +40,23 @@ class BrokerSlave(BrokerBase):
         self.master_addr: str | None = self.config.ha_master_address or None
         self.looking_for_master = False  # our master went silent: ask the NameServers every second
         self.topic_unknown = False  # records of a topic without config arrived since the last copy
+        self.report_sender: Any = None
         self.stats.update({"replicated_bytes": 0, "out_of_order": 0, "truncations": 0})
         self.handlers[proto.PROMOTE] = self._on_promote
 
     def role_name(self) -> str:
         return "SLAVE"
+
+    def acquire(self) -> None:
+        super().acquire()
+        # The report after an append is the ack a SYNC_MASTER send waits for: it leaves on
+        # this actor's own socket, not through the transport's thread.
+        self.report_sender = self.agent.own_sender()
+
+    def release(self) -> None:
+        if self.report_sender is not None:
+            self.report_sender.close()
+        super().release()
 
     def handle_AttachHAClient(self, msg: AttachHAClient) -> None:
         self.ha_client = msg.ref
@@ -103,7 +115,8 @@ class BrokerSlave(BrokerBase):
         else:
             last = log.last_record_before(log.wrote_offset)
         master = self.master_addr
-        reported = master is not None and send_report(self.agent, self.node_id, self.config, master, log.wrote_offset, last)
+        reported = master is not None and send_report(self.report_sender, self.node_id, self.config, master,
+                                                      log.wrote_offset, last)
         tell_quietly(self.ha_client, Appended(log.wrote_offset, last, reported))
 
     def _cut_to(self, offset: int) -> None:

@@ -20,7 +20,7 @@ from loguru import logger
 
 from rmqz.actors.base import RmqzActor, tell_quietly
 from rmqz.actors.dledger.core import LEADER, NotLeader, ProposalTooLarge, RaftConfig, RaftCore
-from rmqz.actors.dledger.messages import Entry, HardState, Message, RaftMessageError
+from rmqz.actors.dledger.messages import APP, APP_RESP, Entry, HardState, Message, RaftMessageError
 from rmqz.actors.ticker import Tick
 from rmqz.transport.envelope import EnvelopeError, Header, Inbound, pack_body, unpack_body
 
@@ -32,6 +32,7 @@ MAX_RAFT_FRAME_BYTES = 80 * 1024 * 1024
 COMMIT_SAVE_INTERVAL_MS = 1_000
 DEFAULT_FLUSH_INTERVAL_MS = 500  # flushIntervalCommitLog: the log is the commit log
 MAX_PENDING_PROPOSALS = 100_000
+HOT_PATH_TYPES = frozenset({APP, APP_RESP})  # sent on the node's own sockets (transport/own_sender.py)
 ENTRY_CACHE_BYTES = 16 * 1024 * 1024  # newest persisted entries kept in memory (RaftLogStorage)
 assert MAX_PENDING_PROPOSALS > 0 and 0 < ENTRY_CACHE_BYTES <= 64 * 1024 * 1024  # it adds to a node's RSS
 
@@ -166,6 +167,10 @@ class DLedgerNode(RmqzActor):
         self.last_flush_ms = clock_ms()
         self.bad_messages = 0
         self.undriven = False  # stepped or proposed since the last drive
+        self.own_sender: Any = None  # the hot path's sockets, opened on the actor's thread
+
+    def acquire(self) -> None:
+        self.own_sender = self.agent.own_sender()
 
     # ---- inputs --------------------------------------------------------------------------
 
@@ -312,8 +317,11 @@ class DLedgerNode(RmqzActor):
         if addr is None:
             return
         header = Header(kind="tell", src=self.self_id, dst=DLEDGER, type=RAFT)
+        # Appends and their acks carry every acknowledged send: they leave from this thread.
+        # The rest goes through the agent, whose peer sockets watch for a leader's crash.
+        sender = self.own_sender if m.type in HOT_PATH_TYPES and self.own_sender is not None else self.agent
         try:
-            self.agent.send(f"tcp://{addr}", header, pack_body(m.to_dict()))
+            sender.send(f"tcp://{addr}", header, pack_body(m.to_dict()))
         except Exception as exc:  # Raft tolerates lost messages; the next tick resends
             logger.debug("dledger {}: send to {} failed: {}", self.self_id, m.dst, exc)
 
@@ -344,6 +352,8 @@ class DLedgerNode(RmqzActor):
         tell_quietly(self.broker_ref, Apply(entries, tokens, offsets, ends, self.log.synced_index()))
 
     def release(self) -> None:
+        if self.own_sender is not None:
+            self.own_sender.close()
         try:
             self._save_commit()
         except Exception as exc:  # the log may be failed already; the node is stopping

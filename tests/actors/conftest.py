@@ -20,6 +20,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.items = []
+        self.own_items = []
         self.cond = threading.Condition()
 
     def tell(self, msg):
@@ -33,10 +34,30 @@ class Recorder:
     def send(self, endpoint, header, body):
         self.tell((endpoint, header, unpack_body(body, 1 << 26)))
 
+    def own_sender(self):
+        """As TransportAgent.own_sender: what an actor sends on its own sockets is kept
+        with the rest and also in ``own_items``."""
+        return OwnPath(self)
+
     def wait_for(self, pred):
         with self.cond:
             assert self.cond.wait_for(lambda: any(pred(i) for i in self.items), WAIT_S)
             return [i for i in self.items if pred(i)][-1]
+
+
+class OwnPath:
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self.closed = False
+
+    def send(self, endpoint, header, body):
+        item = (endpoint, header, unpack_body(body, 1 << 26))
+        with self.recorder.cond:
+            self.recorder.own_items.append(item)
+        self.recorder.tell(item)
+
+    def close(self):
+        self.closed = True
 
 
 @pytest.fixture(autouse=True)

@@ -101,8 +101,9 @@ def test_slave_in_step_keeps_consumers_and_refuses_writes(slave):
 
 
 def test_slave_reports_to_its_master_itself_as_soon_as_the_bytes_are_in_its_log(tmp_path):
-    """The report is what a SYNC_MASTER send waits for: the slave sends it straight after
-    the append (before indexing), and tells its HAClient it did, so no second one follows."""
+    """The report is what a SYNC_MASTER send waits for: the slave sends it on its own socket
+    straight after the append (before indexing), and tells its HAClient it did, so no second
+    one follows."""
     config = BrokerConfig(broker_id=1, broker_role="SLAVE", listen_port=10912, ha_master_address="127.0.0.1:10911")
     gen = start_slave(tmp_path, config)
     ref, master, store, agent, ha = next(gen)
@@ -112,6 +113,7 @@ def test_slave_reports_to_its_master_itself_as_soon_as_the_bytes_are_in_its_log(
         endpoint, header, report = agent.wait_for(lambda i: len(i) == 3 and i[1].type == proto.HA_REPORT)
         assert endpoint == "tcp://127.0.0.1:10911" and header.dst == proto.HA_SERVICE
         assert report["offset"] == end and report["slave_id"] == 1
+        assert (endpoint, header, report) in agent.own_items  # on the slave's own socket: no transport hop
         told = ha.wait_for(lambda m: isinstance(m, Appended) and m.offset == end)
         assert told.reported
         ref.ask(Ping())

@@ -12,7 +12,7 @@ import pytest
 from rmqz.actors.base import Ping
 from rmqz.actors.dledger.actor import RAFT, Apply, DLedgerNode, Propose, RoleChanged
 from rmqz.actors.dledger.core import RaftConfig
-from rmqz.actors.dledger.messages import Message
+from rmqz.actors.dledger.messages import Entry, Message
 from rmqz.actors.ticker import Tick
 from rmqz.storage.fs import OsFileSystem
 from rmqz.storage.raft_log import RaftLog
@@ -59,15 +59,27 @@ class JournaledLog(RaftLog):
 
 
 class Agent:
+    via = "agent"
+
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
 
     def send(self, endpoint, header, body):
         msg = unpack_body(body, 1 << 20)
-        self.journal.add("send", msg["type"], msg.get("index"), [e[1] for e in msg.get("entries") or []])
+        self.journal.add("send", msg["type"], msg.get("index"), [e[1] for e in msg.get("entries") or []], self.via)
 
     def reply(self, token, header, body):
         pass
+
+    def own_sender(self):
+        return OwnSender(self.journal)
+
+
+class OwnSender(Agent):
+    via = "own"
+
+    def close(self):
+        self.journal.add("own-sender-closed")
 
 
 class Broker:
@@ -138,6 +150,19 @@ def test_entries_are_persisted_before_append_and_applied_after_the_quorum_ack(no
     assert journal.events[applied][2] == {2: "token-1"}  # the proposer's token comes back with its entry
 
 
+def test_follower_acks_an_append_only_after_writing_its_entries(node):
+    ref, journal = node
+    feed(ref, type="App", src="n1", dst="n0", term=1, log_term=0, index=0, commit=0,
+         entries=(Entry(1, 1, b"a"), Entry(1, 2, b"b")))
+    journal.wait(lambda e: e[:2] == ("send", "AppResp") and e[2] == 2)
+    persisted = journal.index(lambda e: e[0] == "persist-entries" and 2 in e[1])
+    acked = journal.index(lambda e: e[:2] == ("send", "AppResp") and e[2] == 2)
+    assert persisted < acked
+    assert journal.events[acked][4] == "own"
+    term_saved = journal.index(lambda e: e[0] == "persist-hardstate" and e[1] == 1)
+    assert term_saved < acked  # the new term is durable before any message of that term
+
+
 def test_a_follower_refuses_proposals_so_the_broker_can_redirect(node):
     ref, journal = node
     from rmqz.actors.dledger.actor import ProposeFailed
@@ -153,3 +178,30 @@ def test_a_follower_refuses_proposals_so_the_broker_can_redirect(node):
     ref.tell(Propose(b"x", "t"))
     ref.ask(Ping())
     assert failures and failures[0].token == "t"
+
+
+def test_appends_and_acks_leave_on_the_nodes_own_sockets_the_rest_through_the_agent(node):
+    ref, journal = node
+    elect(ref, journal)  # pre-votes and votes
+    feed(ref, type="AppResp", src="n1", dst="n0", term=1, index=1)
+    ref.tell(Propose(b"payload", "token-1"))
+    journal.wait(lambda e: e[:2] == ("send", "App") and 2 in e[3])
+    for _ in range(3):
+        ref.tell(Tick(0))  # heartbeats
+    journal.wait(lambda e: e[:2] == ("send", "Heartbeat"))
+    ref.ask(Ping())
+    with journal.lock:
+        sends = [e for e in journal.events if e[0] == "send"]
+    assert {e[4] for e in sends if e[1] == "App"} == {"own"}
+    assert {e[4] for e in sends if e[1] in ("PreVote", "Vote", "Heartbeat")} == {"agent"}
+
+
+def test_stopping_the_node_closes_its_own_sockets(tmp_path):
+    journal = Journal()
+    log = JournaledLog(OsFileSystem(), str(tmp_path / "raft"))
+    log.journal = journal
+    log.open()
+    ref = DLedgerNode.start("n0", {"n0": "127.0.0.1:1", "n1": "127.0.0.1:2"}, log, Agent(journal), Broker(journal),
+                           0, False, RaftConfig(election_ticks=3, heartbeat_ticks=1), lambda: 0, seed=7)
+    ref.stop()
+    assert ("own-sender-closed",) in journal.events

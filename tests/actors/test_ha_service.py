@@ -50,6 +50,9 @@ def test_slave_report_reaches_the_master_as_an_ack_and_the_master_learns_the_wri
     assert endpoint == "tcp://127.0.0.1:10912" and transfer["offset"] == 0 and len(transfer["data"]) == end
     ref.tell(report(end))
     assert broker.wait_for(lambda m: isinstance(m, SlaveAck) and m.offset == end) == SlaveAck(1, end)
+    # Transfers leave on the write half's own socket: no hop through the transport's thread.
+    transfers = [i for i in agent.items if isinstance(i, tuple) and len(i) == 3 and i[1].type == proto.HA_TRANSFER]
+    assert transfers and all(t in agent.own_items for t in transfers)
 
 
 def test_master_woken_write_half_streams_new_bytes(service):

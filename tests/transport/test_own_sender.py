@@ -1,0 +1,126 @@
+"""An actor's own sockets (OwnSender) carry its hot-path tells to other nodes without the
+agent thread, with the agent's guarantees: delivery, order, link faults, one owner thread.
+Real agents on 127.0.0.1, real TCP."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+
+import pytest
+
+from rmqz.transport.envelope import Header
+from rmqz.transport.faults import FAULTS_ENV
+from rmqz.transport.own_sender import OWN_SNDHWM
+
+from .conftest import wait_until
+
+
+def tell(i: int) -> Header:
+    return Header(kind="tell", src="A", dst="log", type="Append", cid=i)
+
+
+def closed_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_in_thread(fn):
+    """Run fn on a fresh thread (an actor's), return what it returned or raise what it raised."""
+    out: dict = {}
+
+    def body():
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # handed back to the test's thread
+            out["error"] = exc
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join(10)
+    if "error" in out:
+        raise out["error"]
+    return out.get("value")
+
+
+def test_own_sender_delivers_every_tell_in_order_from_before_the_connection_is_up(make_agent, recorder_cls):
+    a, b = make_agent("A"), make_agent("B")
+    sink = recorder_cls()
+    b.register("log", sink)
+    sender = a.own_sender()
+
+    def send_all():
+        for i in range(100):  # the first ones wait in libzmq for the connection, in order
+            sender.send(b.endpoint, tell(i), f"body-{i}".encode())
+        stats = dict(sender.stats)
+        sender.close()
+        return stats
+
+    stats = run_in_thread(send_all)
+    got = [sink.get() for _ in range(100)]
+    assert [m.header.cid for m in got] == list(range(100))
+    assert got[7].body == b"body-7" and got[7].reply_token is not None  # arrived on B's ROUTER
+    assert stats["direct"] == 100
+    assert a.stats["sent"] == 0  # the agent's thread and sockets were not involved
+
+
+def test_own_sender_drops_past_its_queue_bound_for_a_peer_that_is_not_there(make_agent):
+    a = make_agent("A")
+    sender = a.own_sender()
+    nobody = f"tcp://127.0.0.1:{closed_port()}"
+
+    def flood():
+        for i in range(OWN_SNDHWM + 50):
+            sender.send(nobody, tell(i), b"x")
+        stats = dict(sender.stats)
+        sender.close()
+        return stats
+
+    stats = run_in_thread(flood)
+    assert stats["direct"] <= OWN_SNDHWM  # memory per peer is bounded
+    assert stats["dropped_full"] >= 50 and stats["direct"] + stats["dropped_full"] == OWN_SNDHWM + 50
+
+
+def test_own_sender_refuses_a_second_thread(make_agent):
+    a, b = make_agent("A"), make_agent("B")
+    sender = a.own_sender()
+    run_in_thread(lambda: sender.send(b.endpoint, tell(0), b""))
+    with pytest.raises(RuntimeError, match="second thread"):
+        sender.send(b.endpoint, tell(1), b"")
+
+
+def test_own_sender_after_close_still_delivers_through_the_agent(make_agent, recorder_cls):
+    a, b = make_agent("A"), make_agent("B")
+    sink = recorder_cls()
+    b.register("log", sink)
+    sender = a.own_sender()
+
+    def close_twice_then_send():
+        sender.close()
+        sender.close()  # idempotent
+        sender.send(b.endpoint, tell(9), b"late")
+
+    run_in_thread(close_twice_then_send)
+    assert sink.get().body == b"late"
+    assert sender.stats["via_agent"] == 1
+
+
+def test_own_sender_drops_tells_on_a_blocked_link(make_agent, recorder_cls, tmp_path, monkeypatch):
+    rules = tmp_path / "faults.json"
+    monkeypatch.setenv(FAULTS_ENV, str(rules))
+    a, b = make_agent("A"), make_agent("B")
+    sink = recorder_cls()
+    b.register("log", sink)
+    rules.write_text(json.dumps({"blocked": [[a.endpoint, b.endpoint]]}))
+    sender = a.own_sender()
+
+    def send_some():
+        for i in range(20):
+            sender.send(b.endpoint, tell(i), b"")
+
+    run_in_thread(send_some)
+    assert sink.empty_for(0.5)
+    assert sender.stats["dropped_by_faults"] == 20
