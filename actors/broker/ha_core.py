@@ -19,6 +19,7 @@ from typing import Any
 MAX_BATCH_BYTES = 1024 * 1024
 MAX_WINDOW_BYTES = 64 * 1024 * 1024
 MAX_WAITERS = 100_000
+MAX_REPORT_BYTES = 1 << 16  # an HAReport body: ids, an address, two offsets
 assert 0 < MAX_BATCH_BYTES <= MAX_WINDOW_BYTES
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,15 @@ class SlaveAck:
 
     slave_id: int
     offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class SlaveReport:
+    """Master -> HA service: a slave's report that reached the master's broker actor first
+    (the one a slave sends straight after an append) and was acted on there. The service
+    keeps the connection, its read half's liveness and its write half's window."""
+
+    report: Any  # proto.HAReport
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,9 @@
 HAConnection — a read half and a write half actor — per slave. A slave is known by its
 broker id; a report from a new address for the same id replaces the old connection. The
 replication round trip is kept short: the master tells the write halves of new bytes
-directly (HAWriters), and a slave's report goes from here to the master as a SlaveAck.
+directly (HAWriters). The report a slave sends after each append goes to the master's broker
+actor, which acts on it and passes it on here (SlaveReport); the slave's periodic reports
+come here and go on to the master as a SlaveAck.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from loguru import logger
 from rmqz.actors.base import ChildExited, ChildFailed, RmqzActor, tell_quietly
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.config import BrokerConfig
-from rmqz.actors.broker.ha_core import HAWriters, SlaveAck, SlaveGone
+from rmqz.actors.broker.ha_core import MAX_REPORT_BYTES, HAWriters, SlaveAck, SlaveGone, SlaveReport
 from rmqz.actors.broker.ha_read import ConnectionClosed, HAReadHalf
 from rmqz.actors.broker.ha_write import HAWriteHalf
 from rmqz.actors.ticker import Tick
@@ -98,20 +100,25 @@ class HAService(RmqzActor):
         if inbound.header.type != proto.HA_REPORT:
             return
         try:
-            report = proto.HAReport.from_dict(unpack_body(inbound.body, 1 << 16))
+            report = proto.HAReport.from_dict(unpack_body(inbound.body, MAX_REPORT_BYTES))
         except (EnvelopeError, proto.ProtocolError) as exc:
             self.bad_reports += 1
             if self.bad_reports in (1, 10, 100, 1000):
                 logger.warning("bad HA report #{} from {}: {}", self.bad_reports, inbound.header.src, exc)
             return
+        self._on_report(report, ack_master=True)
+
+    def handle_SlaveReport(self, msg: SlaveReport) -> None:
+        self._on_report(msg.report, ack_master=False)  # the master acted on it already
+
+    def _on_report(self, report: proto.HAReport, ack_master: bool) -> None:
         if report.broker_name != self.config.broker_name:
             return  # a slave of another group knocked on the wrong door
         conn = self._connection(report)
         if conn is not None:
             conn.read_ref.tell(report)
-            # The acknowledgement SYNC_MASTER sends wait for goes to the master from here, not
-            # through the read half: one thread hop less on every replicated write.
-            tell_quietly(self.broker_ref, SlaveAck(report.slave_id, report.offset))
+            if ack_master:  # straight to the master, not through the read half
+                tell_quietly(self.broker_ref, SlaveAck(report.slave_id, report.offset))
 
     def _on_fill(self, inbound: Inbound) -> None:
         try:

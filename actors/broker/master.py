@@ -15,7 +15,7 @@ from loguru import logger
 
 from rmqz.actors.base import tell_quietly
 from rmqz.actors.broker import ha_core, retry_core
-from rmqz.actors.broker.ha_core import DataAvailable, HAWriters, SlaveAck, SlaveGone
+from rmqz.actors.broker.ha_core import MAX_REPORT_BYTES, DataAvailable, HAWriters, SlaveAck, SlaveGone, SlaveReport
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.base import AgentReady, BrokerBase, BrokerDeps, PrepareStop, Refusal, ReplyTo
 from rmqz.actors.broker.flush import FlushFailed, Flushed, FlushRequest
@@ -24,6 +24,7 @@ from rmqz.storage.errors import StoreFailedError
 from rmqz.storage.metadata import PERM_WRITE, TopicConfig, SubscriptionGroupConfig
 from rmqz.storage.record import Message, StoredMessage
 from rmqz.storage.record_batch import parse_batch
+from rmqz.transport.envelope import EnvelopeError, Inbound, unpack_body
 
 MAX_FLUSH_WAITERS = 100_000
 # A burst of sends is appended to the write buffer one by one but written (one pwrite),
@@ -59,7 +60,7 @@ class BrokerMaster(TailFill, BrokerBase):
                                            connect_grace_ms=self.config.slave_ack_timeout_ms)
         self.cold_bytes = in_memory_max_bytes(self.config.access_message_in_memory_max_ratio,
                                               self.config.access_message_in_memory_max_bytes)
-        self.stats.update({"flush_timeouts": 0, "slave_timeouts": 0, "slave_not_available": 0})
+        self.stats.update({"flush_timeouts": 0, "slave_timeouts": 0, "slave_not_available": 0, "bad_reports": 0})
         self.start_fill_gate()
         self._queue_rr = itertools.count()
         self.handlers.update({proto.SEND_MESSAGE: self._on_send, proto.CREATE_TOPIC: self._on_create_topic,
@@ -268,6 +269,24 @@ class BrokerMaster(TailFill, BrokerBase):
             self.stats["slave_not_available"] += 1
             self._reply(reply, {**body, "status": proto.SLAVE_NOT_AVAILABLE})
         return None
+
+    def on_tell(self, inbound: Inbound) -> None:
+        if inbound.header.type != proto.HA_REPORT:
+            return super().on_tell(inbound)
+        # A slave's report straight after its append: the ack SYNC_MASTER sends wait for,
+        # acted on here first; the HA service then updates the connection.
+        try:
+            report = proto.HAReport.from_dict(unpack_body(inbound.body, MAX_REPORT_BYTES))
+        except (EnvelopeError, proto.ProtocolError) as exc:
+            self.stats["bad_reports"] += 1
+            if self.stats["bad_reports"] in (1, 10, 100, 1000):
+                logger.warning("broker {}: bad HA report #{} from {}: {}", self.node_id, self.stats["bad_reports"],
+                               inbound.header.src, exc)
+            return
+        if report.broker_name != self.config.broker_name:
+            return  # a slave of another group knocked on the wrong door
+        self.handle_SlaveAck(SlaveAck(report.slave_id, report.offset))
+        tell_quietly(self.ha_ref, SlaveReport(report))
 
     def handle_SlaveAck(self, msg: SlaveAck) -> None:
         self.fill_on_report(msg.slave_id, msg.offset)

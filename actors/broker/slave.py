@@ -50,7 +50,8 @@ class BrokerSlave(BrokerBase):
     def acquire(self) -> None:
         super().acquire()
         # The report after an append is the ack a SYNC_MASTER send waits for: it leaves on
-        # this actor's own socket, not through the transport's thread.
+        # this actor's own socket, not through the transport's thread, and goes to the
+        # master's broker actor, not through its HA service.
         self.report_sender = self.agent.own_sender()
 
     def release(self) -> None:
@@ -116,7 +117,7 @@ class BrokerSlave(BrokerBase):
             last = log.last_record_before(log.wrote_offset)
         master = self.master_addr
         reported = master is not None and send_report(self.report_sender, self.node_id, self.config, master,
-                                                      log.wrote_offset, last)
+                                                      log.wrote_offset, last, dst=proto.BROKER)
         tell_quietly(self.ha_client, Appended(log.wrote_offset, last, reported))
 
     def _cut_to(self, offset: int) -> None:

@@ -12,6 +12,7 @@ from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.config import BrokerConfig
 from rmqz.actors.broker.flush import FlushFailed, Flushed, FlushRequest
 from rmqz.actors.broker.base import AgentReady, BrokerDeps
+from rmqz.actors.broker.ha_core import SlaveReport
 from rmqz.actors.broker.master import BrokerMaster
 from rmqz.actors.ticker import Tick
 from rmqz.storage.message_store import MessageStore, StoreConfig
@@ -73,7 +74,7 @@ class Clock:
 def broker(tmp_path):
     made = []
 
-    def _make(**overrides):
+    def _make(ha_ref=None, **overrides):
         config = BrokerConfig(**{"listen_port": 10911, "namesrv_addr": ["127.0.0.1:9876"], **overrides})
         store = MessageStore(StoreConfig(str(tmp_path / "store"), commit_log_segment_bytes=1 << 20,
                                          max_message_bytes=config.max_message_size if config.max_message_size < 1 << 19 else 1 << 19))
@@ -81,7 +82,7 @@ def broker(tmp_path):
         topics = TopicConfigStore(store.fs, str(tmp_path / "config"))
         offsets = ConsumerOffsetStore(store.fs, str(tmp_path / "config"))
         agent, flush, watch, clock = RecordingAgent(), RecordingRef(), RecordingRef(), Clock()
-        ref = BrokerMaster.start(BrokerDeps(config, store, agent, topics, offsets, clock), flush, supervisor=watch)
+        ref = BrokerMaster.start(BrokerDeps(config, store, agent, topics, offsets, clock), flush, ha_ref, supervisor=watch)
         made.append(ref)
         return ref, agent, flush, watch, clock, store
 
@@ -263,3 +264,38 @@ def pykka_wait(cond, timeout=WAIT_S):
             return
         time.sleep(0.01)
     raise AssertionError("condition not reached")
+
+
+def slave_report(offset: int, broker_name: str = "broker-a", raw: bytes | None = None) -> Inbound:
+    """The report a slave sends straight after an append, addressed to the master's broker."""
+    body = proto.HAReport(1, broker_name, "127.0.0.1:10912", offset, None).to_dict()
+    header = Header(kind="tell", src="broker-a-1@127.0.0.1:10912", dst=proto.BROKER, type=proto.HA_REPORT)
+    return Inbound(header, raw if raw is not None else pack_body(body), b"slave", None)
+
+
+def test_sync_master_answers_a_send_when_the_slaves_report_reaches_its_broker_actor(broker):
+    ha = RecordingRef()
+    ref, agent, _, _, _, store = broker(ha_ref=ha, broker_role="SYNC_MASTER", broker_name="broker-a")
+    ref.tell(slave_report(0))  # the slave is connected and in step
+    cid = send(ref, bodies=(b"replicated",))
+    pykka_wait(lambda: store.commit_log.committed_offset > 0)
+    ref.ask(Ping())
+    assert not agent.has_reply(cid)  # waits for the slave
+    ref.tell(slave_report(store.commit_log.committed_offset))
+    header, body = agent.wait_reply(cid)
+    assert header.kind == "reply" and body["status"] == proto.SEND_OK
+    # The HA service still hears of every report (connection, liveness, transfer window).
+    forwarded = [m for m in ha.messages if isinstance(m, SlaveReport)]
+    assert [m.report.offset for m in forwarded] == [0, store.commit_log.committed_offset]
+
+
+def test_master_ignores_a_malformed_or_foreign_slave_report_and_keeps_serving(broker):
+    ha = RecordingRef()
+    ref, agent, *_ = broker(ha_ref=ha, broker_role="SYNC_MASTER", broker_name="broker-a")
+    ref.tell(slave_report(0, raw=b"\x93garbage"))
+    ref.tell(slave_report(0, broker_name="broker-b"))
+    ref.ask(Ping())
+    assert ref.proxy().stats.get()["bad_reports"] == 1
+    assert not [m for m in ha.messages if isinstance(m, SlaveReport)]
+    header, _ = agent.wait_reply(pull(ref))  # still answering requests
+    assert header.type == proto.PULL_MESSAGE

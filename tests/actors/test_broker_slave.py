@@ -111,7 +111,7 @@ def test_slave_reports_to_its_master_itself_as_soon_as_the_bytes_are_in_its_log(
         end = master.commit_log.committed_offset
         ref.tell(transfer(master, 0, end))
         endpoint, header, report = agent.wait_for(lambda i: len(i) == 3 and i[1].type == proto.HA_REPORT)
-        assert endpoint == "tcp://127.0.0.1:10911" and header.dst == proto.HA_SERVICE
+        assert endpoint == "tcp://127.0.0.1:10911" and header.dst == proto.BROKER  # the master's broker acts on it first
         assert report["offset"] == end and report["slave_id"] == 1
         assert (endpoint, header, report) in agent.own_items  # on the slave's own socket: no transport hop
         told = ha.wait_for(lambda m: isinstance(m, Appended) and m.offset == end)

@@ -8,7 +8,7 @@ import pytest
 
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.config import BrokerConfig
-from rmqz.actors.broker.ha_core import DataAvailable, HAWriters, SlaveAck, SlaveGone
+from rmqz.actors.broker.ha_core import DataAvailable, HAWriters, SlaveAck, SlaveGone, SlaveReport
 from rmqz.actors.broker.ha_read import ConnectionClosed
 from rmqz.actors.broker.ha_service import AttachBroker, HAService
 from rmqz.storage.message_store import MessageStore, StoreConfig
@@ -77,3 +77,14 @@ def test_closed_connection_leaves_the_master_no_write_half(service):
     assert broker.wait_for(lambda m: isinstance(m, SlaveGone)) == SlaveGone(1)
     assert broker.items.index(SlaveGone(1)) > max(i for i, m in enumerate(broker.items) if isinstance(m, HAWriters))
     assert [m for m in broker.items if isinstance(m, HAWriters)][-1].refs == ()
+
+
+def test_report_the_master_acted_on_keeps_the_connection_without_a_second_ack(service):
+    ref, store, agent, broker = service
+    ref.tell(SlaveReport(proto.HAReport(1, "broker-a", "127.0.0.1:10912", 0, None)))
+    writers = broker.wait_for(lambda m: isinstance(m, HAWriters) and m.refs)
+    assert len(writers.refs) == 1  # the connection is opened from it like from any report
+    agent.wait_for(lambda i: i[1].type == proto.HA_TRANSFER and i[2]["data"])  # and streams
+    ref.tell(report(0))  # a periodic report, addressed to the service: acked to the master
+    broker.wait_for(lambda m: isinstance(m, SlaveAck))
+    assert sum(isinstance(m, SlaveAck) for m in broker.items) == 1
