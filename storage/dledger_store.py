@@ -130,6 +130,11 @@ class DLedgerStore(QueueIndex):
             checked = rec.check_unplaced_records(records, MAX_RECORDS_PER_ENTRY)
         except rec.RecordError as exc:
             raise CorruptStoreError(self.reader.segment_path(at_offset), at_offset, f"entry record: {exc}") from exc
+        return self.index_checked(checked, at_offset, entry_end)
+
+    def index_checked(self, checked: list[tuple[str, int, int, int]], at_offset: int, entry_end: int) -> list[Indexed]:
+        """Index records already checked: (topic, queue id, size, tag hash) each, in order.
+        The leader passes what it checked when it built its own entry."""
         found: list[Indexed] = []
         pos = at_offset
         for (topic, queue_id), run in groupby(checked, key=lambda c: (c[0], c[1])):

@@ -114,3 +114,17 @@ def test_batches_survive_a_crash_and_recovery_rebuilds_their_queue(open_store, t
     res = reopened.get_messages(TOPIC, 2, 0, 100)
     assert [m.queue_offset for m in res.messages] == list(range(28))
     assert [m.body for m in res.messages] == [bytes([i]) * 100 for i in range(7)] * 4
+
+
+def test_what_a_dledger_leader_checked_at_send_is_what_its_entry_holds():
+    """A DLedger leader applies its own entry from what parse_batch found at send time
+    instead of checking every record again: the two must agree, record for record."""
+    from rmqz.actors.broker import dledger_entries as de
+
+    data = records(3, tags="red") + records(2, tags=None)
+    batch = parse(data, 5)
+    entry = de.encode_record_batch(batch, 6, 1_000)
+    item = de.decode(entry)
+    found = rec.check_unplaced_records(memoryview(entry)[item.records_at:], 100)
+    assert found == [(TOPIC, 6, size, tag) for size, tag in zip(batch.sizes, batch.tag_hashes)]
+    assert found[0][3] == rec.tag_hash("red") and found[4][3] == 0
