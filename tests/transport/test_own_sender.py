@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -28,6 +29,14 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
+def two_nodes(make_agent, recorder_cls):
+    """Agents A and B; B's actor "log" records what it is told."""
+    a, b = make_agent("A"), make_agent("B")
+    sink = recorder_cls()
+    b.register("log", sink)
+    return a, b, sink
+
+
 def run_in_thread(fn):
     """Run fn on a fresh thread (an actor's), return what it returned or raise what it raised."""
     out: dict = {}
@@ -47,20 +56,20 @@ def run_in_thread(fn):
 
 
 def test_own_sender_delivers_every_tell_in_order_from_before_the_connection_is_up(make_agent, recorder_cls):
-    a, b = make_agent("A"), make_agent("B")
-    sink = recorder_cls()
-    b.register("log", sink)
+    a, b, sink = two_nodes(make_agent, recorder_cls)
     sender = a.own_sender()
+
+    owner = ThreadPoolExecutor(1)  # one thread owns the sender, as an actor's would
 
     def send_all():
         for i in range(100):  # the first ones wait in libzmq for the connection, in order
             sender.send(b.endpoint, tell(i), f"body-{i}".encode())
-        stats = dict(sender.stats)
-        sender.close()
-        return stats
+        return dict(sender.stats)
 
-    stats = run_in_thread(send_all)
+    stats = owner.submit(send_all).result(10)
     got = [sink.get() for _ in range(100)]
+    owner.submit(sender.close).result(10)  # only now: closing drops frames not yet on the wire (LINGER 0)
+    owner.shutdown()
     assert [m.header.cid for m in got] == list(range(100))
     assert got[7].body == b"body-7" and got[7].reply_token is not None  # arrived on B's ROUTER
     assert stats["direct"] == 100
@@ -93,9 +102,7 @@ def test_own_sender_refuses_a_second_thread(make_agent):
 
 
 def test_own_sender_after_close_still_delivers_through_the_agent(make_agent, recorder_cls):
-    a, b = make_agent("A"), make_agent("B")
-    sink = recorder_cls()
-    b.register("log", sink)
+    a, b, sink = two_nodes(make_agent, recorder_cls)
     sender = a.own_sender()
 
     def close_twice_then_send():
@@ -111,9 +118,7 @@ def test_own_sender_after_close_still_delivers_through_the_agent(make_agent, rec
 def test_own_sender_drops_tells_on_a_blocked_link(make_agent, recorder_cls, tmp_path, monkeypatch):
     rules = tmp_path / "faults.json"
     monkeypatch.setenv(FAULTS_ENV, str(rules))
-    a, b = make_agent("A"), make_agent("B")
-    sink = recorder_cls()
-    b.register("log", sink)
+    a, b, sink = two_nodes(make_agent, recorder_cls)
     rules.write_text(json.dumps({"blocked": [[a.endpoint, b.endpoint]]}))
     sender = a.own_sender()
 
