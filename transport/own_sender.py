@@ -3,7 +3,8 @@
 An actor that sends through the TransportAgent pays a thread wake-up per message: its
 frames wait in the hand-off queue until the agent thread runs, takes the GIL and writes them.
 On the hot paths of replication that hop lies on every acknowledged send: a DLedger leader
-shipping entries and a follower acking them. The 2-core development VM measured 40 to 90 us
+shipping entries and a follower acking them, a master's HA write half shipping bytes and its
+slave reporting them. The 2-core development VM measured 40 to 90 us
 per hop. Here the actor writes the frames to a socket of its own, and ZeroMQ's I/O thread
 takes them from there, as it would from the agent's socket.
 
@@ -14,7 +15,9 @@ Rules that keep this safe:
   address) with two changes. Frames sent before the connection is up wait inside libzmq
   (no IMMEDIATE), so one socket keeps its frames in order from the first. The queue is short
   (OWN_SNDHWM): a peer that takes no more loses the newest frames, counted. Only messages
-  whose protocol tolerates loss and late delivery belong here: Raft's appends and acks do.
+  whose protocol tolerates loss and late delivery belong here. Raft's appends and acks do;
+  so do HA transfers (a slave takes only the offset it expects and reports where it is) and
+  a slave's reports (the master's window resends from what was reported).
 - The agent keeps its own peer sockets for everything else. Their connection monitors tell
   actors that a peer went down.
 - The chaos link faults apply here as they do in the agent.
