@@ -1,9 +1,10 @@
 """HAConnection read half (master side): takes one slave's offset reports.
 
-Each report is an acknowledgement: it moves the write half's window (HAService itself
-forwards it to the broker's GroupTransfer, for SYNC_MASTER sends). A slave silent for longer than the
-housekeeping interval is declared gone and its connection closed; it reconnects by reporting
-again.
+Each report is an acknowledgement: it moves the write half's window. The broker's
+GroupTransfer (SYNC_MASTER sends) hears of it without this actor: the report after an append
+reaches the broker first, a periodic one through HAService. A slave silent for longer than
+the housekeeping interval is declared gone and its connection closed; it reconnects by
+reporting again.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ come here and go on to the master as a SlaveAck.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,21 @@ from rmqz.transport.envelope import EnvelopeError, Inbound, unpack_body
 
 MAX_SLAVES = 16
 assert MAX_SLAVES >= 1
+
+
+def decode_report(inbound: Inbound, broker_name: str, count_bad: Callable[[], int]) -> proto.HAReport | None:
+    """The HAReport a slave's tell carries, or None: malformed (counted with count_bad, which
+    returns the new count, and logged at the 1st, 10th, 100th and 1000th) or from a slave of
+    another group. Used here and by the master's broker actor, which gets the report a slave
+    sends after each append."""
+    try:
+        report = proto.HAReport.from_dict(unpack_body(inbound.body, MAX_REPORT_BYTES))
+    except (EnvelopeError, proto.ProtocolError) as exc:
+        bad = count_bad()
+        if bad in (1, 10, 100, 1000):
+            logger.warning("bad HA report #{} from {}: {}", bad, inbound.header.src, exc)
+        return None
+    return report if report.broker_name == broker_name else None  # else: knocked on the wrong door
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,21 +115,18 @@ class HAService(RmqzActor):
             return self._on_fill(inbound)
         if inbound.header.type != proto.HA_REPORT:
             return
-        try:
-            report = proto.HAReport.from_dict(unpack_body(inbound.body, MAX_REPORT_BYTES))
-        except (EnvelopeError, proto.ProtocolError) as exc:
-            self.bad_reports += 1
-            if self.bad_reports in (1, 10, 100, 1000):
-                logger.warning("bad HA report #{} from {}: {}", self.bad_reports, inbound.header.src, exc)
-            return
-        self._on_report(report, ack_master=True)
+        report = decode_report(inbound, self.config.broker_name, self._count_bad_report)
+        if report is not None:
+            self._on_report(report, ack_master=True)
+
+    def _count_bad_report(self) -> int:
+        self.bad_reports += 1
+        return self.bad_reports
 
     def handle_SlaveReport(self, msg: SlaveReport) -> None:
         self._on_report(msg.report, ack_master=False)  # the master acted on it already
 
     def _on_report(self, report: proto.HAReport, ack_master: bool) -> None:
-        if report.broker_name != self.config.broker_name:
-            return  # a slave of another group knocked on the wrong door
         conn = self._connection(report)
         if conn is not None:
             conn.read_ref.tell(report)

@@ -15,7 +15,8 @@ from loguru import logger
 
 from rmqz.actors.base import tell_quietly
 from rmqz.actors.broker import ha_core, retry_core
-from rmqz.actors.broker.ha_core import MAX_REPORT_BYTES, DataAvailable, HAWriters, SlaveAck, SlaveGone, SlaveReport
+from rmqz.actors.broker.ha_core import DataAvailable, HAWriters, SlaveAck, SlaveGone, SlaveReport
+from rmqz.actors.broker.ha_service import decode_report
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.base import AgentReady, BrokerBase, BrokerDeps, PrepareStop, Refusal, ReplyTo
 from rmqz.actors.broker.flush import FlushFailed, Flushed, FlushRequest
@@ -24,7 +25,7 @@ from rmqz.storage.errors import StoreFailedError
 from rmqz.storage.metadata import PERM_WRITE, TopicConfig, SubscriptionGroupConfig
 from rmqz.storage.record import Message, StoredMessage
 from rmqz.storage.record_batch import parse_batch
-from rmqz.transport.envelope import EnvelopeError, Inbound, unpack_body
+from rmqz.transport.envelope import Inbound
 
 MAX_FLUSH_WAITERS = 100_000
 # A burst of sends is appended to the write buffer one by one but written (one pwrite),
@@ -275,18 +276,14 @@ class BrokerMaster(TailFill, BrokerBase):
             return super().on_tell(inbound)
         # A slave's report straight after its append: the ack SYNC_MASTER sends wait for,
         # acted on here first; the HA service then updates the connection.
-        try:
-            report = proto.HAReport.from_dict(unpack_body(inbound.body, MAX_REPORT_BYTES))
-        except (EnvelopeError, proto.ProtocolError) as exc:
-            self.stats["bad_reports"] += 1
-            if self.stats["bad_reports"] in (1, 10, 100, 1000):
-                logger.warning("broker {}: bad HA report #{} from {}: {}", self.node_id, self.stats["bad_reports"],
-                               inbound.header.src, exc)
-            return
-        if report.broker_name != self.config.broker_name:
-            return  # a slave of another group knocked on the wrong door
-        self.handle_SlaveAck(SlaveAck(report.slave_id, report.offset))
-        tell_quietly(self.ha_ref, SlaveReport(report))
+        report = decode_report(inbound, self.config.broker_name, self._count_bad_report)
+        if report is not None:
+            self.handle_SlaveAck(SlaveAck(report.slave_id, report.offset))
+            tell_quietly(self.ha_ref, SlaveReport(report))
+
+    def _count_bad_report(self) -> int:
+        self.stats["bad_reports"] += 1
+        return self.stats["bad_reports"]
 
     def handle_SlaveAck(self, msg: SlaveAck) -> None:
         self.fill_on_report(msg.slave_id, msg.offset)
