@@ -34,6 +34,8 @@ Behaviour (Raft paper + the etcd extensions):
   batches (max_msg_entries / max_msg_bytes), commit only by majority match of an entry of
   the leader's own term (Raft Figure 8), a no-op entry from each new leader, heartbeats
   carrying min(match, commit), leadership transfer via TimeoutNow.
+- Followers learn a new commit index from the next App or heartbeat, not from an App of
+  its own (DLedger's way; etcd broadcasts one at once): at most heartbeat_ticks late.
 - ``campaign()``: the crash fast path. When the driver learns the leader's connection
   closed it starts a pre-vote at once; every follower that saw it drops its lease and
   grants the others. Extension over etcd, to avoid a split vote when all survivors start
@@ -877,9 +879,12 @@ class RaftCore:
             pr.become_replicate()
         else:
             pr.free_le(msg.index)
-        if self._maybe_commit():
-            self._bcast_pending = True  # tell everyone the new commit index
-        elif was_paused:
+        # A new commit index is not broadcast on its own (etcd does; DLedger does not):
+        # it rides on the next App or the next heartbeat (every heartbeat_ticks). An empty
+        # App to each follower, and its ack, doubled the Raft messages of a sequential send
+        # and went out before the leader could apply and answer it.
+        self._maybe_commit()
+        if was_paused:
             self._send_append(src)
         while self._send_append(src, send_if_empty=False):
             pass

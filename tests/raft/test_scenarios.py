@@ -67,6 +67,7 @@ def test_leader_crash_new_leader_elected_and_committed_entries_survive(cluster):
     for d in written:
         c.propose("n1", d)
     c.settle()
+    c.tick(["n1"])  # the heartbeat carries the commit index to the followers
     assert all(data_of(c.nodes[i].applied) == written for i in c.ids)
 
     c.crash("n1")
@@ -75,6 +76,7 @@ def test_leader_crash_new_leader_elected_and_committed_entries_survive(cluster):
     assert new in ("n2", "n3") and c[new].term > 1
     c.propose(new, b"after")
     c.settle()
+    c.tick([new])
     for i in ("n2", "n3"):
         assert data_of(c.nodes[i].applied) == written + [b"after"]
 
@@ -84,6 +86,29 @@ def test_leader_crash_new_leader_elected_and_committed_entries_survive(cluster):
     assert c["n1"].role == FOLLOWER and c["n1"].leader == new
     assert data_of(c.nodes["n1"].applied) == written + [b"after"]
     assert c.nodes["n1"].log() == c.nodes[new].log()
+
+
+def test_followers_learn_a_new_commit_index_from_the_next_app_or_heartbeat(cluster):
+    c = cluster(3, seed=21)
+    c.elect("n1")
+    c.settle()
+    c.tick(["n1"])
+    c.delivered.clear()
+    c.propose("n1", b"one")
+    c.settle()
+    # Committed and applied on the leader; no App of its own went out to announce it.
+    assert data_of(c.nodes["n1"].applied) == [b"one"]
+    assert [len(m.entries) for m in c.delivered if m.type == APP] == [1, 1]
+    assert data_of(c.nodes["n2"].applied) == data_of(c.nodes["n3"].applied) == []
+    # The next App carries it ...
+    c.delivered.clear()
+    c.propose("n1", b"two")
+    c.deliver(lambda m: m.type == APP)
+    assert data_of(c.nodes["n2"].applied) == [b"one"]
+    # ... and a heartbeat carries the rest.
+    c.settle()
+    c.tick(["n1"])
+    assert data_of(c.nodes["n2"].applied) == data_of(c.nodes["n3"].applied) == [b"one", b"two"]
 
 
 def test_follower_far_behind_catches_up_in_bounded_batches(cluster):
@@ -132,6 +157,7 @@ def test_a_burst_of_proposals_goes_out_in_bounded_messages(cluster):
     apps = [m for m in c.in_flight if m.type == APP and m.dst == "n2"]
     assert [len(m.entries) for m in apps] == [2, 2, 2]  # 80 bytes each; 3 in flight
     c.settle()
+    c.tick(["n1"])
     assert len(c.nodes["n2"].applied) == 21
 
 
@@ -294,6 +320,7 @@ def test_leadership_transfer_hands_over_to_an_up_to_date_follower(cluster):
     assert any(m.type == VOTE and m.context == "transfer" for m in c.delivered)
     c.propose("n3", b"after")
     c.settle()
+    c.tick(["n3"])
     for i in c.ids:
         assert data_of(c.nodes[i].applied) == [f"m{i}".encode() for i in range(20)] + [b"after"]
 
