@@ -272,7 +272,7 @@ class BrokerDLedger(BrokerBase):
             self.store.advance(end)
             self.applied_index = entry.index
             self.stats["applied"] += 1
-        self.store.commit()
+        self.store.commit_if_due()
         self.synced_index = max(self.synced_index, msg.synced_index)
         self._points.append(AppliedPoint(self.applied_index, self.store.applied_end, dict(self.delay_offsets.table)))
 

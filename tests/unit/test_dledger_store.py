@@ -10,6 +10,8 @@ import pytest
 
 from rmqz.actors.broker import dledger_entries as de
 from rmqz.storage import record as rec
+from rmqz.storage import dledger_store
+from rmqz.storage.consume_queue import UNIT_BYTES
 from rmqz.storage.dledger_store import DLedgerStore
 from rmqz.storage.errors import CorruptStoreError, OffsetError
 from rmqz.storage.faulty_fs import FaultyFileSystem
@@ -41,12 +43,15 @@ class Node:
         self.log.commit()
         return index
 
-    def apply(self, index: int) -> list:
+    def apply(self, index: int, commit: bool = True) -> list:
         _, _, data = self.log.entry(index)
         item = de.decode(data)
         at = self.log.data_offset(index) + item.records_at
         found = self.store.index_records(memoryview(data)[item.records_at:], at, self.log.end_offset(index))
-        self.store.commit()
+        if commit:
+            self.store.commit()
+        else:
+            self.store.commit_if_due()  # what the broker does after each applied batch
         return found
 
 
@@ -72,6 +77,18 @@ def test_applied_records_are_pulled_from_the_raft_log_with_queue_offsets(node):
     assert [(m.body, m.queue_offset) for m in res.messages] == [(b"a", 0), (b"b", 1), (b"c", 2)]
     assert res.messages[0].tags == "t1" and res.messages[2].reconsume_times == 3
     assert node.store.max_offset("Orders", 1) == 1
+
+
+def test_applied_units_are_pulled_at_once_but_written_only_when_enough_gathered(node, monkeypatch):
+    monkeypatch.setattr(dledger_store, "COMMIT_EVERY_UNITS", 4)
+    node.apply(node.propose(batch("Orders", 0, b"a", b"b")), commit=False)
+    node.apply(node.propose(batch("Orders", 1, b"x")), commit=False)
+    assert [m.body for m in node.store.get_messages("Orders", 0, 0, 32).messages] == [b"a", b"b"]
+    files = [node.store.queues[("Orders", q)].files for q in (0, 1)]
+    assert [f.committed_offset for f in files] == [0, 0]  # in memory only: no pwrite per apply
+    node.apply(node.propose(batch("Orders", 0, b"c")), commit=False)  # the 4th unit
+    assert [f.committed_offset for f in files] == [3 * UNIT_BYTES, 1 * UNIT_BYTES]
+    assert [m.body for m in node.store.get_messages("Orders", 0, 0, 32).messages] == [b"a", b"b", b"c"]
 
 
 def test_an_entry_mixing_queues_gets_units_with_its_tags_and_positions_for_tag_filtered_pulls(node):
