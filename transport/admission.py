@@ -143,7 +143,7 @@ class Admission:
 
 
 def _inbox_size(target: object) -> int | None:
-    """Messages waiting in a pykka actor's inbox (ActorRef.actor_inbox is a queue.Queue);
+    """Messages waiting in a pykka actor's inbox (ActorRef.actor_inbox: a queue.SimpleQueue for RmqzActor);
     None for targets without one (tests' recorders, plain callables)."""
     inbox = getattr(target, "actor_inbox", None)
     qsize = getattr(inbox, "qsize", None)
