@@ -117,12 +117,16 @@ def leader(namesrv: str, timeout_s: float) -> dict:
     raise CliError("no leader became available")
 
 
-def wait_running(data_dir: Path, timeout_s: float) -> None:
+def wait_running(data_dir: Path, timeout_s: float, killed_pid: int | None = None) -> None:
+    """Until every node is running. With killed_pid: and no node still shows that pid. Right
+    after a kill, cluster.json may not show the death yet (the launcher notices it at its
+    next step); the next kill would then hit a group with a node still down (no quorum until
+    it is back: a multi-second outage the bench would blame on failover)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             state = json.loads((data_dir / "cluster" / "cluster.json").read_text())
-            if all(n["state"] == "running" for n in state["nodes"]):
+            if all(n["state"] == "running" and n["pid"] != killed_pid for n in state["nodes"]):
                 return
         except (OSError, ValueError, KeyError):
             pass
@@ -222,7 +226,7 @@ def _kill_loop(namesrv: str, data_dir: Path, kills: int, settle_s: float, out,
             times.append(t_ack - t_kill)
             out.print(f"kill {k + 1}/{kills}: leader {victim['address']} -> next SEND_OK after {times[-1]:.3f} s",
                       markup=False)
-            wait_running(data_dir, RECOVER_TIMEOUT_S)
+            wait_running(data_dir, RECOVER_TIMEOUT_S, killed_pid=victim["pid"])
             history.fault("leader-kill", "stop", nodes=[victim["address"]])
             time.sleep(settle_s)
     finally:
