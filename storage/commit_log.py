@@ -131,6 +131,21 @@ class CommitLog:
         self._guard(self.files.append, data)
         return metas
 
+    def append_whole_prefix(self, data: bytes, at_offset: int) -> tuple[int, list[rec.RecordMeta]]:
+        """Replication: append the leading whole entries of bytes copied from another log at
+        the same offset, each verified once (CRC, offsets, segment layout). Returns the bytes
+        taken and their records; a replica keeps the rest until more arrives. An invalid
+        entry: CorruptStoreError, and nothing is appended."""
+        self._check()
+        if at_offset != self.files.wrote_offset:
+            raise OffsetError(f"replicated bytes start at {at_offset}, log ends at {self.files.wrote_offset}")
+        metas, consumed, reason = self._parse(memoryview(data), at_offset, whole_fillers=True)
+        if reason is not None:
+            raise CorruptStoreError("replicated data", at_offset + consumed, reason)
+        if consumed:
+            self._guard(self.files.append, data if consumed == len(data) else memoryview(data)[:consumed])
+        return consumed, metas
+
     def commit(self) -> None:
         self._check()
         self._guard(self.files.commit)

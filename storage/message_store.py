@@ -206,14 +206,17 @@ class MessageStore(QueueIndex):
         self.dispatched_offset = self.commit_log.wrote_offset
         return first, positions
 
-    def append_replicated(self, data: bytes, at_offset: int, *, dispatch: bool = True) -> list[rec.RecordMeta]:
-        """A slave appends bytes copied from its master (whole entries, verified). With
-        dispatch=False the caller indexes them later (store.dispatch): a slave acknowledges
-        its master as soon as the bytes are in its log, then builds consume queues."""
-        metas = self.commit_log.append_raw(data, at_offset)
-        if dispatch:
+    def append_replicated(self, data: bytes, at_offset: int, *,
+                          dispatch: bool = True) -> tuple[int, list[rec.RecordMeta]]:
+        """A slave appends the whole entries at the front of bytes copied from its master,
+        verified once; returns the bytes taken and their records (it keeps the rest until
+        more arrives). With dispatch=False the caller indexes them later (store.dispatch): a
+        slave acknowledges its master as soon as the bytes are in its log, then builds
+        consume queues."""
+        consumed, metas = self.commit_log.append_whole_prefix(data, at_offset)
+        if dispatch and consumed:
             self.dispatch(self.commit_log.wrote_offset, metas)
-        return metas
+        return consumed, metas
 
     def dispatch(self, up_to: int, metas: list[rec.RecordMeta] | None = None) -> int:
         """Index records in [dispatched_offset, up_to) into consume queues (RocketMQ's

@@ -58,12 +58,11 @@ class TailFill:
         log = self.store.commit_log
         if not self.filling or fill.offset != log.wrote_offset or not fill.data:
             return  # a duplicate or stale answer: the next report asks again from our end
-        whole = log.complete_prefix(fill.data, fill.offset)
+        whole, metas = self.store.append_replicated(fill.data, fill.offset)
         if whole == 0:  # a record larger than one fill: writes open at the deadline instead
             logger.warning("broker {}: a fill at {} from slave {} holds no whole record; ignored",
                            self.node_id, fill.offset, fill.slave_id)
             return
-        metas = self.store.append_replicated(fill.data[:whole], fill.offset)
         self.store.commit()
         self.stats["tail_filled_bytes"] += whole
         for key in {(m.topic, m.queue_id) for m in metas}:

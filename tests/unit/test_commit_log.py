@@ -107,6 +107,42 @@ def test_replicated_garbage_is_refused_whole(tmp_path):
     assert slave.wrote_offset == 0
 
 
+def test_a_replica_appends_the_whole_entries_at_the_front_in_one_verified_pass(tmp_path, monkeypatch):
+    master, slave = new_log(tmp_path, name="m"), new_log(tmp_path, name="s")
+    master.append(msgs(25), 1)
+    parsed = []
+    real_parse = CommitLog._parse
+    monkeypatch.setattr(CommitLog, "_parse", lambda self, view, base, whole_fillers:
+                        parsed.append(base) or real_parse(self, view, base, whole_fillers))
+    received, pos, calls = b"", 0, 0
+    while slave.wrote_offset < master.wrote_offset:
+        chunk = master.read_raw(pos, 1000)  # arbitrary cuts, as a network delivers them
+        pos += len(chunk)
+        received += chunk
+        start = slave.wrote_offset
+        taken, metas = slave.append_whole_prefix(received, start)
+        calls += 1
+        assert slave.wrote_offset == start + taken
+        assert all(start <= m.physical_offset and m.physical_offset + m.size <= start + taken for m in metas)
+        received = received[taken:]
+    monkeypatch.undo()
+    assert len(parsed) == calls  # one verification pass per delivery, not one to look and one to append
+    assert slave.read_raw(0, 1 << 20) == master.read_raw(0, 1 << 20)
+    assert [m.queue_offset for m in slave.iter_metas(0)] == list(range(25))
+
+
+def test_a_replicated_range_with_a_bad_entry_appends_nothing(tmp_path):
+    master, slave = new_log(tmp_path, name="m"), new_log(tmp_path, name="s")
+    master.append(msgs(3), 1)
+    data = bytearray(master.read_raw(0, 1 << 20))
+    data[-3] ^= 0xFF  # the last entry is damaged; the two before it are fine
+    with pytest.raises(CorruptStoreError):
+        slave.append_whole_prefix(bytes(data), 0)
+    assert slave.wrote_offset == 0
+    with pytest.raises(OffsetError):
+        slave.append_whole_prefix(bytes(data), 100)
+
+
 def test_oversized_and_invalid_messages_leave_no_trace(tmp_path):
     log = new_log(tmp_path)
     with pytest.raises(MessageTooLargeError):
