@@ -119,18 +119,6 @@ class CommitLog:
             raise MessageTooLargeError(f"record of {size} bytes does not fit a {self.segment_bytes}-byte segment")
         return topic_b, props_b, size
 
-    def append_raw(self, data: bytes, at_offset: int) -> list[rec.RecordMeta]:
-        """Replication: append bytes copied from another log at the same offset. Every entry is
-        verified first (CRC, offsets, segment layout); a bad range is refused whole."""
-        self._check()
-        if at_offset != self.files.wrote_offset:
-            raise OffsetError(f"replicated bytes start at {at_offset}, log ends at {self.files.wrote_offset}")
-        metas, consumed, reason = self._parse(memoryview(data), at_offset, whole_fillers=True)
-        if reason is not None or consumed != len(data):
-            raise CorruptStoreError("replicated data", at_offset + consumed, reason or "partial entry at the end")
-        self._guard(self.files.append, data)
-        return metas
-
     def append_whole_prefix(self, data: bytes, at_offset: int) -> tuple[int, list[rec.RecordMeta]]:
         """Replication: append the leading whole entries of bytes copied from another log at
         the same offset, each verified once (CRC, offsets, segment layout). Returns the bytes
@@ -261,14 +249,6 @@ class CommitLog:
             return self.last_record_before(seg_start) if seg_start > self.files.min_offset else None
         found = self.record_crc_at(last)
         return (last, found[1]) if found else None
-
-    def complete_prefix(self, data: bytes, at_offset: int) -> int:
-        """How many leading bytes of replicated data form whole, valid entries (a replica
-        keeps the rest until more arrives). CorruptStoreError if an entry is invalid."""
-        _, consumed, reason = self._parse(memoryview(data), at_offset, whole_fillers=True)
-        if reason is not None:
-            raise CorruptStoreError("replicated data", at_offset + consumed, reason)
-        return consumed
 
     def iter_metas(self, start: int, end: int | None = None) -> Iterator[rec.RecordMeta]:
         """Metadata of the verified records in [start, end), skipping fillers."""
