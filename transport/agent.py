@@ -672,15 +672,18 @@ class TransportAgent:
         logger.info("transport agent {} connecting to peer {}", self.node_id, endpoint)
         return peer
 
-    def _configure_peer_socket(self, sock: zmq.Socket, endpoint: str, immediate: bool = True) -> None:
-        """Options, CURVE keys and connect of a DEALER to another node (any thread's). An
-        OwnSender sets its own queue bounds first and asks for immediate=False."""
+    def _configure_peer_socket(self, sock: zmq.Socket, endpoint: str, immediate: bool = True,
+                               hwm: tuple[int, int] | None = None) -> None:
+        """Options, CURVE keys and connect of a DEALER to another node (any thread's).
+        hwm: (send, receive) queue bounds, default the agent's. An OwnSender passes its own
+        and immediate=False."""
         identity = f"{self.node_id}>{uuid.uuid4().hex[:12]}".encode()
-        queue_bounds = ((zmq.SNDHWM, self._hwm), (zmq.RCVHWM, self._hwm)) if immediate else ()
+        snd_hwm, rcv_hwm = hwm or (self._hwm, self._hwm)
         for option, value in (
             (zmq.IDENTITY, identity),  # unique: a restarted node must not clash
             (zmq.LINGER, 0),
-            *queue_bounds,
+            (zmq.SNDHWM, snd_hwm),
+            (zmq.RCVHWM, rcv_hwm),
             (zmq.MAXMSGSIZE, self._max_frame_bytes),
             (zmq.RECONNECT_IVL, RECONNECT_IVL_MS),
             (zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS),

@@ -111,9 +111,7 @@ class OwnSender:
             return None
         sock = _shared_context().socket(zmq.DEALER)
         try:
-            sock.setsockopt(zmq.SNDHWM, OWN_SNDHWM)
-            sock.setsockopt(zmq.RCVHWM, OWN_RCVHWM)
-            self._configure(sock, endpoint, immediate=False)
+            self._configure(sock, endpoint, immediate=False, hwm=(OWN_SNDHWM, OWN_RCVHWM))
         except zmq.ZMQError:
             sock.close(linger=0)
             return None  # the agent's path reports a bad endpoint
