@@ -1,13 +1,16 @@
 """HAClient (slave side): the slave's end of replication (RocketMQ's HAClient).
 
-It reports the slave's max offset to the master — at once after every append (that report
-is the acknowledgement SYNC_MASTER waits for) and every heartbeat interval otherwise — and
-hands the bytes the master streams to the BrokerSlave, which owns the store. The transport's
-DEALER reconnects by itself; a master silent past the housekeeping interval is logged once.
+It reports the slave's max offset to the master every heartbeat interval while the
+BrokerSlave sends none (the slave's broker reports at once after every append: the
+acknowledgement SYNC_MASTER waits for), and keeps watch on the master: its heartbeats come
+here, while the bytes it streams go straight to the BrokerSlave, which owns the store. The
+transport's DEALER reconnects by itself; a master silent for three heartbeats is logged once
+and the slave looks for its group's master.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +68,19 @@ def send_report(sender: Any, node_id: str, config: BrokerConfig, master: str, of
     return True
 
 
+def decode_transfer(inbound: Inbound, node_id: str, count_bad: Callable[[], int]) -> proto.HATransfer | None:
+    """The HATransfer a master's tell carries, or None when malformed (counted with
+    count_bad, which returns the new count, and logged at the 1st, 10th, 100th and 1000th).
+    Used by the HAClient (heartbeats) and the slave's broker actor (bytes)."""
+    try:
+        return proto.HATransfer.from_dict(unpack_body(inbound.body, proto.MAX_HA_DATA_BYTES + 4096))
+    except (EnvelopeError, proto.ProtocolError) as exc:
+        bad = count_bad()
+        if bad in (1, 10, 100, 1000):
+            logger.warning("slave {}: bad HA transfer #{} from {}: {}", node_id, bad, inbound.header.src, exc)
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class ReplicaData:
     """HAClient -> BrokerSlave: a transfer from the master, decoded."""
@@ -88,6 +104,7 @@ class HAClient(RmqzActor):
         self.last_heard_ms = clock_ms()
         self.last_report_ms = 0
         self.master_silent = False
+        self.bad_transfers = 0
         self.node_id = f"{config.broker_name}-{config.broker_id}@{config.address}"
 
     def handle_MasterAddress(self, msg: MasterAddress) -> None:
@@ -107,10 +124,8 @@ class HAClient(RmqzActor):
     def handle_Inbound(self, inbound: Inbound) -> None:
         if inbound.header.type != proto.HA_TRANSFER:
             return
-        try:
-            transfer = proto.HATransfer.from_dict(unpack_body(inbound.body, proto.MAX_HA_DATA_BYTES + 4096))
-        except (EnvelopeError, proto.ProtocolError) as exc:
-            logger.warning("slave {}: bad HA transfer from {}: {}", self.node_id, inbound.header.src, exc)
+        transfer = decode_transfer(inbound, self.node_id, self._count_bad)
+        if transfer is None:
             return
         self.last_heard_ms = self.clock_ms()
         if self.master_silent:
@@ -119,6 +134,10 @@ class HAClient(RmqzActor):
         if transfer.send_back_from is not None:
             return self._send_back(transfer.send_back_from)
         tell_quietly(self.slave_ref, ReplicaData(transfer))
+
+    def _count_bad(self) -> int:
+        self.bad_transfers += 1
+        return self.bad_transfers
 
     def _send_back(self, offset: int) -> None:
         """The master came back behind us: what we hold past its end is acknowledged data

@@ -41,17 +41,26 @@ class SlaveAck:
 class SlaveReport:
     """Master -> HA service: a slave's report that reached the master's broker actor first
     (the one a slave sends straight after an append) and was acted on there. The service
-    keeps the connection, its read half's liveness and its write half's window."""
+    keeps the connection and its read half's liveness; the write half's window too, unless
+    `window_acked`: the broker told the write half itself. The broker passes one on at once
+    for a slave it knows no write half (or another address) for, else at most once per
+    heartbeat interval: per append, two thread wake-ups fewer."""
 
     report: Any  # proto.HAReport
+    window_acked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class HAWriters:
-    """HA service -> master: the write halves of the connected slaves. The master tells them
-    of new bytes itself: one thread hop less between an append and the slave."""
+    """HA service -> master: the write halves of the connected slaves, as (slave id, address,
+    ref). The master tells them of new bytes and of the slave's acks itself: thread hops
+    fewer between an append and the slave, and between the slave's ack and the next send."""
 
-    refs: tuple
+    writers: tuple[tuple[int, str, Any], ...]
+
+    @property
+    def refs(self) -> tuple:
+        return tuple(ref for _, _, ref in self.writers)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,9 @@
 """HAConnection read half (master side): takes one slave's offset reports.
 
-Each report is an acknowledgement: it moves the write half's window. The broker's
-GroupTransfer (SYNC_MASTER sends) hears of it without this actor: the report after an append
-reaches the broker first, a periodic one through HAService. A slave silent for longer than
+A periodic report (through HAService) is an acknowledgement: it moves the write half's
+window. The report a slave sends after each append reaches the master's broker instead, which
+releases its SYNC_MASTER sends and acks the write half itself; this actor hears of those at
+most once per heartbeat interval (`Heard`), for liveness only. A slave silent for longer than
 the housekeeping interval is declared gone and its connection closed; it reconnects by
 reporting again.
 """
@@ -25,6 +26,13 @@ class ConnectionClosed:
     slave_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """A report the master's broker already passed to the write half: liveness only."""
+
+    offset: int
+
+
 class HAReadHalf(RmqzActor):
     def __init__(self, slave_id: int, write_ref: Any, service_ref: Any, silence_ms: int,
                  clock_ms: Any, *, name: str = "ha-read", supervisor: Any = None) -> None:
@@ -42,6 +50,10 @@ class HAReadHalf(RmqzActor):
         self.last_heard_ms = self.clock_ms()
         self.acked_offset = report.offset
         self.write_ref.tell(Ack(report.offset, report.last_record))
+
+    def handle_Heard(self, msg: Heard) -> None:
+        self.last_heard_ms = self.clock_ms()
+        self.acked_offset = msg.offset
 
     def handle_Tick(self, _tick: Tick) -> None:
         if not self.closed and self.clock_ms() - self.last_heard_ms > self.silence_ms:

@@ -19,7 +19,7 @@ from rmqz.actors.base import ChildExited, ChildFailed, RmqzActor, tell_quietly
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.config import BrokerConfig
 from rmqz.actors.broker.ha_core import MAX_REPORT_BYTES, HAWriters, SlaveAck, SlaveGone, SlaveReport
-from rmqz.actors.broker.ha_read import ConnectionClosed, HAReadHalf
+from rmqz.actors.broker.ha_read import ConnectionClosed, HAReadHalf, Heard
 from rmqz.actors.broker.ha_write import HAWriteHalf
 from rmqz.actors.ticker import Tick
 from rmqz.transport.envelope import EnvelopeError, Inbound, unpack_body
@@ -124,12 +124,15 @@ class HAService(RmqzActor):
         return self.bad_reports
 
     def handle_SlaveReport(self, msg: SlaveReport) -> None:
-        self._on_report(msg.report, ack_master=False)  # the master acted on it already
+        # The master acted on it already; it may have acked the write half too.
+        self._on_report(msg.report, ack_master=False, window_acked=msg.window_acked)
 
-    def _on_report(self, report: proto.HAReport, ack_master: bool) -> None:
+    def _on_report(self, report: proto.HAReport, ack_master: bool, window_acked: bool = False) -> None:
+        known = self.conns.get(report.slave_id)
+        fresh = known is None or known.address != report.address  # its write half has heard nothing yet
         conn = self._connection(report)
         if conn is not None:
-            conn.read_ref.tell(report)
+            conn.read_ref.tell(Heard(report.offset) if window_acked and not fresh else report)
             if ack_master:  # straight to the master, not through the read half
                 tell_quietly(self.broker_ref, SlaveAck(report.slave_id, report.offset))
 
@@ -193,7 +196,8 @@ class HAService(RmqzActor):
         logger.info("slave {} connection closed", slave_id)
 
     def _tell_writers(self) -> None:
-        tell_quietly(self.broker_ref, HAWriters(tuple(c.write_ref for c in self.conns.values())))
+        writers = tuple((sid, c.address, c.write_ref) for sid, c in self.conns.items())
+        tell_quietly(self.broker_ref, HAWriters(writers))
 
     def handle_Tick(self, tick: Tick) -> None:
         for conn in list(self.conns.values()):

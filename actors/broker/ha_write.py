@@ -9,7 +9,8 @@ the master buffering unbounded data. Reads use CommitLog.read_committed, which i
 this thread. Transfers leave on this actor's own socket (transport/own_sender.py): one thread
 hop less on every SYNC_MASTER send, and one socket keeps them in order. A transfer lost or
 delivered late costs nothing: the slave takes only the offset it expects and reports where
-it is, and the window resends.
+it is, and the window resends. Bytes go to the slave's broker actor, heartbeats (every
+interval, also while streaming) to its HAClient.
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ class Ack:
     last_record: tuple[int, int] | None
 
 
+def transfer_target(transfer: proto.HATransfer) -> str:
+    """Bytes and cuts go straight to the slave's broker, which owns its log (one thread hop
+    less before the ack a SYNC_MASTER send waits on); heartbeats and requests for the
+    slave's bytes go to its HAClient."""
+    if transfer.data or transfer.diverged_at is not None:
+        return proto.BROKER
+    return proto.HA_CLIENT
+
+
 class HAWriteHalf(RmqzActor):
     def __init__(self, slave_id: int, slave_address: str, commit_log: Any, agent: Any, node_id: str,
                  batch_bytes: int, heartbeat_ms: int, clock_ms: Any, *, filling: bool = False,
@@ -52,7 +62,7 @@ class HAWriteHalf(RmqzActor):
         self.clock_ms = clock_ms
         self.window: TransferWindow | None = None  # None until the slave's log is verified
         self.available = 0
-        self.last_sent_ms = 0
+        self.last_heartbeat_ms = 0
         self.last_progress_ms = clock_ms()
         self.own_sender: Any = None  # every transfer leaves on this half's own socket, in order
 
@@ -125,14 +135,16 @@ class HAWriteHalf(RmqzActor):
                         now - self.last_progress_ms, self.window.acked_offset)
             self.window.rewind()
             self.last_progress_ms = now
-        if now - self.last_sent_ms >= self.heartbeat_ms:
+        if now - self.last_heartbeat_ms >= self.heartbeat_ms:
+            # Every interval, streaming or not: data goes to the slave's broker, so this is
+            # all its HAClient hears of us (it looks for a new master after a silence).
+            self.last_heartbeat_ms = now
             offset = self.window.sent_offset if self.window else 0
             self._send(proto.HATransfer(offset, b"", max(self.available, self.log.committed_offset)))
         self._pump()
 
     def _send(self, transfer: proto.HATransfer) -> None:
-        self.last_sent_ms = self.clock_ms()
-        header = Header(kind="tell", src=self.node_id, dst=proto.HA_CLIENT, type=proto.HA_TRANSFER)
+        header = Header(kind="tell", src=self.node_id, dst=transfer_target(transfer), type=proto.HA_TRANSFER)
         try:
             self.own_sender.send(self.endpoint, header, pack_body(transfer.to_dict()))
         except Exception as exc:  # transport full/closed: the next ack or tick retries

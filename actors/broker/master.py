@@ -17,6 +17,7 @@ from rmqz.actors.base import tell_quietly
 from rmqz.actors.broker import ha_core, retry_core
 from rmqz.actors.broker.ha_core import DataAvailable, HAWriters, SlaveAck, SlaveGone, SlaveReport
 from rmqz.actors.broker.ha_service import decode_report
+from rmqz.actors.broker.ha_write import Ack
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.base import AgentReady, BrokerBase, BrokerDeps, PrepareStop, Refusal, ReplyTo
 from rmqz.actors.broker.flush import FlushFailed, Flushed, FlushRequest
@@ -71,6 +72,8 @@ class BrokerMaster(TailFill, BrokerBase):
         self._burst: list[tuple[ReplyTo, dict]] = []  # appended, not yet written nor answered
         self._burst_queues: set[tuple[str, int]] = set()
         self.ha_writers: tuple = ()  # write halves of the connected slaves (from HAService)
+        self.ha_writer_of: dict[int, tuple[str, Any]] = {}  # slave id -> (address, write half)
+        self._report_passed_ms: dict[int, int] = {}  # slave id -> when a report last went on to HAService
 
     def before_stop(self) -> None:
         self._end_burst()
@@ -279,7 +282,23 @@ class BrokerMaster(TailFill, BrokerBase):
         report = decode_report(inbound, self.config.broker_name, self._count_bad_report)
         if report is not None:
             self.handle_SlaveAck(SlaveAck(report.slave_id, report.offset))
+            self._pass_report_on(report)
+
+    def _pass_report_on(self, report: proto.HAReport) -> None:
+        """The write half's window moves on the ack at once, told from here. HAService (the
+        connection, its liveness) hears of it at once only when it does not know this slave
+        at this address yet; else once per heartbeat interval, as it would from the slave's
+        periodic reports."""
+        known = self.ha_writer_of.get(report.slave_id)
+        if known is None or known[0] != report.address:
+            self._report_passed_ms[report.slave_id] = self.clock_ms()
             tell_quietly(self.ha_ref, SlaveReport(report))
+            return
+        tell_quietly(known[1], Ack(report.offset, report.last_record))
+        now = self.clock_ms()
+        if now - self._report_passed_ms.get(report.slave_id, -1 << 62) >= self.config.ha_send_heartbeat_interval_ms:
+            self._report_passed_ms[report.slave_id] = now
+            tell_quietly(self.ha_ref, SlaveReport(report, window_acked=True))
 
     def _count_bad_report(self) -> int:
         self.stats["bad_reports"] += 1
@@ -299,6 +318,7 @@ class BrokerMaster(TailFill, BrokerBase):
 
     def handle_HAWriters(self, msg: HAWriters) -> None:
         self.ha_writers = msg.refs
+        self.ha_writer_of = {sid: (address, ref) for sid, address, ref in msg.writers}
 
     def handle_SlaveGone(self, msg: SlaveGone) -> None:
         self.group.disconnect(msg.slave_id)

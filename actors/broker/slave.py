@@ -13,7 +13,8 @@ from loguru import logger
 from rmqz.actors.base import tell_quietly
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.base import BrokerBase, BrokerDeps
-from rmqz.actors.broker.ha_client import Appended, MasterAddress, MasterSilent, ReplicaData, send_report
+from rmqz.actors.broker.ha_client import (Appended, MasterAddress, MasterSilent, ReplicaData, decode_transfer,
+                                          send_report)
 from rmqz.storage.errors import CorruptStoreError
 from rmqz.transport.envelope import EnvelopeError, Inbound, unpack_body
 
@@ -41,7 +42,9 @@ class BrokerSlave(BrokerBase):
         self.looking_for_master = False  # our master went silent: ask the NameServers every second
         self.topic_unknown = False  # records of a topic without config arrived since the last copy
         self.report_sender: Any = None
-        self.stats.update({"replicated_bytes": 0, "out_of_order": 0, "truncations": 0})
+        self._appended_told_ms = -1 << 62  # when the HAClient last heard our log's end
+        self._appended_untold: Appended | None = None  # a newer end it has not heard yet
+        self.stats.update({"replicated_bytes": 0, "out_of_order": 0, "truncations": 0, "bad_transfers": 0})
         self.handlers[proto.PROMOTE] = self._on_promote
 
     def role_name(self) -> str:
@@ -63,6 +66,19 @@ class BrokerSlave(BrokerBase):
         self.ha_client = msg.ref
 
     # ---- replication ---------------------------------------------------------------------
+
+    def on_tell(self, inbound: Inbound) -> None:
+        """The master streams bytes straight here (heartbeats go to the HAClient)."""
+        if inbound.header.type != proto.HA_TRANSFER:
+            return super().on_tell(inbound)
+        transfer = decode_transfer(inbound, self.node_id, self._count_bad_transfer)
+        if transfer is not None:
+            self.handle_ReplicaData(ReplicaData(transfer))
+        return None
+
+    def _count_bad_transfer(self) -> int:
+        self.stats["bad_transfers"] += 1
+        return self.stats["bad_transfers"]
 
     def handle_ReplicaData(self, msg: ReplicaData) -> None:
         t = msg.transfer
@@ -119,7 +135,20 @@ class BrokerSlave(BrokerBase):
         master = self.master_addr
         reported = master is not None and send_report(self.report_sender, self.node_id, self.config, master,
                                                       log.wrote_offset, last, dst=proto.BROKER)
-        tell_quietly(self.ha_client, Appended(log.wrote_offset, last, reported))
+        self._tell_appended(Appended(log.wrote_offset, last, reported))
+
+    def _tell_appended(self, msg: Appended) -> None:
+        """The HAClient reports for us when we did not. While we do, it hears our log's end
+        only every quarter heartbeat (and at the next tick after the last append): enough
+        that its periodic report never goes out with an old end, which would make the
+        master resend from there; one thread wake-up fewer per append."""
+        now = self.clock_ms()
+        if msg.reported and now - self._appended_told_ms < self.config.ha_send_heartbeat_interval_ms // 4:
+            self._appended_untold = msg
+            return
+        self._appended_told_ms = now
+        self._appended_untold = None
+        tell_quietly(self.ha_client, msg)
 
     def _cut_to(self, offset: int) -> None:
         log = self.store.commit_log
@@ -165,6 +194,9 @@ class BrokerSlave(BrokerBase):
             self.looking_for_master = True
 
     def on_tick(self, now_ms: int) -> None:
+        if self._appended_untold is not None:
+            self._appended_told_ms = -1 << 62
+            self._tell_appended(self._appended_untold)
         if (self.master_addr is None or self.looking_for_master) and self.due("find_master", now_ms, FIND_MASTER_INTERVAL_MS):
             self._register_all()  # the NameServer answers with the master's address once it knows it
         if self.due("flush", now_ms, self.config.flush_interval_commit_log_ms):

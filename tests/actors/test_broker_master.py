@@ -12,7 +12,8 @@ from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.config import BrokerConfig
 from rmqz.actors.broker.flush import FlushFailed, Flushed, FlushRequest
 from rmqz.actors.broker.base import AgentReady, BrokerDeps
-from rmqz.actors.broker.ha_core import SlaveReport
+from rmqz.actors.broker.ha_core import HAWriters, SlaveReport
+from rmqz.actors.broker.ha_write import Ack
 from rmqz.actors.broker.master import BrokerMaster
 from rmqz.actors.ticker import Tick
 from rmqz.storage.message_store import MessageStore, StoreConfig
@@ -266,9 +267,10 @@ def pykka_wait(cond, timeout=WAIT_S):
     raise AssertionError("condition not reached")
 
 
-def slave_report(offset: int, broker_name: str = "broker-a", raw: bytes | None = None) -> Inbound:
+def slave_report(offset: int, broker_name: str = "broker-a", raw: bytes | None = None,
+                 address: str = "127.0.0.1:10912") -> Inbound:
     """The report a slave sends straight after an append, addressed to the master's broker."""
-    body = proto.HAReport(1, broker_name, "127.0.0.1:10912", offset, None).to_dict()
+    body = proto.HAReport(1, broker_name, address, offset, None).to_dict()
     header = Header(kind="tell", src="broker-a-1@127.0.0.1:10912", dst=proto.BROKER, type=proto.HA_REPORT)
     return Inbound(header, raw if raw is not None else pack_body(body), b"slave", None)
 
@@ -299,3 +301,26 @@ def test_master_ignores_a_malformed_or_foreign_slave_report_and_keeps_serving(br
     assert not [m for m in ha.messages if isinstance(m, SlaveReport)]
     header, _ = agent.wait_reply(pull(ref))  # still answering requests
     assert header.type == proto.PULL_MESSAGE
+
+
+def test_master_acks_a_known_slaves_write_half_itself_and_tells_the_ha_service_once_per_heartbeat(broker):
+    """Per append, the slave's report moves the write half's window from the broker actor:
+    no hop through the HA service and the read half. They hear of it (liveness) once per
+    heartbeat interval, and at once from a slave at an address they do not know."""
+    ha, writer = RecordingRef(), RecordingRef()
+    ref, _, _, _, clock, _ = broker(ha_ref=ha, broker_role="SYNC_MASTER", broker_name="broker-a",
+                                    ha_send_heartbeat_interval_ms=1_000)
+    ref.tell(HAWriters(((1, "127.0.0.1:10912", writer),)))
+    for offset in (100, 200, 300):
+        ref.tell(slave_report(offset))
+    ref.ask(Ping())
+    assert [m for m in writer.messages] == [Ack(100, None), Ack(200, None), Ack(300, None)]
+    passed = [m for m in ha.messages if isinstance(m, SlaveReport)]
+    assert [(m.report.offset, m.window_acked) for m in passed] == [(100, True)]
+    clock.now_ms += 1_000
+    ref.tell(slave_report(400))
+    ref.tell(slave_report(500, address="127.0.0.1:20912"))  # restarted elsewhere: a new connection
+    ref.ask(Ping())
+    passed = [m for m in ha.messages if isinstance(m, SlaveReport)]
+    assert [(m.report.offset, m.window_acked) for m in passed] == [(100, True), (400, True), (500, False)]
+    assert writer.messages[-1] == Ack(400, None)  # the old connection's write half is not told

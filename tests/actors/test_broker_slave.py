@@ -161,3 +161,48 @@ def test_slave_asks_its_master_for_a_new_topics_config_at_its_first_record(tmp_p
         assert len(metadata_requests()) == 2
     finally:
         next(gen, None)
+
+
+def wire_transfer(master, start, length, raw=None) -> Inbound:
+    """A transfer as the master's write half sends it: a tell to the slave's broker actor."""
+    data = master.commit_log.read_committed(start, length)
+    body = proto.HATransfer(start, data, master.commit_log.committed_offset).to_dict()
+    header = Header(kind="tell", src="broker-a-0@127.0.0.1:10911", dst=proto.BROKER, type=proto.HA_TRANSFER)
+    return Inbound(header, raw if raw is not None else pack_body(body), b"m", None)
+
+
+def test_slave_broker_takes_the_masters_bytes_off_the_wire_and_survives_a_malformed_transfer(slave):
+    ref, master, store, _, ha = slave
+    end = master.commit_log.committed_offset
+    ref.tell(wire_transfer(master, 0, end, raw=b"\x93garbage"))
+    ref.tell(wire_transfer(master, 0, end))
+    ha.wait_for(lambda m: isinstance(m, Appended) and m.offset == end)
+    assert store.commit_log.read_raw(0, end) == master.commit_log.read_raw(0, end)
+    assert ref.proxy().stats.get()["bad_transfers"] == 1
+
+
+def test_reporting_slave_tells_its_haclient_its_end_once_per_quarter_heartbeat_and_the_last_at_the_tick(tmp_path):
+    """While the slave reports each append itself, its HAClient needs the log's end only to
+    keep its own periodic report from carrying an old one: a tell per quarter heartbeat, and
+    the newest at the next tick after appends stop."""
+    now = [0]
+    config = BrokerConfig(broker_id=1, broker_role="SLAVE", listen_port=10912, ha_master_address="127.0.0.1:10911",
+                          ha_send_heartbeat_interval_ms=1_000)
+    gen = start_slave(tmp_path, config, clock_ms=lambda: now[0])
+    ref, master, store, agent, ha = next(gen)
+    try:
+        end = master.commit_log.committed_offset
+        steps = [0, end // 3, 2 * end // 3, end]
+        for start, stop in zip(steps, steps[1:]):
+            ref.tell(wire_transfer(master, start, stop - start))
+        ref.ask(Ping())
+        reports = [i for i in agent.items if len(i) == 3 and i[1].type == proto.HA_REPORT]
+        told = [m for m in ha.items if isinstance(m, Appended)]
+        assert reports and reports[-1][2]["offset"] == end  # every append reported to the master at once
+        assert len(told) == 1 and told[0].offset < end  # the HAClient: only the first, so far
+        now[0] = 100
+        ref.tell(Tick(now[0]))
+        last = ha.wait_for(lambda m: isinstance(m, Appended) and m.offset == end)
+        assert last.reported and last.last_record is not None
+    finally:
+        next(gen, None)

@@ -11,6 +11,7 @@ from rmqz.actors.broker.config import BrokerConfig
 from rmqz.actors.broker.ha_core import DataAvailable, HAWriters, SlaveAck, SlaveGone, SlaveReport
 from rmqz.actors.broker.ha_read import ConnectionClosed
 from rmqz.actors.broker.ha_service import AttachBroker, HAService
+from rmqz.actors.ticker import Tick
 from rmqz.storage.message_store import MessageStore, StoreConfig
 from rmqz.storage.record import Message
 from rmqz.transport.envelope import Header, Inbound, pack_body
@@ -88,3 +89,60 @@ def test_report_the_master_acted_on_keeps_the_connection_without_a_second_ack(se
     ref.tell(report(0))  # a periodic report, addressed to the service: acked to the master
     broker.wait_for(lambda m: isinstance(m, SlaveAck))
     assert sum(isinstance(m, SlaveAck) for m in broker.items) == 1
+
+
+def test_write_half_streams_to_the_slaves_broker_and_heartbeats_its_haclient_while_streaming(tmp_path):
+    """Bytes skip the slave's HAClient (one thread hop less before the slave's ack), so the
+    HAClient, which watches the master, gets a heartbeat every interval even while bytes
+    flow without a pause."""
+    store = MessageStore(StoreConfig(str(tmp_path), commit_log_segment_bytes=1 << 20, max_message_bytes=1 << 16))
+    store.open()
+    store.put_messages([Message("Orders", b"x" * 100, queue_id=0)])
+    store.commit()
+    now = [0]
+    agent, broker = Recorder(), Recorder()
+    ref = HAService.start(BrokerConfig(ha_send_heartbeat_interval_ms=1_000), store.commit_log, agent,
+                          "broker-a-0@127.0.0.1:10911", lambda: now[0])
+    try:
+        ref.tell(AttachBroker(broker))
+        ref.tell(report(0))
+        writer = broker.wait_for(lambda m: isinstance(m, HAWriters) and m.refs).refs[0]
+        first = agent.wait_for(lambda i: i[1].type == proto.HA_TRANSFER and i[2]["data"])
+        assert first[1].dst == proto.BROKER
+        for second in range(1, 4):  # a new append every tick: the write half is never idle
+            now[0] = second * 1_000
+            store.put_messages([Message("Orders", b"y" * 100, queue_id=0)])
+            store.commit()
+            writer.tell(DataAvailable(store.commit_log.committed_offset))
+            ref.tell(Tick(now[0]))
+            agent.wait_for(lambda i: i[1].type == proto.HA_TRANSFER and not i[2]["data"] and i[2]["master_max"] == store.commit_log.committed_offset)
+        beats = [i for i in agent.items if i[1].type == proto.HA_TRANSFER and not i[2]["data"]]
+        data = [i for i in agent.items if i[1].type == proto.HA_TRANSFER and i[2]["data"]]
+        assert len(beats) >= 3 and all(b[1].dst == proto.HA_CLIENT for b in beats)
+        assert len(data) >= 4 and all(d[1].dst == proto.BROKER for d in data)
+    finally:
+        ref.stop()
+        store.close()
+
+
+def test_report_whose_ack_the_master_passed_on_keeps_the_slave_alive_without_moving_the_window(service):
+    """SlaveReport(window_acked=True): the broker already acked the write half, so the read
+    half only notes the slave is alive. Were it to ack again, an older report arriving after
+    a newer ack would make the write half resend. A new connection still starts from it."""
+    ref, store, agent, broker = service
+    end = store.commit_log.committed_offset
+
+    def data_sent():
+        return [i for i in agent.items if i[1].type == proto.HA_TRANSFER and i[2]["data"]]
+
+    ref.tell(SlaveReport(proto.HAReport(1, "broker-a", "127.0.0.1:10912", 0, None), window_acked=True))
+    agent.wait_for(lambda i: i[1].type == proto.HA_TRANSFER and i[2]["data"])  # fresh: it streams
+    ref.tell(report(end))
+    broker.wait_for(lambda m: isinstance(m, SlaveAck) and m.offset == end)
+    ref.tell(SlaveReport(proto.HAReport(1, "broker-a", "127.0.0.1:10912", 0, None), window_acked=True))
+    ref.tell(report(end))
+    broker.wait_for(lambda m: isinstance(m, SlaveAck) and len([a for a in broker.items if isinstance(a, SlaveAck)]) == 2)
+    assert len(data_sent()) == 1  # the old offset moved nothing
+    ref.tell(report(0))  # the slave really went back (a periodic report): resend from 0
+    agent.wait_for(lambda i: len(data_sent()) == 2)
+    assert data_sent()[-1][2]["offset"] == 0
