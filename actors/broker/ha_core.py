@@ -1,9 +1,10 @@
 """HA bookkeeping for a master and its slaves, as pure state (no clock, no sockets).
 
-- `TransferWindow`: one slave connection's write half. The slave PULLS: it reports its max
-  commit-log offset, and the master streams bytes from there in bounded batches, keeping at
-  most `window_bytes` unacknowledged so a slow slave cannot make the master buffer without
-  bound, and a slave that starts empty catches up batch by batch without stalling sends.
+- `TransferWindow`: one slave's stream (the master's broker, actors/broker/ha_stream.py).
+  The slave PULLS: it reports its max commit-log offset, and the master streams bytes from
+  there in bounded batches, keeping at most `window_bytes` unacknowledged so a slow slave
+  cannot make the master buffer without bound, and a slave that starts empty catches up
+  batch by batch without stalling sends.
 - `GroupTransfer`: SYNC_MASTER waiters (RocketMQ's GroupTransferService). A send waits until
   `min_replicas` DISTINCT slaves acknowledged an offset at or past its end; it fails fast with
   SLAVE_NOT_AVAILABLE when too few slaves are connected and in reach (lag), and times out
@@ -21,13 +22,6 @@ MAX_WINDOW_BYTES = 64 * 1024 * 1024
 MAX_WAITERS = 100_000
 MAX_REPORT_BYTES = 1 << 16  # an HAReport body: ids, an address, two offsets
 assert 0 < MAX_BATCH_BYTES <= MAX_WINDOW_BYTES
-
-@dataclass(frozen=True, slots=True)
-class DataAvailable:
-    """Master -> write halves: the commit log is committed up to offset."""
-
-    offset: int
-
 
 @dataclass(frozen=True, slots=True)
 class SlaveAck:
@@ -52,15 +46,11 @@ class SlaveReport:
 
 @dataclass(frozen=True, slots=True)
 class HAWriters:
-    """HA service -> master: the write halves of the connected slaves, as (slave id, address,
-    ref). The master tells them of new bytes and of the slave's acks itself: thread hops
-    fewer between an append and the slave, and between the slave's ack and the next send."""
+    """HA service -> master: the connected slaves, as (slave id, address, write half). The
+    master streams to a slave once its write half hands it over (InStep), and tells a write
+    half still bringing its slave in step of the slave's acks itself."""
 
     writers: tuple[tuple[int, str, Any], ...]
-
-    @property
-    def refs(self) -> tuple:
-        return tuple(ref for _, _, ref in self.writers)
 
 
 @dataclass(frozen=True, slots=True)

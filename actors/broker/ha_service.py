@@ -1,10 +1,11 @@
 """HAService (master side): accepts slaves (RocketMQ's AcceptSocketService) and keeps one
 HAConnection — a read half and a write half actor — per slave. A slave is known by its
 broker id; a report from a new address for the same id replaces the old connection. The
-replication round trip is kept short: the master tells the write halves of new bytes
-directly (HAWriters). The report a slave sends after each append goes to the master's broker
-actor, which acts on it and passes it on here (SlaveReport); the slave's periodic reports
-come here and go on to the master as a SlaveAck.
+replication round trip is kept short: once the write half has the slave in step, the
+master's broker actor streams the bytes itself (actors/broker/ha_stream.py; it learns the
+connections from HAWriters). The report a slave sends after each append goes to the master's
+broker actor, which acts on it and passes it on here now and then (SlaveReport: liveness);
+the slave's periodic reports come here and go on to the master as a SlaveAck.
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ class HAService(RmqzActor):
         if len(self.conns) >= MAX_SLAVES:
             return None
         write = HAWriteHalf.start(report.slave_id, report.address, self.log, self.agent, self.node_id,
-                                  self.config.ha_transfer_batch_size, self.config.ha_send_heartbeat_interval_ms,
+                                  self.broker_ref, self.config.ha_send_heartbeat_interval_ms,
                                   self.clock_ms, filling=self.filling, name=f"ha-write-{report.slave_id}",
                                   supervisor=self.actor_ref)
         read = HAReadHalf.start(report.slave_id, write, self.actor_ref,

@@ -1,16 +1,13 @@
-"""HAConnection write half (master side): streams commit-log bytes to one slave.
+"""HAConnection write half (master side): brings one slave in step, then keeps watch.
 
 It starts only after the slave's first report: the slave PULLS from the offset it reports.
-Before streaming it checks that the two logs agree at that offset (the slave's last record
-must be the master's record at the same place, with the same CRC); if not, it tells the slave
-to cut its log back to a segment boundary and report again, until they agree. Bytes go out in
-batches bounded by the transfer window, so an empty or far-behind slave catches up without
-the master buffering unbounded data. Reads use CommitLog.read_committed, which is safe from
-this thread. Transfers leave on this actor's own socket (transport/own_sender.py): one thread
-hop less on every SYNC_MASTER send, and one socket keeps them in order. A transfer lost or
-delivered late costs nothing: the slave takes only the offset it expects and reports where
-it is, and the window resends. Bytes go to the slave's broker actor, heartbeats (every
-interval, also while streaming) to its HAClient.
+The write half checks that the two logs agree at that offset (the slave's last record must
+be the master's record at the same place, with the same CRC); if not, it tells the slave to
+cut its log back to a segment boundary and report again, until they agree. Then it hands
+the slave over to the master's broker actor (`InStep`), which streams the bytes itself
+(actors/broker/ha_stream.py). From then on this half sends the slave's HAClient a heartbeat
+every interval, and relays the master's requests for bytes only the slave holds (tail fill).
+Its tells leave on its own socket (transport/own_sender.py), in order.
 """
 
 from __future__ import annotations
@@ -20,15 +17,11 @@ from typing import Any
 
 from loguru import logger
 
-from rmqz.actors.base import RmqzActor
+from rmqz.actors.base import RmqzActor, tell_quietly
 from rmqz.actors.broker import messages as proto
-from rmqz.actors.broker.ha_core import TransferWindow
+from rmqz.actors.broker.ha_stream import InStep
 from rmqz.actors.ticker import Tick
 from rmqz.transport.envelope import Header, pack_body
-
-
-RESEND_AFTER_HEARTBEATS = 2
-assert RESEND_AFTER_HEARTBEATS >= 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +41,7 @@ def transfer_target(transfer: proto.HATransfer) -> str:
 
 class HAWriteHalf(RmqzActor):
     def __init__(self, slave_id: int, slave_address: str, commit_log: Any, agent: Any, node_id: str,
-                 batch_bytes: int, heartbeat_ms: int, clock_ms: Any, *, filling: bool = False,
+                 broker_ref: Any, heartbeat_ms: int, clock_ms: Any, *, filling: bool = False,
                  name: str = "ha-write", supervisor: Any = None) -> None:
         super().__init__(name=name, supervisor=supervisor)
         self.filling = filling  # the master is taking back what the slave holds past its end
@@ -57,14 +50,12 @@ class HAWriteHalf(RmqzActor):
         self.log = commit_log
         self.agent = agent
         self.node_id = node_id
-        self.batch_bytes = batch_bytes
+        self.broker_ref = broker_ref
         self.heartbeat_ms = heartbeat_ms
         self.clock_ms = clock_ms
-        self.window: TransferWindow | None = None  # None until the slave's log is verified
-        self.available = 0
+        self.in_step = False  # the slave's log agrees with ours; the broker streams to it
         self.last_heartbeat_ms = 0
-        self.last_progress_ms = clock_ms()
-        self.own_sender: Any = None  # every transfer leaves on this half's own socket, in order
+        self.own_sender: Any = None  # this half's tells leave on its own socket, in order
 
     def acquire(self) -> None:
         self.own_sender = self.agent.own_sender()
@@ -80,21 +71,19 @@ class HAWriteHalf(RmqzActor):
         self._send(proto.HATransfer(msg.offset, b"", self.log.committed_offset, send_back_from=msg.offset))
 
     def handle_Ack(self, ack: Ack) -> None:
-        if self.window is None and self.filling and ack.offset > self.log.committed_offset:
+        if self.in_step:
+            return  # the broker streams and hears the slave's acks itself
+        if self.filling and ack.offset > self.log.committed_offset:
             return  # the slave holds what we lost: the broker is fetching it; never cut it
-        if self.window is None:
-            cut = self._disagreement(ack.offset, ack.last_record)
-            if cut is not None:
-                logger.warning("slave {} log differs from the master before {}; asking it to cut to {}",
-                               self.slave_id, ack.offset, cut)
-                self._send(proto.HATransfer(cut, b"", self.log.committed_offset, diverged_at=cut))
-                return
-            self.window = TransferWindow(ack.offset, window_bytes=4 * self.batch_bytes, batch_bytes=self.batch_bytes)
-            logger.info("slave {} in step at offset {}; streaming", self.slave_id, ack.offset)
-        if ack.offset != self.window.acked_offset:
-            self.last_progress_ms = self.clock_ms()
-        self.window.on_ack(ack.offset)
-        self._pump()
+        cut = self._disagreement(ack.offset, ack.last_record)
+        if cut is not None:
+            logger.warning("slave {} log differs from the master before {}; asking it to cut to {}",
+                           self.slave_id, ack.offset, cut)
+            self._send(proto.HATransfer(cut, b"", self.log.committed_offset, diverged_at=cut))
+            return
+        self.in_step = True
+        logger.info("slave {} in step at offset {}; streaming", self.slave_id, ack.offset)
+        tell_quietly(self.broker_ref, InStep(self.slave_id, self.actor_urn, ack.offset))
 
     def _disagreement(self, offset: int, last: tuple[int, int] | None) -> int | None:
         """None when the slave's log matches ours up to offset; else where it must cut to."""
@@ -113,35 +102,14 @@ class HAWriteHalf(RmqzActor):
         at_boundary = offset % self.log.segment_bytes == 0
         return end == offset or (at_boundary and end < offset and end // self.log.segment_bytes == (offset - 1) // self.log.segment_bytes)
 
-    def handle_DataAvailable(self, msg: Any) -> None:
-        self.available = max(self.available, msg.offset)
-        self._pump()
-
-    def _pump(self) -> None:
-        if self.window is None:
-            return
-        self.available = max(self.available, self.log.committed_offset)
-        while (rng := self.window.next_range(self.available)) is not None:
-            data = self.log.read_committed(rng[0], rng[1])
-            if not data:
-                break
-            self._send(proto.HATransfer(rng[0], data, self.available))
-            self.window.sent(rng[0], len(data))
-
     def handle_Tick(self, _tick: Tick) -> None:
         now = self.clock_ms()
-        if self.window and self.window.in_flight_bytes and now - self.last_progress_ms >= RESEND_AFTER_HEARTBEATS * self.heartbeat_ms:
-            logger.info("slave {} acknowledged nothing for {} ms; resending from {}", self.slave_id,
-                        now - self.last_progress_ms, self.window.acked_offset)
-            self.window.rewind()
-            self.last_progress_ms = now
         if now - self.last_heartbeat_ms >= self.heartbeat_ms:
-            # Every interval, streaming or not: data goes to the slave's broker, so this is
+            # Every interval, streaming or not: the bytes go to the slave's broker, so this is
             # all its HAClient hears of us (it looks for a new master after a silence).
             self.last_heartbeat_ms = now
-            offset = self.window.sent_offset if self.window else 0
-            self._send(proto.HATransfer(offset, b"", max(self.available, self.log.committed_offset)))
-        self._pump()
+            committed = self.log.committed_offset
+            self._send(proto.HATransfer(committed, b"", committed))
 
     def _send(self, transfer: proto.HATransfer) -> None:
         header = Header(kind="tell", src=self.node_id, dst=transfer_target(transfer), type=proto.HA_TRANSFER)

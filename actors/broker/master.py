@@ -15,8 +15,9 @@ from loguru import logger
 
 from rmqz.actors.base import tell_quietly
 from rmqz.actors.broker import ha_core, retry_core
-from rmqz.actors.broker.ha_core import DataAvailable, HAWriters, SlaveAck, SlaveGone, SlaveReport
+from rmqz.actors.broker.ha_core import HAWriters, SlaveAck, SlaveGone, SlaveReport
 from rmqz.actors.broker.ha_service import decode_report
+from rmqz.actors.broker.ha_stream import HAStreams, InStep
 from rmqz.actors.broker.ha_write import Ack
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.base import AgentReady, BrokerBase, BrokerDeps, PrepareStop, Refusal, ReplyTo
@@ -36,7 +37,7 @@ MAX_BURST_BYTES = 8 * 1024 * 1024
 assert MAX_FLUSH_WAITERS > 0 and 0 < MAX_BURST_SENDS <= MAX_FLUSH_WAITERS
 assert 0 < MAX_BURST_BYTES <= 64 * 1024 * 1024  # the write buffer's own bound (mapped_file)
 
-__all__ = ["AgentReady", "BrokerMaster", "DataAvailable", "PrepareStop", "SlaveAck", "SlaveGone"]
+__all__ = ["AgentReady", "BrokerMaster", "InStep", "PrepareStop", "SlaveAck", "SlaveGone"]
 
 
 def in_memory_max_bytes(ratio_percent: int, explicit_bytes: int) -> int:
@@ -46,7 +47,7 @@ def in_memory_max_bytes(ratio_percent: int, explicit_bytes: int) -> int:
     return total * ratio_percent // 100
 
 
-class BrokerMaster(TailFill, BrokerBase):
+class BrokerMaster(TailFill, HAStreams, BrokerBase):
     ROLE = "MASTER"
 
     def __init__(self, deps: BrokerDeps, flush_ref: Any, ha_ref: Any = None, *, name: str = "broker",
@@ -71,7 +72,7 @@ class BrokerMaster(TailFill, BrokerBase):
         self._delay_saved_version = self.delay_offsets.data_version
         self._burst: list[tuple[ReplyTo, dict]] = []  # appended, not yet written nor answered
         self._burst_queues: set[tuple[str, int]] = set()
-        self.ha_writers: tuple = ()  # write halves of the connected slaves (from HAService)
+        self.start_ha_streams()
         self.ha_writer_of: dict[int, tuple[str, Any]] = {}  # slave id -> (address, write half)
         self._report_passed_ms: dict[int, int] = {}  # slave id -> when a report last went on to HAService
 
@@ -129,7 +130,7 @@ class BrokerMaster(TailFill, BrokerBase):
         for key in self._burst_queues:
             self.wake_pulls(key)
         self._burst_queues.clear()
-        self._notify_writers(end)
+        self.pump_streams()
         burst, self._burst = self._burst, []
         for reply, body in burst:
             self._await_durable(end, reply, body)
@@ -192,6 +193,7 @@ class BrokerMaster(TailFill, BrokerBase):
     def release(self) -> None:
         super().release()
         self._persist_delay_offsets()
+        self.release_ha_streams()
 
     def _writable_topic(self, topic: str) -> TopicConfig:
         cfg = self.topics.get(topic)
@@ -285,16 +287,17 @@ class BrokerMaster(TailFill, BrokerBase):
             self._pass_report_on(report)
 
     def _pass_report_on(self, report: proto.HAReport) -> None:
-        """The write half's window moves on the ack at once, told from here. HAService (the
-        connection, its liveness) hears of it at once only when it does not know this slave
-        at this address yet; else once per heartbeat interval, as it would from the slave's
-        periodic reports."""
+        """Our stream to the slave took the ack already (handle_SlaveAck); a write half still
+        bringing the slave in step is told it from here. HAService (the connection, its
+        liveness) hears of it at once only when it does not know this slave at this address
+        yet; else once per heartbeat interval, as it would from the slave's periodic reports."""
         known = self.ha_writer_of.get(report.slave_id)
         if known is None or known[0] != report.address:
             self._report_passed_ms[report.slave_id] = self.clock_ms()
             tell_quietly(self.ha_ref, SlaveReport(report))
             return
-        tell_quietly(known[1], Ack(report.offset, report.last_record))
+        if report.slave_id not in self.streams:
+            tell_quietly(known[1], Ack(report.offset, report.last_record))
         now = self.clock_ms()
         if now - self._report_passed_ms.get(report.slave_id, -1 << 62) >= self.config.ha_send_heartbeat_interval_ms:
             self._report_passed_ms[report.slave_id] = now
@@ -308,20 +311,15 @@ class BrokerMaster(TailFill, BrokerBase):
         self.fill_on_report(msg.slave_id, msg.offset)
         for reply, body in self.group.on_report(msg.slave_id, msg.offset, self.clock_ms()):
             self._reply(reply, body)
-
-    def _notify_writers(self, end: int) -> None:
-        """Straight to the slaves' write halves (a new one reads up to the end anyway)."""
-        if self.ha_writers:
-            available = DataAvailable(end)
-            for writer in self.ha_writers:
-                tell_quietly(writer, available)
+        self.stream_on_ack(msg.slave_id, msg.offset)  # after the answers: they wait, the stream less so
 
     def handle_HAWriters(self, msg: HAWriters) -> None:
-        self.ha_writers = msg.refs
         self.ha_writer_of = {sid: (address, ref) for sid, address, ref in msg.writers}
+        self.keep_streams({sid: ref.actor_urn for sid, _, ref in msg.writers})
 
     def handle_SlaveGone(self, msg: SlaveGone) -> None:
         self.group.disconnect(msg.slave_id)
+        self.streams.pop(msg.slave_id, None)
 
     # ---- reads offloaded to the slave ----------------------------------------------------
 
@@ -378,5 +376,4 @@ class BrokerMaster(TailFill, BrokerBase):
         self._end_burst()
         if self.due("delay_offsets", now_ms, self.config.checkpoint_interval_ms):
             self._persist_delay_offsets()
-        if self.due("ha_notify", now_ms, self.config.ha_send_heartbeat_interval_ms):
-            self._notify_writers(self.store.commit_log.committed_offset)
+        self.streams_on_tick(now_ms)

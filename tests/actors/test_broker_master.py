@@ -13,6 +13,7 @@ from rmqz.actors.broker.config import BrokerConfig
 from rmqz.actors.broker.flush import FlushFailed, Flushed, FlushRequest
 from rmqz.actors.broker.base import AgentReady, BrokerDeps
 from rmqz.actors.broker.ha_core import HAWriters, SlaveReport
+from rmqz.actors.broker.ha_stream import InStep
 from rmqz.actors.broker.ha_write import Ack
 from rmqz.actors.broker.master import BrokerMaster
 from rmqz.actors.ticker import Tick
@@ -31,6 +32,7 @@ class RecordingAgent:
     def __init__(self) -> None:
         self.replies: dict[int, tuple[Header, dict]] = {}
         self.sent: list[tuple[str, Header, dict]] = []
+        self.own_sent: list[tuple[str, Header, dict]] = []
         self.cond = threading.Condition()
 
     def reply(self, token, header, body):
@@ -43,6 +45,15 @@ class RecordingAgent:
             self.sent.append((endpoint, header, unpack_body(body, 1 << 26)))
             self.cond.notify_all()
 
+    def own_sender(self):
+        """As TransportAgent.own_sender: the actor's own socket; kept in ``own_sent``."""
+        return OwnSent(self)
+
+    def wait_sent(self, pred, timeout=WAIT_S):
+        with self.cond:
+            assert self.cond.wait_for(lambda: any(pred(i) for i in self.own_sent), timeout), "not sent"
+            return [i for i in self.own_sent if pred(i)][-1]
+
     def wait_reply(self, cid, timeout=WAIT_S):
         with self.cond:
             assert self.cond.wait_for(lambda: cid in self.replies, timeout), f"no reply to {cid}"
@@ -51,6 +62,20 @@ class RecordingAgent:
     def has_reply(self, cid):
         with self.cond:
             return cid in self.replies
+
+
+class OwnSent:
+    def __init__(self, agent: RecordingAgent) -> None:
+        self.agent = agent
+        self.closed = False
+
+    def send(self, endpoint, header, body):
+        with self.agent.cond:
+            self.agent.own_sent.append((endpoint, header, unpack_body(body, 1 << 26)))
+            self.agent.cond.notify_all()
+
+    def close(self):
+        self.closed = True
 
 
 class RecordingRef:
@@ -303,11 +328,12 @@ def test_master_ignores_a_malformed_or_foreign_slave_report_and_keeps_serving(br
     assert header.type == proto.PULL_MESSAGE
 
 
-def test_master_acks_a_known_slaves_write_half_itself_and_tells_the_ha_service_once_per_heartbeat(broker):
-    """Per append, the slave's report moves the write half's window from the broker actor:
-    no hop through the HA service and the read half. They hear of it (liveness) once per
-    heartbeat interval, and at once from a slave at an address they do not know."""
-    ha, writer = RecordingRef(), RecordingRef()
+def test_master_acks_a_write_half_itself_and_tells_the_ha_service_once_per_heartbeat(broker):
+    """The slave's report after an append reaches a write half still bringing its slave in
+    step from the broker actor: no hop through the HA service and the read half. They hear
+    of it (liveness) once per heartbeat interval, and at once from a slave at an address
+    they do not know."""
+    ha, writer = RecordingRef(), WriteHalf("urn:ha-write-1")
     ref, _, _, _, clock, _ = broker(ha_ref=ha, broker_role="SYNC_MASTER", broker_name="broker-a",
                                     ha_send_heartbeat_interval_ms=1_000)
     ref.tell(HAWriters(((1, "127.0.0.1:10912", writer),)))
@@ -324,3 +350,90 @@ def test_master_acks_a_known_slaves_write_half_itself_and_tells_the_ha_service_o
     passed = [m for m in ha.messages if isinstance(m, SlaveReport)]
     assert [(m.report.offset, m.window_acked) for m in passed] == [(100, True), (400, True), (500, False)]
     assert writer.messages[-1] == Ack(400, None)  # the old connection's write half is not told
+
+
+class WriteHalf(RecordingRef):
+    def __init__(self, urn: str) -> None:
+        super().__init__()
+        self.actor_urn = urn
+
+
+def streaming_master(broker, **overrides):
+    """A SYNC_MASTER whose slave 1 (at 127.0.0.1:10912) its write half has handed over."""
+    ha, writer = RecordingRef(), WriteHalf("urn:ha-write-1")
+    made = broker(ha_ref=ha, broker_role="SYNC_MASTER", broker_name="broker-a", **overrides)
+    ref = made[0]
+    ref.tell(HAWriters(((1, "127.0.0.1:10912", writer),)))
+    ref.tell(slave_report(0))
+    ref.tell(InStep(1, "urn:ha-write-1", 0))
+    return made, ha, writer
+
+
+def transfers(agent):
+    with agent.cond:
+        return [t for t in agent.own_sent if t[1].type == proto.HA_TRANSFER]
+
+
+def test_master_streams_each_burst_to_a_slave_in_step_from_its_own_socket(broker):
+    """The thread that wrote the bytes sends them: no wake-up of a write half between an
+    append and the slave, and the slave's ack reaches the same thread."""
+    (ref, agent, _, _, _, store), _, writer = streaming_master(broker)
+    cid = send(ref, bodies=(b"replicated",))
+    endpoint, header, transfer = agent.wait_sent(lambda t: t[1].type == proto.HA_TRANSFER)
+    end = store.commit_log.committed_offset
+    assert endpoint == "tcp://127.0.0.1:10912" and header.dst == proto.BROKER  # the slave's broker actor
+    assert transfer["offset"] == 0 and transfer["data"] == store.commit_log.read_raw(0, end)
+    assert not agent.has_reply(cid)
+    ref.tell(slave_report(end))
+    assert agent.wait_reply(cid)[1]["status"] == proto.SEND_OK
+    cid = send(ref, bodies=(b"next",))
+    agent.wait_sent(lambda t: t[1].type == proto.HA_TRANSFER and t[2]["offset"] == end)
+    ref.ask(Ping())
+    assert writer.messages == [Ack(0, None)]  # from before the hand-over; no wake-up for bytes or acks since
+
+
+def test_master_keeps_at_most_four_batches_unacknowledged_per_slave(broker):
+    (ref, agent, _, _, _, store), _, _ = streaming_master(broker, ha_transfer_batch_size=4096)
+    for _ in range(40):
+        send(ref, bodies=(b"x" * 1000,))
+    pykka_wait(lambda: store.commit_log.committed_offset > 5 * 4096)
+    ref.ask(Ping())
+    sent = transfers(agent)
+    assert sum(len(t[2]["data"]) for t in sent) == 4 * 4096  # the window is full: the rest waits
+    acked = 2 * 4096
+    ref.tell(slave_report(acked))
+    agent.wait_sent(lambda t: t[1].type == proto.HA_TRANSFER and t[2]["offset"] == 4 * 4096)
+    ref.ask(Ping())
+    assert sum(len(t[2]["data"]) for t in transfers(agent)) == acked + 4 * 4096
+
+
+def test_master_resends_from_the_last_ack_when_its_slave_stays_silent(broker):
+    (ref, agent, _, _, clock, store), _, _ = streaming_master(broker, ha_send_heartbeat_interval_ms=1_000)
+    send(ref, bodies=(b"lost on the way",))
+    agent.wait_sent(lambda t: t[1].type == proto.HA_TRANSFER)
+    clock.now_ms += 1_000
+    ref.tell(Tick(clock.now_ms))
+    ref.ask(Ping())
+    assert len(transfers(agent)) == 1  # not yet: two heartbeats of silence
+    clock.now_ms += 1_000
+    ref.tell(Tick(clock.now_ms))
+    agent.wait_sent(lambda t: len(transfers(agent)) == 2)
+    assert transfers(agent)[-1][2]["offset"] == 0 and ref.proxy().stats.get()["ha_resends"] == 1
+
+
+def test_master_stops_streaming_when_the_connection_goes_and_ignores_a_stale_hand_over(broker):
+    (ref, agent, _, _, _, store), ha, _ = streaming_master(broker)
+    ref.tell(HAWriters(()))  # the connection closed
+    ref.tell(InStep(1, "urn:ha-write-1", 0))  # from the closed write half, late
+    send(ref, bodies=(b"after",))
+    pykka_wait(lambda: store.commit_log.committed_offset > 0)
+    ref.ask(Ping())
+    assert not transfers(agent)
+    new = WriteHalf("urn:ha-write-2")
+    ref.tell(HAWriters(((1, "127.0.0.1:10912", new),)))
+    ref.tell(InStep(1, "urn:ha-write-1", 0))  # the old one again: still ignored
+    ref.ask(Ping())
+    assert not transfers(agent)
+    ref.tell(InStep(1, "urn:ha-write-2", 0))  # the new connection's hand-over: stream from 0
+    _, _, transfer = agent.wait_sent(lambda t: t[1].type == proto.HA_TRANSFER)
+    assert transfer["offset"] == 0 and len(transfer["data"]) == store.commit_log.committed_offset

@@ -1,0 +1,119 @@
+"""HAStreams: the master's broker actor streams its commit log to slaves in step with it.
+
+The write half of a slave's HAConnection checks that the slave's log agrees with ours (and
+has it cut where it does not); then it hands the slave over (`InStep`). From there this
+actor sends the bytes itself, from its own socket, at the end of every burst: the thread
+that wrote them, with no wake-up of another thread between an append and the slave, and
+none for the slave's ack either (the ack a SYNC_MASTER send waits on reaches this actor
+first). Each slave has a `TransferWindow`: at most four batches unacknowledged, so a slow
+or far-behind slave is fed one batch per ack it sends, and a silent one is resent to from
+what it last acknowledged. A stream ends when its connection does (`HAWriters`, `SlaveGone`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from loguru import logger
+
+from rmqz.actors.broker import messages as proto
+from rmqz.actors.broker.ha_core import TransferWindow
+from rmqz.transport.envelope import Header, pack_body
+
+RESEND_AFTER_HEARTBEATS = 2  # no ack for this many heartbeat intervals: resend the window
+assert RESEND_AFTER_HEARTBEATS >= 1
+
+
+@dataclass(frozen=True, slots=True)
+class InStep:
+    """HAWriteHalf -> BrokerMaster: the slave's log agrees with ours up to offset; stream."""
+
+    slave_id: int
+    write_urn: str  # the write half's actor: a stale hand-over from a closed one is ignored
+    offset: int
+
+
+@dataclass(slots=True)
+class Stream:
+    write_urn: str  # the connection it belongs to
+    endpoint: str
+    window: TransferWindow
+    last_progress_ms: int
+
+
+class HAStreams:
+    """Mixin for BrokerMaster (needs store, config, agent, node_id, clock_ms, ha_writer_of)."""
+
+    streams: dict[int, Stream]
+    ha_sender: Any = None
+
+    def start_ha_streams(self) -> None:
+        self.streams = {}
+        self.stats.update({"ha_sent_bytes": 0, "ha_resends": 0})
+
+    def release_ha_streams(self) -> None:
+        if self.ha_sender is not None:
+            self.ha_sender.close()
+            self.ha_sender = None
+
+    def handle_InStep(self, msg: InStep) -> None:
+        known = self.ha_writer_of.get(msg.slave_id)
+        if known is None or known[1].actor_urn != msg.write_urn:
+            return  # that connection is gone
+        if self.ha_sender is None:
+            self.ha_sender = self.agent.own_sender()  # created and used on this thread only
+        batch = self.config.ha_transfer_batch_size
+        window = TransferWindow(msg.offset, window_bytes=4 * batch, batch_bytes=batch)
+        self.streams[msg.slave_id] = Stream(msg.write_urn, f"tcp://{known[0]}", window, self.clock_ms())
+        self._pump_stream(self.streams[msg.slave_id])
+
+    def stream_on_ack(self, slave_id: int, offset: int) -> bool:
+        """A slave's report; False when we do not stream to it (its write half needs it)."""
+        stream = self.streams.get(slave_id)
+        if stream is None:
+            return False
+        if offset != stream.window.acked_offset:
+            stream.last_progress_ms = self.clock_ms()
+        stream.window.on_ack(offset)
+        self._pump_stream(stream)
+        return True
+
+    def pump_streams(self) -> None:
+        for stream in self.streams.values():
+            self._pump_stream(stream)
+
+    def keep_streams(self, connections: dict[int, str]) -> None:
+        """Connections changed (slave id -> write half urn): a stream whose connection is
+        gone or was replaced ends; the new write half hands the slave over again."""
+        for slave_id in [s for s, st in self.streams.items() if connections.get(s) != st.write_urn]:
+            del self.streams[slave_id]
+
+    def streams_on_tick(self, now_ms: int) -> None:
+        limit_ms = RESEND_AFTER_HEARTBEATS * self.config.ha_send_heartbeat_interval_ms
+        for slave_id, stream in self.streams.items():
+            if stream.window.in_flight_bytes and now_ms - stream.last_progress_ms >= limit_ms:
+                logger.info("slave {} acknowledged nothing for {} ms; resending from {}", slave_id,
+                            now_ms - stream.last_progress_ms, stream.window.acked_offset)
+                self.stats["ha_resends"] += 1
+                stream.window.rewind()
+                stream.last_progress_ms = now_ms
+        self.pump_streams()
+
+    def _pump_stream(self, stream: Stream) -> None:
+        log = self.store.commit_log
+        available = log.committed_offset
+        while (rng := stream.window.next_range(available)) is not None:
+            data = log.read_committed(rng[0], rng[1])
+            if not data:
+                return
+            self._send_transfer(stream.endpoint, proto.HATransfer(rng[0], data, available))
+            stream.window.sent(rng[0], len(data))
+            self.stats["ha_sent_bytes"] += len(data)
+
+    def _send_transfer(self, endpoint: str, transfer: proto.HATransfer) -> None:
+        header = Header(kind="tell", src=self.node_id, dst=proto.BROKER, type=proto.HA_TRANSFER)
+        try:
+            self.ha_sender.send(endpoint, header, pack_body(transfer.to_dict()))
+        except Exception as exc:  # transport full or closed: the window resends
+            logger.debug("HA send to {} failed: {}", endpoint, exc)
