@@ -271,6 +271,7 @@ class CommitLog:
         metadata, the bytes consumed (it stops before a partial entry at the end; a filler
         moves it to the segment end) and the reason it stopped at an invalid entry, if so."""
         metas: list[rec.RecordMeta] = []
+        run = rec.RunCache()
         step = 0
         n = len(view)
         while step < n and n - step >= rec.MIN_BLANK_BYTES:
@@ -289,7 +290,7 @@ class CommitLog:
                     raise rec.RecordError(f"record size {size} impossible here")
                 if step + size > n:
                     break
-                metas.append(rec.check_record(view, step, offset))
+                metas.append(rec.check_record(view, step, offset, run))
             except rec.RecordError as exc:
                 return metas, step, str(exc)
             step += size

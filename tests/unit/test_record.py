@@ -42,6 +42,33 @@ def test_truncated_record_is_rejected():
             rec.check_record(data[:cut], 0, 0)
 
 
+def test_records_checked_as_one_run_keep_their_own_topic_and_tags():
+    """check_record remembers the last topic and properties of a run: each must still come
+    out per record, and a record that changes them is checked in full."""
+    msgs = [rec.Message("A", b"1", properties={"TAGS": "x"}), rec.Message("A", b"2", properties={"TAGS": "x"}),
+            rec.Message("B", b"3", properties={"TAGS": "y"}), rec.Message("B", b"4"), rec.Message("A", b"5")]
+    data, at = b"", []
+    for m in msgs:
+        at.append(len(data))
+        data += encode(m, phys=len(data))
+    run = rec.RunCache()
+    metas = [rec.check_record(data, pos, pos, run) for pos in at]
+    assert [(m.topic, m.tag_hash) for m in metas] == [
+        ("A", rec.tag_hash("x")), ("A", rec.tag_hash("x")), ("B", rec.tag_hash("y")), ("B", 0), ("A", 0)]
+
+
+def test_a_bad_topic_later_in_a_run_is_still_refused():
+    good = encode(rec.Message("A", b"1"))
+    bad = bytearray(encode(rec.Message("AA", b"2"), phys=len(good)))
+    at = rec.HEADER_BYTES
+    bad[at:at + 2] = b".."  # a topic that names no directory, with a CRC that matches it
+    bad[8:12] = rec._crc(bytes(bad[:rec.HEADER_BYTES]), bytes(bad[at:at + 2]), b"", bytes(bad[at + 2:])).to_bytes(4, "big")
+    run = rec.RunCache()
+    rec.check_record(good, 0, 0, run)
+    with pytest.raises(rec.RecordError, match="bad topic"):
+        rec.check_record(good + bytes(bad), len(good), len(good), run)
+
+
 @pytest.mark.parametrize("topic", ["", "a b", "x" * 128, "t/../etc", "é"])
 def test_bad_topic_names_are_refused(topic):
     with pytest.raises(rec.RecordError, match="bad topic name"):
