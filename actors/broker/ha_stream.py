@@ -100,6 +100,12 @@ class HAStreams:
                 stream.last_progress_ms = now_ms
         self.pump_streams()
 
+    def streams_status(self) -> dict:
+        """Per in-step slave: what it acknowledged, what we sent, and the gap (for operators)."""
+        return {str(sid): {"acked": st.window.acked_offset, "sent": st.window.sent_offset,
+                           "in_flight_bytes": st.window.in_flight_bytes}
+                for sid, st in self.streams.items()}
+
     def _pump_stream(self, stream: Stream) -> None:
         log = self.store.commit_log
         available = log.committed_offset

@@ -360,6 +360,7 @@ class BrokerMaster(TailFill, HAStreams, BrokerBase):
 
     def status_extra(self) -> dict:
         return {"slaves": {str(sid): p.acked_offset for sid, p in self.group.slaves.items()},
+                "streams": self.streams_status(),
                 "waiting_for_disk": len(self.flush_waiters), "waiting_for_slaves": len(self.group.waiters)}
 
     # ---- time ----------------------------------------------------------------------------

@@ -389,6 +389,9 @@ def test_master_streams_each_burst_to_a_slave_in_step_from_its_own_socket(broker
     cid = send(ref, bodies=(b"next",))
     agent.wait_sent(lambda t: t[1].type == proto.HA_TRANSFER and t[2]["offset"] == end)
     ref.ask(Ping())
+    stream = ref.proxy().status_extra().get()["streams"]["1"]  # what `rmqz admin` shows an operator
+    assert stream == {"acked": end, "sent": store.commit_log.committed_offset,
+                      "in_flight_bytes": store.commit_log.committed_offset - end}
     assert writer.messages == [Ack(0, None)]  # from before the hand-over; no wake-up for bytes or acks since
 
 
