@@ -271,7 +271,10 @@ class RunCache:
     __slots__ = ("topic_b", "topic", "props_b", "tag")
 
     def __init__(self) -> None:
-        self.topic_b, self.topic, self.props_b, self.tag = b"", "", b"", 0
+        # None matches no topic: the first record's (even an empty one) is always checked.
+        self.topic_b: bytes | None = None
+        self.topic = ""
+        self.props_b, self.tag = b"", 0  # no properties: tag 0, nothing to check
 
 
 def check_record(buf: bytes | memoryview, pos: int, expected_offset: int, run: RunCache | None = None) -> RecordMeta:
@@ -298,15 +301,17 @@ def check_record(buf: bytes | memoryview, pos: int, expected_offset: int, run: R
     t_at = pos + HEADER_BYTES
     p_at = t_at + topic_len
     topic_b = view[t_at:p_at]
-    if topic_b != run.topic_b:  # as in _verify: the topic names a consume-queue directory
-        run.topic_b = bytes(topic_b)
-        run.topic = _checked_topic(run.topic_b)
+    if run.topic_b is None or topic_b != run.topic_b:  # as in _verify: it names a directory
+        checked_b = bytes(topic_b)
+        run.topic = _checked_topic(checked_b)  # the cache learns a topic only once it passed
+        run.topic_b = checked_b
     if f[3] > MAX_QUEUE_ID:
         raise RecordError(f"queue id {f[3]} out of range 0..{MAX_QUEUE_ID}")
     props_b = view[p_at:p_at + props_len]
     if props_b != run.props_b:
-        run.props_b = bytes(props_b)
-        run.tag = tag_hash(_tags_of(run.props_b))
+        checked_b = bytes(props_b)
+        run.tag = tag_hash(_tags_of(checked_b))
+        run.props_b = checked_b
     return RecordMeta(run.topic, f[3], f[5], f[6], size, run.tag, f[9])
 
 
@@ -318,7 +323,7 @@ def check_unplaced_records(buf: bytes | memoryview, max_records: int) -> list[tu
     view = memoryview(buf)
     out: list[tuple[str, int, int, int]] = []
     pos, end = 0, len(view)
-    last_topic_b, last_topic = b"", ""
+    last_topic_b, last_topic = None, ""  # None: the first topic (even an empty one) is checked
     crc32, unpack = zlib.crc32, HEADER.unpack_from
     while pos < end:
         if len(out) >= max_records:
@@ -337,9 +342,10 @@ def check_unplaced_records(buf: bytes | memoryview, max_records: int) -> list[tu
             raise RecordError(f"record claims offsets {f[5]}/{f[6]} inside an entry")
         t_at = pos + HEADER_BYTES
         topic_b = view[t_at:t_at + topic_len]
-        if topic_b != last_topic_b:
-            last_topic_b = bytes(topic_b)
-            last_topic = _checked_topic(last_topic_b)
+        if last_topic_b is None or topic_b != last_topic_b:
+            checked_b = bytes(topic_b)
+            last_topic = _checked_topic(checked_b)
+            last_topic_b = checked_b
         if f[3] > MAX_QUEUE_ID:
             raise RecordError(f"queue id {f[3]} out of range 0..{MAX_QUEUE_ID}")
         tag = tag_hash(_tags_of(bytes(view[t_at + topic_len:t_at + topic_len + props_len]))) if props_len else 0

@@ -3,8 +3,8 @@
 An actor that sends through the TransportAgent pays a thread wake-up per message: its
 frames wait in the hand-off queue until the agent thread runs, takes the GIL and writes them.
 On the hot paths of replication that hop lies on every acknowledged send: a DLedger leader
-shipping entries and a follower acking them, a master's HA write half shipping bytes and its
-slave reporting them. The 2-core development VM measured 40 to 90 us
+shipping entries and a follower acking them, a master's broker streaming bytes to its slaves
+and a slave reporting them. The 2-core development VM measured 40 to 90 us
 per hop. Here the actor writes the frames to a socket of its own, and ZeroMQ's I/O thread
 takes them from there, as it would from the agent's socket.
 
@@ -90,6 +90,14 @@ class OwnSender:
             self.stats["dropped_full"] += 1
             return
         self.stats["direct"] += 1
+
+    def close_endpoint(self, endpoint: str) -> None:
+        """Close the socket to one peer that is gone (its queued frames are dropped). A later
+        send to it opens a new one. Idempotent."""
+        self._check_owner()
+        sock = self._sockets.pop(endpoint, None)
+        if sock is not None:
+            sock.close(linger=0)
 
     def close(self) -> None:
         """Idempotent. Queued frames are dropped (LINGER 0), as the agent drops its own."""

@@ -35,10 +35,12 @@ class SlaveAck:
 class SlaveReport:
     """Master -> HA service: a slave's report that reached the master's broker actor first
     (the one a slave sends straight after an append) and was acted on there. The service
-    keeps the connection and its read half's liveness; the write half's window too, unless
-    `window_acked`: the broker told the write half itself. The broker passes one on at once
-    for a slave it knows no write half (or another address) for, else at most once per
-    heartbeat interval: per append, two thread wake-ups fewer."""
+    keeps the connection and its read half's liveness, and opens a connection for a slave
+    it does not know (whose write half then gets the report). With `window_acked` the
+    broker took care of the offset itself (its stream, or the write half still checking
+    the slave): liveness only. The broker passes one on at once for a slave it knows no
+    write half (or another address) for, else at most once per heartbeat interval: per
+    append, two thread wake-ups fewer."""
 
     report: Any  # proto.HAReport
     window_acked: bool = False

@@ -1,9 +1,10 @@
 """HAConnection read half (master side): takes one slave's offset reports.
 
-A periodic report (through HAService) is an acknowledgement: it moves the write half's
-window. The report a slave sends after each append reaches the master's broker instead, which
-releases its SYNC_MASTER sends and acks the write half itself; this actor hears of those at
-most once per heartbeat interval (`Heard`), for liveness only. A slave silent for longer than
+A periodic report (through HAService) goes on to the write half, which needs the slave's
+offset until it has the slave in step. The report a slave sends after each append reaches the
+master's broker instead, which releases its SYNC_MASTER sends, moves its stream to the slave,
+and tells a write half still checking the slave itself; this actor hears of those at most
+once per heartbeat interval (`Heard`), for liveness only. A slave silent for longer than
 the housekeeping interval is declared gone and its connection closed; it reconnects by
 reporting again.
 """
@@ -28,7 +29,8 @@ class ConnectionClosed:
 
 @dataclass(frozen=True, slots=True)
 class Heard:
-    """A report the master's broker already passed to the write half: liveness only."""
+    """A report the master's broker acted on already (its stream, or the write half):
+    liveness only."""
 
     offset: int
 

@@ -68,16 +68,28 @@ class HAStreams:
         self.streams[msg.slave_id] = Stream(msg.write_urn, f"tcp://{known[0]}", window, self.clock_ms())
         self._pump_stream(self.streams[msg.slave_id])
 
-    def stream_on_ack(self, slave_id: int, offset: int) -> bool:
-        """A slave's report; False when we do not stream to it (its write half needs it)."""
+    def stream_on_ack(self, slave_id: int, offset: int, *, periodic: bool = False) -> None:
+        """A slave's report. One below what it acknowledged before means it lost or cut data:
+        resend from there. A periodic report comes through HAService, so while bytes flow it
+        may arrive after a newer one the slave sent straight here: then it moves the stream
+        only forward (a slave that really went back drops our next bytes as out of order and
+        says where it is, or the silence resend finds it). With nothing in flight it is the
+        only word a restarted slave sends, and is taken as it is."""
         stream = self.streams.get(slave_id)
         if stream is None:
-            return False
+            return
+        if periodic and offset < stream.window.acked_offset and stream.window.in_flight_bytes:
+            return
         if offset != stream.window.acked_offset:
             stream.last_progress_ms = self.clock_ms()
         stream.window.on_ack(offset)
         self._pump_stream(stream)
-        return True
+
+    def end_stream(self, slave_id: int) -> None:
+        """Its connection is gone: the socket and what waits in it go too."""
+        stream = self.streams.pop(slave_id, None)
+        if stream is not None and self.ha_sender is not None:
+            self.ha_sender.close_endpoint(stream.endpoint)
 
     def pump_streams(self) -> None:
         for stream in self.streams.values():
@@ -87,7 +99,7 @@ class HAStreams:
         """Connections changed (slave id -> write half urn): a stream whose connection is
         gone or was replaced ends; the new write half hands the slave over again."""
         for slave_id in [s for s, st in self.streams.items() if connections.get(s) != st.write_urn]:
-            del self.streams[slave_id]
+            self.end_stream(slave_id)
 
     def streams_on_tick(self, now_ms: int) -> None:
         limit_ms = RESEND_AFTER_HEARTBEATS * self.config.ha_send_heartbeat_interval_ms

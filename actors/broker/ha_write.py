@@ -31,12 +31,9 @@ class Ack:
 
 
 def transfer_target(transfer: proto.HATransfer) -> str:
-    """Bytes and cuts go straight to the slave's broker, which owns its log (one thread hop
-    less before the ack a SYNC_MASTER send waits on); heartbeats and requests for the
-    slave's bytes go to its HAClient."""
-    if transfer.data or transfer.diverged_at is not None:
-        return proto.BROKER
-    return proto.HA_CLIENT
+    """A cut goes to the slave's broker, which owns its log, as the broker's stream of bytes
+    does; heartbeats and requests for the slave's bytes go to its HAClient."""
+    return proto.BROKER if transfer.diverged_at is not None else proto.HA_CLIENT
 
 
 class HAWriteHalf(RmqzActor):

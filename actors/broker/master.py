@@ -121,7 +121,7 @@ class BrokerMaster(TailFill, HAStreams, BrokerBase):
         self._end_burst()
 
     def _end_burst(self) -> None:
-        """One write for the burst; then pulls see it, the HA service hears of it, and each
+        """One write for the burst; then pulls see it, in-step slaves are sent it, and each
         send waits for the durability it asked for (disk, slaves) from the burst's end."""
         if not self._burst_queues and not self._burst:
             return
@@ -191,9 +191,9 @@ class BrokerMaster(TailFill, HAStreams, BrokerBase):
             self._delay_saved_version = self.delay_offsets.data_version
 
     def release(self) -> None:
+        self.release_ha_streams()  # first: nothing below may leave the socket open
         super().release()
         self._persist_delay_offsets()
-        self.release_ha_streams()
 
     def _writable_topic(self, topic: str) -> TopicConfig:
         cfg = self.topics.get(topic)
@@ -280,10 +280,10 @@ class BrokerMaster(TailFill, HAStreams, BrokerBase):
         if inbound.header.type != proto.HA_REPORT:
             return super().on_tell(inbound)
         # A slave's report straight after its append: the ack SYNC_MASTER sends wait for,
-        # acted on here first; the HA service then updates the connection.
+        # acted on here (waiters, our stream to it); HAService hears of it now and then.
         report = decode_report(inbound, self.config.broker_name, self._count_bad_report)
         if report is not None:
-            self.handle_SlaveAck(SlaveAck(report.slave_id, report.offset))
+            self._on_slave_ack(report.slave_id, report.offset, direct=True)
             self._pass_report_on(report)
 
     def _pass_report_on(self, report: proto.HAReport) -> None:
@@ -308,10 +308,15 @@ class BrokerMaster(TailFill, HAStreams, BrokerBase):
         return self.stats["bad_reports"]
 
     def handle_SlaveAck(self, msg: SlaveAck) -> None:
-        self.fill_on_report(msg.slave_id, msg.offset)
-        for reply, body in self.group.on_report(msg.slave_id, msg.offset, self.clock_ms()):
+        """A slave's periodic report, through HAService."""
+        self._on_slave_ack(msg.slave_id, msg.offset, direct=False)
+
+    def _on_slave_ack(self, slave_id: int, offset: int, direct: bool) -> None:
+        self.fill_on_report(slave_id, offset)
+        for reply, body in self.group.on_report(slave_id, offset, self.clock_ms()):
             self._reply(reply, body)
-        self.stream_on_ack(msg.slave_id, msg.offset)  # after the answers: they wait, the stream less so
+        # After the answers: they wait, the stream less so.
+        self.stream_on_ack(slave_id, offset, periodic=not direct)
 
     def handle_HAWriters(self, msg: HAWriters) -> None:
         self.ha_writer_of = {sid: (address, ref) for sid, address, ref in msg.writers}
@@ -319,7 +324,7 @@ class BrokerMaster(TailFill, HAStreams, BrokerBase):
 
     def handle_SlaveGone(self, msg: SlaveGone) -> None:
         self.group.disconnect(msg.slave_id)
-        self.streams.pop(msg.slave_id, None)
+        self.end_stream(msg.slave_id)
 
     # ---- reads offloaded to the slave ----------------------------------------------------
 

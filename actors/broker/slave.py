@@ -44,6 +44,7 @@ class BrokerSlave(BrokerBase):
         self.report_sender: Any = None
         self._appended_told_ms = -1 << 62  # when the HAClient last heard our log's end
         self._appended_untold: Appended | None = None  # a newer end it has not heard yet
+        self._appended_told_offset = 0
         self.stats.update({"replicated_bytes": 0, "out_of_order": 0, "truncations": 0, "bad_transfers": 0})
         self.handlers[proto.PROMOTE] = self._on_promote
 
@@ -139,14 +140,17 @@ class BrokerSlave(BrokerBase):
 
     def _tell_appended(self, msg: Appended) -> None:
         """The HAClient reports for us when we did not. While we do, it hears our log's end
-        only every quarter heartbeat (and at the next tick after the last append): enough
-        that its periodic report never goes out with an old end, which would make the
-        master resend from there; one thread wake-up fewer per append."""
+        at most every quarter heartbeat, and at the next tick after the last append; at once
+        when the end went back (a cut). With the default tick (100 ms) and heartbeat (1 s)
+        its periodic report then never goes out with an old end, which would only make the
+        master resend. One thread wake-up fewer per append."""
         now = self.clock_ms()
-        if msg.reported and now - self._appended_told_ms < self.config.ha_send_heartbeat_interval_ms // 4:
+        went_back = msg.offset < self._appended_told_offset
+        if msg.reported and not went_back and now - self._appended_told_ms < self.config.ha_send_heartbeat_interval_ms // 4:
             self._appended_untold = msg
             return
         self._appended_told_ms = now
+        self._appended_told_offset = msg.offset
         self._appended_untold = None
         tell_quietly(self.ha_client, msg)
 

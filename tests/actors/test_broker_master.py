@@ -12,7 +12,7 @@ from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.config import BrokerConfig
 from rmqz.actors.broker.flush import FlushFailed, Flushed, FlushRequest
 from rmqz.actors.broker.base import AgentReady, BrokerDeps
-from rmqz.actors.broker.ha_core import HAWriters, SlaveReport
+from rmqz.actors.broker.ha_core import HAWriters, SlaveAck, SlaveGone, SlaveReport
 from rmqz.actors.broker.ha_stream import InStep
 from rmqz.actors.broker.ha_write import Ack
 from rmqz.actors.broker.master import BrokerMaster
@@ -33,6 +33,7 @@ class RecordingAgent:
         self.replies: dict[int, tuple[Header, dict]] = {}
         self.sent: list[tuple[str, Header, dict]] = []
         self.own_sent: list[tuple[str, Header, dict]] = []
+        self.own_senders: list = []
         self.cond = threading.Condition()
 
     def reply(self, token, header, body):
@@ -65,16 +66,32 @@ class RecordingAgent:
 
 
 class OwnSent:
+    """As OwnSender: sockets belong to the first thread that uses them (a second raises)."""
+
     def __init__(self, agent: RecordingAgent) -> None:
         self.agent = agent
         self.closed = False
+        self.closed_endpoints: list[str] = []
+        self.owner: int | None = None
+        agent.own_senders.append(self)
+
+    def _check_owner(self):
+        me = threading.get_ident()
+        self.owner = self.owner or me
+        assert self.owner == me, "own socket used from a second thread"
 
     def send(self, endpoint, header, body):
+        self._check_owner()
         with self.agent.cond:
             self.agent.own_sent.append((endpoint, header, unpack_body(body, 1 << 26)))
             self.agent.cond.notify_all()
 
+    def close_endpoint(self, endpoint):
+        self._check_owner()
+        self.closed_endpoints.append(endpoint)
+
     def close(self):
+        self._check_owner()
         self.closed = True
 
 
@@ -426,7 +443,12 @@ def test_master_resends_from_the_last_ack_when_its_slave_stays_silent(broker):
 
 def test_master_stops_streaming_when_the_connection_goes_and_ignores_a_stale_hand_over(broker):
     (ref, agent, _, _, _, store), ha, _ = streaming_master(broker)
+    send(ref, bodies=(b"before",))
+    agent.wait_sent(lambda t: t[1].type == proto.HA_TRANSFER)
+    sender, = agent.own_senders
     ref.tell(HAWriters(()))  # the connection closed
+    pykka_wait(lambda: sender.closed_endpoints == ["tcp://127.0.0.1:10912"])  # and what waited in its socket
+    agent.own_sent.clear()
     ref.tell(InStep(1, "urn:ha-write-1", 0))  # from the closed write half, late
     send(ref, bodies=(b"after",))
     pykka_wait(lambda: store.commit_log.committed_offset > 0)
@@ -440,3 +462,35 @@ def test_master_stops_streaming_when_the_connection_goes_and_ignores_a_stale_han
     ref.tell(InStep(1, "urn:ha-write-2", 0))  # the new connection's hand-over: stream from 0
     _, _, transfer = agent.wait_sent(lambda t: t[1].type == proto.HA_TRANSFER)
     assert transfer["offset"] == 0 and len(transfer["data"]) == store.commit_log.committed_offset
+    ref.stop()
+    assert sender.closed  # on the actor's own thread (the fake checks, as OwnSender does)
+
+
+def test_slave_gone_ends_its_stream_and_closes_its_socket(broker):
+    (ref, agent, _, _, _, store), _, _ = streaming_master(broker)
+    send(ref, bodies=(b"x",))
+    agent.wait_sent(lambda t: t[1].type == proto.HA_TRANSFER)
+    ref.tell(SlaveGone(1))
+    ref.ask(Ping())
+    assert agent.own_senders[0].closed_endpoints == ["tcp://127.0.0.1:10912"]
+    assert "1" not in ref.proxy().status_extra().get()["streams"]
+
+
+def test_an_older_periodic_report_does_not_rewind_a_stream_in_flight_but_an_idle_one_it_does(broker):
+    """A periodic report comes through HAService and can arrive after a newer report the
+    slave sent straight to the broker: while bytes are in flight it may only move the
+    stream forward. With nothing in flight it is a restarted slave's only word."""
+    (ref, agent, _, _, _, store), _, _ = streaming_master(broker)
+    send(ref, bodies=(b"a" * 500,))
+    agent.wait_sent(lambda t: t[1].type == proto.HA_TRANSFER)
+    first_end = store.commit_log.committed_offset
+    ref.tell(slave_report(first_end))
+    send(ref, bodies=(b"b" * 500,))
+    agent.wait_sent(lambda t: t[1].type == proto.HA_TRANSFER and t[2]["offset"] == first_end)
+    ref.tell(SlaveAck(1, 0))  # old news from HAService while the second burst is in flight
+    ref.ask(Ping())
+    assert [t[2]["offset"] for t in transfers(agent)] == [0, first_end]  # nothing resent
+    ref.tell(slave_report(store.commit_log.committed_offset))  # all acknowledged: idle
+    ref.tell(SlaveAck(1, 0))  # the slave came back empty and says so periodically
+    agent.wait_sent(lambda t: len(transfers(agent)) == 3)
+    assert transfers(agent)[-1][2]["offset"] == 0

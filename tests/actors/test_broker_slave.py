@@ -206,3 +206,21 @@ def test_reporting_slave_tells_its_haclient_its_end_once_per_quarter_heartbeat_a
         assert last.reported and last.last_record is not None
     finally:
         next(gen, None)
+
+
+def test_reporting_slave_tells_its_haclient_at_once_when_its_log_was_cut(tmp_path):
+    """A cut must reach the HAClient now: its periodic report would name an end the log no
+    longer has."""
+    config = BrokerConfig(broker_id=1, broker_role="SLAVE", listen_port=10912, ha_master_address="127.0.0.1:10911",
+                          ha_send_heartbeat_interval_ms=1_000)
+    gen = start_slave(tmp_path, config, clock_ms=lambda: 0)
+    ref, master, store, agent, ha = next(gen)
+    try:
+        end = master.commit_log.committed_offset
+        ref.tell(wire_transfer(master, 0, end))
+        ha.wait_for(lambda m: isinstance(m, Appended) and m.offset == end)  # the first end is told at once
+        ref.tell(ReplicaData(proto.HATransfer(0, b"", end, diverged_at=0)))  # the master: cut to 0
+        told = ha.wait_for(lambda m: isinstance(m, Appended) and m.offset == 0)
+        assert told.reported and store.commit_log.wrote_offset == 0
+    finally:
+        next(gen, None)

@@ -57,6 +57,24 @@ def test_records_checked_as_one_run_keep_their_own_topic_and_tags():
         ("A", rec.tag_hash("x")), ("A", rec.tag_hash("x")), ("B", rec.tag_hash("y")), ("B", 0), ("A", 0)]
 
 
+def test_a_record_with_an_empty_topic_is_refused_first_in_a_run_and_in_an_entry():
+    """The run cache starts empty; an empty topic must not look like 'the same as before'."""
+    data = rec.encode_record(rec.Message("A", b"1"), 0, 0, 1, b"", b"")
+    with pytest.raises(rec.RecordError, match="bad topic"):
+        rec.check_record(data, 0, 0, rec.RunCache())
+    with pytest.raises(rec.RecordError, match="bad topic"):
+        rec.check_unplaced_records(data, 10)
+
+
+def test_a_refused_topic_is_not_remembered_by_the_run():
+    """A caller that catches the error and goes on with the same run gets it refused again."""
+    data = rec.encode_record(rec.Message("A", b"1"), 0, 0, 1, b"..", b"")
+    run = rec.RunCache()
+    for _ in range(2):
+        with pytest.raises(rec.RecordError, match="bad topic"):
+            rec.check_record(data, 0, 0, run)
+
+
 def test_a_bad_topic_later_in_a_run_is_still_refused():
     good = encode(rec.Message("A", b"1"))
     bad = bytearray(encode(rec.Message("AA", b"2"), phys=len(good)))
