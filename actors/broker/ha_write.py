@@ -51,6 +51,7 @@ class HAWriteHalf(RmqzActor):
         self.heartbeat_ms = heartbeat_ms
         self.clock_ms = clock_ms
         self.in_step = False  # the slave's log agrees with ours; the broker streams to it
+        self.held_ack: Ack | None = None  # the slave's last ack while the master was filling
         self.last_heartbeat_ms = 0
         self.own_sender: Any = None  # this half's tells leave on its own socket, in order
 
@@ -63,6 +64,11 @@ class HAWriteHalf(RmqzActor):
 
     def handle_Filling(self, msg: Any) -> None:
         self.filling = msg.on
+        if not msg.on and self.held_ack is not None:
+            # The master has its tail back: check the slave now, not at its next report
+            # (until it is in step, its acks release no SYNC_MASTER send).
+            held, self.held_ack = self.held_ack, None
+            self.handle_Ack(held)
 
     def handle_RequestFill(self, msg: Any) -> None:
         self._send(proto.HATransfer(msg.offset, b"", self.log.committed_offset, send_back_from=msg.offset))
@@ -71,6 +77,7 @@ class HAWriteHalf(RmqzActor):
         if self.in_step:
             return  # the broker streams and hears the slave's acks itself
         if self.filling and ack.offset > self.log.committed_offset:
+            self.held_ack = ack
             return  # the slave holds what we lost: the broker is fetching it; never cut it
         cut = self._disagreement(ack.offset, ack.last_record)
         if cut is not None:

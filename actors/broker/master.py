@@ -313,10 +313,21 @@ class BrokerMaster(TailFill, HAStreams, BrokerBase):
 
     def _on_slave_ack(self, slave_id: int, offset: int, direct: bool) -> None:
         self.fill_on_report(slave_id, offset)
-        for reply, body in self.group.on_report(slave_id, offset, self.clock_ms()):
-            self._reply(reply, body)
+        if slave_id in self.streams:
+            # Only a slave whose log the write half found in step with ours: the offset of
+            # one that is not may name bytes we never sent (a log from another master).
+            self._slave_holds(slave_id, offset)
         # After the answers: they wait, the stream less so.
         self.stream_on_ack(slave_id, offset, periodic=not direct)
+
+    def _slave_holds(self, slave_id: int, offset: int) -> None:
+        for reply, body in self.group.on_report(slave_id, offset, self.clock_ms()):
+            self._reply(reply, body)
+
+    def handle_InStep(self, msg: InStep) -> None:
+        HAStreams.handle_InStep(self, msg)
+        if msg.slave_id in self.streams:
+            self._slave_holds(msg.slave_id, msg.offset)
 
     def handle_HAWriters(self, msg: HAWriters) -> None:
         self.ha_writer_of = {sid: (address, ref) for sid, address, ref in msg.writers}

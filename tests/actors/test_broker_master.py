@@ -320,7 +320,9 @@ def slave_report(offset: int, broker_name: str = "broker-a", raw: bytes | None =
 def test_sync_master_answers_a_send_when_the_slaves_report_reaches_its_broker_actor(broker):
     ha = RecordingRef()
     ref, agent, _, _, _, store = broker(ha_ref=ha, broker_role="SYNC_MASTER", broker_name="broker-a")
-    ref.tell(slave_report(0))  # the slave is connected and in step
+    ref.tell(slave_report(0))  # the slave is connected...
+    ref.tell(HAWriters(((1, "127.0.0.1:10912", WriteHalf("urn:w")),)))
+    ref.tell(InStep(1, "urn:w", 0))  # ...and its write half found its log in step
     cid = send(ref, bodies=(b"replicated",))
     pykka_wait(lambda: store.commit_log.committed_offset > 0)
     ref.ask(Ping())
@@ -328,9 +330,26 @@ def test_sync_master_answers_a_send_when_the_slaves_report_reaches_its_broker_ac
     ref.tell(slave_report(store.commit_log.committed_offset))
     header, body = agent.wait_reply(cid)
     assert header.kind == "reply" and body["status"] == proto.SEND_OK
-    # The HA service still hears of every report (connection, liveness, transfer window).
+    # HAService hears of the first report (before it had a connection for it) at once.
     forwarded = [m for m in ha.messages if isinstance(m, SlaveReport)]
-    assert [m.report.offset for m in forwarded] == [0, store.commit_log.committed_offset]
+    assert [m.report.offset for m in forwarded][0] == 0
+
+
+def test_sync_master_counts_no_ack_from_a_slave_its_write_half_has_not_found_in_step(broker):
+    """A slave's offset means something only once its log agrees with ours: one that joins
+    with a log from elsewhere would otherwise release sends it does not hold."""
+    ref, agent, _, _, _, store = broker(ha_ref=RecordingRef(), broker_role="SYNC_MASTER", broker_name="broker-a",
+                                        slave_ack_timeout_ms=60_000)
+    writer = WriteHalf("urn:w")
+    ref.tell(HAWriters(((1, "127.0.0.1:10912", writer),)))
+    cid = send(ref, bodies=(b"replicated",))
+    pykka_wait(lambda: store.commit_log.committed_offset > 0)
+    ref.tell(slave_report(1 << 20))  # "I hold a MiB": not checked yet
+    ref.ask(Ping())
+    assert not agent.has_reply(cid)
+    assert writer.messages[-1] == Ack(1 << 20, None)  # the write half checks it (and would have it cut)
+    ref.tell(InStep(1, "urn:w", store.commit_log.committed_offset))  # checked: in step up to our end
+    assert agent.wait_reply(cid)[1]["status"] == proto.SEND_OK
 
 
 def test_master_ignores_a_malformed_or_foreign_slave_report_and_keeps_serving(broker):

@@ -14,6 +14,7 @@ from rmqz.actors.broker.ha_core import HAWriters, SlaveAck, SlaveGone, SlaveRepo
 from rmqz.actors.broker.ha_read import ConnectionClosed
 from rmqz.actors.broker.ha_service import AttachBroker, HAService
 from rmqz.actors.broker.ha_stream import InStep
+from rmqz.actors.base import Ping
 from rmqz.actors.ticker import Tick
 from rmqz.storage.message_store import MessageStore, StoreConfig
 from rmqz.storage.record import Message
@@ -128,3 +129,33 @@ def test_write_half_heartbeats_the_slaves_haclient_every_interval(tmp_path):
     finally:
         ref.stop()
         store.close()
+
+
+class FillingLog:
+    """The master's log as a write half sees it while the broker takes back its lost tail."""
+
+    segment_bytes = 1 << 20
+
+    def __init__(self) -> None:
+        self.committed_offset = 100
+        self.records = {50: (50, 7)}  # start -> (size, crc)
+
+    def record_crc_at(self, start):
+        return self.records.get(start)
+
+
+def test_write_half_checks_a_slave_held_back_by_the_tail_fill_as_soon_as_the_fill_ends():
+    from rmqz.actors.broker.ha_service import Filling
+    from rmqz.actors.broker.ha_write import Ack, HAWriteHalf
+    log, agent, broker = FillingLog(), Recorder(), Recorder()
+    ref = HAWriteHalf.start(1, "127.0.0.1:10912", log, agent, "broker-a-0@127.0.0.1:10911", broker, 1_000,
+                            lambda: 0, filling=True)
+    try:
+        ref.tell(Ack(200, (150, 9)))  # the slave holds 100 bytes we lost: never cut them
+        ref.ask(Ping())
+        assert not broker.items and not agent.items
+        log.committed_offset, log.records[150] = 200, (50, 9)  # the broker took them back
+        ref.tell(Filling(False))
+        assert broker.wait_for(lambda m: isinstance(m, InStep)).offset == 200  # no wait for the next report
+    finally:
+        ref.stop()
