@@ -276,6 +276,23 @@ class RunCache:
         self.topic = ""
         self.props_b, self.tag = b"", 0  # no properties: tag 0, nothing to check
 
+    def topic_of(self, topic_b: bytes | memoryview) -> str:
+        """The checked topic these bytes name (they may name a consume-queue directory, so
+        "../x" must stop here); remembered only once it passed."""
+        if self.topic_b is None or topic_b != self.topic_b:
+            checked_b = bytes(topic_b)
+            self.topic = _checked_topic(checked_b)
+            self.topic_b = checked_b
+        return self.topic
+
+    def tag_of(self, props_b: bytes | memoryview) -> int:
+        """The tag hash of checked properties; remembered only once they passed."""
+        if props_b != self.props_b:
+            checked_b = bytes(props_b)
+            self.tag = tag_hash(_tags_of(checked_b))
+            self.props_b = checked_b
+        return self.tag
+
 
 def check_record(buf: bytes | memoryview, pos: int, expected_offset: int, run: RunCache | None = None) -> RecordMeta:
     """Verify the record at pos and return what the dispatcher needs (no body copy): the
@@ -300,19 +317,10 @@ def check_record(buf: bytes | memoryview, pos: int, expected_offset: int, run: R
         raise RecordError(f"record claims offset {f[6]}")
     t_at = pos + HEADER_BYTES
     p_at = t_at + topic_len
-    topic_b = view[t_at:p_at]
-    if run.topic_b is None or topic_b != run.topic_b:  # as in _verify: it names a directory
-        checked_b = bytes(topic_b)
-        run.topic = _checked_topic(checked_b)  # the cache learns a topic only once it passed
-        run.topic_b = checked_b
+    topic = run.topic_of(view[t_at:p_at])
     if f[3] > MAX_QUEUE_ID:
         raise RecordError(f"queue id {f[3]} out of range 0..{MAX_QUEUE_ID}")
-    props_b = view[p_at:p_at + props_len]
-    if props_b != run.props_b:
-        checked_b = bytes(props_b)
-        run.tag = tag_hash(_tags_of(checked_b))
-        run.props_b = checked_b
-    return RecordMeta(run.topic, f[3], f[5], f[6], size, run.tag, f[9])
+    return RecordMeta(topic, f[3], f[5], f[6], size, run.tag_of(view[p_at:p_at + props_len]), f[9])
 
 
 def check_unplaced_records(buf: bytes | memoryview, max_records: int) -> list[tuple[str, int, int, int]]:
@@ -323,7 +331,7 @@ def check_unplaced_records(buf: bytes | memoryview, max_records: int) -> list[tu
     view = memoryview(buf)
     out: list[tuple[str, int, int, int]] = []
     pos, end = 0, len(view)
-    last_topic_b, last_topic = None, ""  # None: the first topic (even an empty one) is checked
+    run = RunCache()
     crc32, unpack = zlib.crc32, HEADER.unpack_from
     while pos < end:
         if len(out) >= max_records:
@@ -341,15 +349,10 @@ def check_unplaced_records(buf: bytes | memoryview, max_records: int) -> list[tu
         if f[5] or f[6]:
             raise RecordError(f"record claims offsets {f[5]}/{f[6]} inside an entry")
         t_at = pos + HEADER_BYTES
-        topic_b = view[t_at:t_at + topic_len]
-        if last_topic_b is None or topic_b != last_topic_b:
-            checked_b = bytes(topic_b)
-            last_topic = _checked_topic(checked_b)
-            last_topic_b = checked_b
+        topic = run.topic_of(view[t_at:t_at + topic_len])
         if f[3] > MAX_QUEUE_ID:
             raise RecordError(f"queue id {f[3]} out of range 0..{MAX_QUEUE_ID}")
-        tag = tag_hash(_tags_of(bytes(view[t_at + topic_len:t_at + topic_len + props_len]))) if props_len else 0
-        out.append((last_topic, f[3], size, tag))
+        out.append((topic, f[3], size, run.tag_of(view[t_at + topic_len:t_at + topic_len + props_len])))
         pos += size
     return out
 

@@ -10,7 +10,6 @@ and the slave looks for its group's master.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +18,9 @@ from loguru import logger
 from rmqz.actors.base import RmqzActor, tell_quietly
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.config import BrokerConfig
+from rmqz.actors.broker.ha_decode import decode_transfer
 from rmqz.actors.ticker import Tick
-from rmqz.transport.envelope import EnvelopeError, Header, Inbound, pack_body, unpack_body
+from rmqz.transport.envelope import Header, Inbound, pack_body
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,19 +68,6 @@ def send_report(sender: Any, node_id: str, config: BrokerConfig, master: str, of
     return True
 
 
-def decode_transfer(inbound: Inbound, node_id: str, count_bad: Callable[[], int]) -> proto.HATransfer | None:
-    """The HATransfer a master's tell carries, or None when malformed (counted with
-    count_bad, which returns the new count, and logged at the 1st, 10th, 100th and 1000th).
-    Used by the HAClient (heartbeats) and the slave's broker actor (bytes)."""
-    try:
-        return proto.HATransfer.from_dict(unpack_body(inbound.body, proto.MAX_HA_DATA_BYTES + 4096))
-    except (EnvelopeError, proto.ProtocolError) as exc:
-        bad = count_bad()
-        if bad in (1, 10, 100, 1000):
-            logger.warning("slave {}: bad HA transfer #{} from {}: {}", node_id, bad, inbound.header.src, exc)
-        return None
-
-
 @dataclass(frozen=True, slots=True)
 class ReplicaData:
     """HAClient -> BrokerSlave: a transfer from the master, decoded."""
@@ -124,7 +111,7 @@ class HAClient(RmqzActor):
     def handle_Inbound(self, inbound: Inbound) -> None:
         if inbound.header.type != proto.HA_TRANSFER:
             return
-        transfer = decode_transfer(inbound, self.node_id, self._count_bad)
+        transfer = decode_transfer(inbound, self._count_bad)
         if transfer is None:
             return
         self.last_heard_ms = self.clock_ms()

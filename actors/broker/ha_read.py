@@ -32,8 +32,6 @@ class Heard:
     """A report the master's broker acted on already (its stream, or the write half):
     liveness only."""
 
-    offset: int
-
 
 class HAReadHalf(RmqzActor):
     def __init__(self, slave_id: int, write_ref: Any, service_ref: Any, silence_ms: int,
@@ -45,17 +43,14 @@ class HAReadHalf(RmqzActor):
         self.silence_ms = silence_ms
         self.clock_ms = clock_ms
         self.last_heard_ms = clock_ms()
-        self.acked_offset = 0
         self.closed = False
 
     def handle_HAReport(self, report: proto.HAReport) -> None:
         self.last_heard_ms = self.clock_ms()
-        self.acked_offset = report.offset
         self.write_ref.tell(Ack(report.offset, report.last_record))
 
-    def handle_Heard(self, msg: Heard) -> None:
+    def handle_Heard(self, _msg: Heard) -> None:
         self.last_heard_ms = self.clock_ms()
-        self.acked_offset = msg.offset
 
     def handle_Tick(self, _tick: Tick) -> None:
         if not self.closed and self.clock_ms() - self.last_heard_ms > self.silence_ms:

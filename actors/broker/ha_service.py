@@ -10,7 +10,6 @@ the slave's periodic reports come here and go on to the master as a SlaveAck.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,29 +18,15 @@ from loguru import logger
 from rmqz.actors.base import ChildExited, ChildFailed, RmqzActor, tell_quietly
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.config import BrokerConfig
-from rmqz.actors.broker.ha_core import MAX_REPORT_BYTES, HAWriters, SlaveAck, SlaveGone, SlaveReport
+from rmqz.actors.broker.ha_core import HAWriters, SlaveAck, SlaveGone, SlaveReport
+from rmqz.actors.broker.ha_decode import decode_fill, decode_report
 from rmqz.actors.broker.ha_read import ConnectionClosed, HAReadHalf, Heard
 from rmqz.actors.broker.ha_write import HAWriteHalf
 from rmqz.actors.ticker import Tick
-from rmqz.transport.envelope import EnvelopeError, Inbound, unpack_body
+from rmqz.transport.envelope import Inbound
 
 MAX_SLAVES = 16
 assert MAX_SLAVES >= 1
-
-
-def decode_report(inbound: Inbound, broker_name: str, count_bad: Callable[[], int]) -> proto.HAReport | None:
-    """The HAReport a slave's tell carries, or None: malformed (counted with count_bad, which
-    returns the new count, and logged at the 1st, 10th, 100th and 1000th) or from a slave of
-    another group. Used here and by the master's broker actor, which gets the report a slave
-    sends after each append."""
-    try:
-        report = proto.HAReport.from_dict(unpack_body(inbound.body, MAX_REPORT_BYTES))
-    except (EnvelopeError, proto.ProtocolError) as exc:
-        bad = count_bad()
-        if bad in (1, 10, 100, 1000):
-            logger.warning("bad HA report #{} from {}: {}", bad, inbound.header.src, exc)
-        return None
-    return report if report.broker_name == broker_name else None  # else: knocked on the wrong door
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,19 +118,13 @@ class HAService(RmqzActor):
         fresh = known is None or known.address != report.address  # its write half has heard nothing yet
         conn = self._connection(report)
         if conn is not None:
-            conn.read_ref.tell(Heard(report.offset) if window_acked and not fresh else report)
+            conn.read_ref.tell(Heard() if window_acked and not fresh else report)
             if ack_master:  # straight to the master, not through the read half
                 tell_quietly(self.broker_ref, SlaveAck(report.slave_id, report.offset))
 
     def _on_fill(self, inbound: Inbound) -> None:
-        try:
-            fill = proto.HAFill.from_dict(unpack_body(inbound.body, proto.MAX_HA_DATA_BYTES + 4096))
-        except (EnvelopeError, proto.ProtocolError) as exc:
-            self.bad_reports += 1
-            if self.bad_reports in (1, 10, 100, 1000):
-                logger.warning("bad HA fill #{} from {}: {}", self.bad_reports, inbound.header.src, exc)
-            return
-        if fill.broker_name == self.config.broker_name and self.filling:
+        fill = decode_fill(inbound, self._count_bad_report)
+        if fill is not None and fill.broker_name == self.config.broker_name and self.filling:
             tell_quietly(self.broker_ref, ReplicaFill(fill))
 
     def _connection(self, report: proto.HAReport) -> Connection | None:

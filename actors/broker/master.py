@@ -16,7 +16,7 @@ from loguru import logger
 from rmqz.actors.base import tell_quietly
 from rmqz.actors.broker import ha_core, retry_core
 from rmqz.actors.broker.ha_core import HAWriters, SlaveAck, SlaveGone, SlaveReport
-from rmqz.actors.broker.ha_service import decode_report
+from rmqz.actors.broker.ha_decode import decode_report
 from rmqz.actors.broker.ha_stream import HAStreams, InStep
 from rmqz.actors.broker.ha_write import Ack
 from rmqz.actors.broker import messages as proto
@@ -74,7 +74,6 @@ class BrokerMaster(TailFill, HAStreams, BrokerBase):
         self._burst_queues: set[tuple[str, int]] = set()
         self.start_ha_streams()
         self.ha_writer_of: dict[int, tuple[str, Any]] = {}  # slave id -> (address, write half)
-        self._report_passed_ms: dict[int, int] = {}  # slave id -> when a report last went on to HAService
 
     def before_stop(self) -> None:
         self._end_burst()
@@ -292,15 +291,14 @@ class BrokerMaster(TailFill, HAStreams, BrokerBase):
         liveness) hears of it at once only when it does not know this slave at this address
         yet; else once per heartbeat interval, as it would from the slave's periodic reports."""
         known = self.ha_writer_of.get(report.slave_id)
+        passed_due = self.due(f"report_passed_{report.slave_id}", self.clock_ms(),
+                              self.config.ha_send_heartbeat_interval_ms, at_once=True)
         if known is None or known[0] != report.address:
-            self._report_passed_ms[report.slave_id] = self.clock_ms()
             tell_quietly(self.ha_ref, SlaveReport(report))
             return
         if report.slave_id not in self.streams:
             tell_quietly(known[1], Ack(report.offset, report.last_record))
-        now = self.clock_ms()
-        if now - self._report_passed_ms.get(report.slave_id, -1 << 62) >= self.config.ha_send_heartbeat_interval_ms:
-            self._report_passed_ms[report.slave_id] = now
+        if passed_due:
             tell_quietly(self.ha_ref, SlaveReport(report, window_acked=True))
 
     def _count_bad_report(self) -> int:

@@ -13,8 +13,8 @@ from loguru import logger
 from rmqz.actors.base import tell_quietly
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.base import BrokerBase, BrokerDeps
-from rmqz.actors.broker.ha_client import (Appended, MasterAddress, MasterSilent, ReplicaData, decode_transfer,
-                                          send_report)
+from rmqz.actors.broker.ha_client import Appended, MasterAddress, MasterSilent, ReplicaData, send_report
+from rmqz.actors.broker.ha_decode import decode_transfer
 from rmqz.storage.errors import CorruptStoreError
 from rmqz.transport.envelope import EnvelopeError, Inbound, unpack_body
 
@@ -42,7 +42,6 @@ class BrokerSlave(BrokerBase):
         self.looking_for_master = False  # our master went silent: ask the NameServers every second
         self.topic_unknown = False  # records of a topic without config arrived since the last copy
         self.report_sender: Any = None
-        self._appended_told_ms = -1 << 62  # when the HAClient last heard our log's end
         self._appended_untold: Appended | None = None  # a newer end it has not heard yet
         self._appended_told_offset = 0
         self.stats.update({"replicated_bytes": 0, "out_of_order": 0, "truncations": 0, "bad_transfers": 0})
@@ -72,7 +71,7 @@ class BrokerSlave(BrokerBase):
         """The master streams bytes straight here (heartbeats go to the HAClient)."""
         if inbound.header.type != proto.HA_TRANSFER:
             return super().on_tell(inbound)
-        transfer = decode_transfer(inbound, self.node_id, self._count_bad_transfer)
+        transfer = decode_transfer(inbound, self._count_bad_transfer)
         if transfer is not None:
             self.handle_ReplicaData(ReplicaData(transfer))
         return None
@@ -138,18 +137,16 @@ class BrokerSlave(BrokerBase):
                                                       log.wrote_offset, last, dst=proto.BROKER)
         self._tell_appended(Appended(log.wrote_offset, last, reported))
 
-    def _tell_appended(self, msg: Appended) -> None:
+    def _tell_appended(self, msg: Appended, *, now: bool = False) -> None:
         """The HAClient reports for us when we did not. While we do, it hears our log's end
         at most every quarter heartbeat, and at the next tick after the last append; at once
         when the end went back (a cut). With the default tick (100 ms) and heartbeat (1 s)
         its periodic report then never goes out with an old end, which would only make the
         master resend. One thread wake-up fewer per append."""
-        now = self.clock_ms()
-        went_back = msg.offset < self._appended_told_offset
-        if msg.reported and not went_back and now - self._appended_told_ms < self.config.ha_send_heartbeat_interval_ms // 4:
+        due = self.due("appended", self.clock_ms(), self.config.ha_send_heartbeat_interval_ms // 4, at_once=True)
+        if msg.reported and not now and not due and msg.offset >= self._appended_told_offset:
             self._appended_untold = msg
             return
-        self._appended_told_ms = now
         self._appended_told_offset = msg.offset
         self._appended_untold = None
         tell_quietly(self.ha_client, msg)
@@ -199,8 +196,7 @@ class BrokerSlave(BrokerBase):
 
     def on_tick(self, now_ms: int) -> None:
         if self._appended_untold is not None:
-            self._appended_told_ms = -1 << 62
-            self._tell_appended(self._appended_untold)
+            self._tell_appended(self._appended_untold, now=True)
         if (self.master_addr is None or self.looking_for_master) and self.due("find_master", now_ms, FIND_MASTER_INTERVAL_MS):
             self._register_all()  # the NameServer answers with the master's address once it knows it
         if self.due("flush", now_ms, self.config.flush_interval_commit_log_ms):
