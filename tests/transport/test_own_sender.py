@@ -93,6 +93,35 @@ def test_own_sender_drops_past_its_queue_bound_for_a_peer_that_is_not_there(make
     assert stats["dropped_full"] >= 50 and stats["direct"] + stats["dropped_full"] == OWN_SNDHWM + 50
 
 
+def test_own_sender_closing_one_gone_peer_frees_its_queue_and_a_later_send_reopens_it(make_agent, recorder_cls):
+    """A master closes the socket to a slave whose connection ended: the frames waiting for
+    it go, the sockets to other peers stay, and a slave that comes back gets a fresh one."""
+    a, b, sink = two_nodes(make_agent, recorder_cls)
+    sender = a.own_sender()
+    nobody = f"tcp://127.0.0.1:{closed_port()}"
+    owner = ThreadPoolExecutor(1)  # one thread owns the sender, as an actor's would
+
+    def scenario():
+        for i in range(OWN_SNDHWM):
+            sender.send(nobody, tell(i), b"x")  # fills its queue
+        sender.send(nobody, tell(0), b"x")
+        full = sender.stats["dropped_full"]
+        sender.send(b.endpoint, tell(1), b"kept")
+        sender.close_endpoint(nobody)
+        sender.close_endpoint(nobody)  # idempotent
+        sender.send(nobody, tell(2), b"x")  # a fresh, empty queue: taken
+        sender.send(b.endpoint, tell(3), b"still")
+        return full, dict(sender.stats), len(sender._sockets)
+
+    full, stats, open_sockets = owner.submit(scenario).result(10)
+    bodies = [sink.get().body for _ in range(2)]
+    owner.submit(sender.close).result(10)
+    owner.shutdown()
+    assert full == 1 and stats["dropped_full"] == 1  # nothing dropped after the close
+    assert open_sockets == 2
+    assert bodies == [b"kept", b"still"]
+
+
 def test_own_sender_refuses_a_second_thread(make_agent):
     a, b = make_agent("A"), make_agent("B")
     sender = a.own_sender()
