@@ -40,10 +40,11 @@ from .envelope import (
 from . import faults as link_faults  # chaos: deterministic partitions (off unless env set)
 from .handoff import Handoff
 from .own_sender import OwnSender  # an actor's own sockets for hot-path tells
+from .peer_inbox import PeerInbox  # an actor's own socket for hot-path tells to it
 from .ratelimit import LogLimiter
 from .admission import Admission  # SYSTEM_BUSY instead of unbounded actor inboxes
 from .curve import TransportSecurity, check_bind, insecure_from_env  # CURVE keys, bind policy
-from .zap import MAX_CONNECTIONS, ZAP_DOMAIN, ZapHandler  # who may connect, how many
+from .zap import MAX_CONNECTIONS, ZAP_DOMAIN, ZapHandler, frame_user_id  # who may connect, how many
 
 __all__ = [
     "BAD_REQUEST",
@@ -308,6 +309,16 @@ class TransportAgent:
         """Sockets of the calling actor's own for its hot-path tells (transport/own_sender.py)."""
         return OwnSender(lambda: self.endpoint, self._configure_peer_socket, self.send_frames)
 
+    def open_peer_inbox(self, inbox: PeerInbox, port: int, dst: str, types: frozenset[str],
+                        advertise_host: str) -> str | None:
+        """Bind an actor's own socket (transport/peer_inbox.py) on this node's host, with its
+        keys, ZAP policy and frame limit; the endpoint peers dial, or None when the node is
+        not on TCP. Call it from the actor's thread: the socket is that thread's."""
+        if not self._bind_endpoint.startswith("tcp://"):
+            return None
+        host = self._bind_endpoint[len("tcp://"):].rsplit(":", 1)[0]
+        return inbox.open(host, advertise_host, port, dst, types, self._security, self._max_frame_bytes)
+
     def reply(self, reply_token: bytes, header: Header, body: bytes) -> None:
         """Answer a message that arrived on our ROUTER. Never raises for delivery
         problems: client gone (``unroutable``), agent stopped (``reply_after_stop``) or
@@ -410,7 +421,7 @@ class TransportAgent:
             except zmq.Again:
                 return
             self.stats["received"] += 1
-            user = _user_id(parts[-1]) if curve else ""
+            user = frame_user_id(parts[-1]) if curve else ""
             frames = [p.bytes for p in parts] if curve else parts
             self._on_router_message(frames[0], frames[1:], user)
 
@@ -773,14 +784,6 @@ class TransportAgent:
         if suppressed:
             message += f" ({suppressed} similar suppressed)"
         logger.warning(message, *args)
-
-
-def _user_id(frame: zmq.Frame) -> str:
-    """The User-Id our ZAP handler gave the connection ("" when there is none)."""
-    try:
-        return frame.get("User-Id") or ""
-    except zmq.ZMQError:
-        return ""
 
 
 def source_host_for(bind_endpoint: str) -> str | None:

@@ -71,15 +71,18 @@ class OwnSender:
         self._closed = False
         self.stats = {"direct": 0, "via_agent": 0, "dropped_full": 0, "dropped_by_faults": 0}
 
-    def send(self, endpoint: str, header: Header, body: bytes) -> None:
+    def send(self, endpoint: str, header: Header, body: bytes, via: str | None = None) -> None:
         """As TransportAgent.send: fire-and-forget. Raises EnvelopeError for a bad header and
-        the agent's TransportBusy/TransportClosed when the fallback cannot take the frames."""
+        the agent's TransportBusy/TransportClosed when the fallback cannot take the frames.
+        ``via``: the socket of the peer node's actor itself (transport/peer_inbox.py), where
+        it has one; ``endpoint`` stays the node's, for the link faults and the fallback."""
         self._check_owner()
         frames = encode(header, body)
         if self._faults and self._faults.drop_out(self._own_endpoint(), endpoint):
             self.stats["dropped_by_faults"] += 1
             return
-        sock = None if self._closed else self._sockets.get(endpoint) or self._open(endpoint)
+        target = via or endpoint
+        sock = None if self._closed else self._sockets.get(target) or self._open(target)
         if sock is None:
             self.stats["via_agent"] += 1
             self._fallback(endpoint, frames)
@@ -92,8 +95,8 @@ class OwnSender:
         self.stats["direct"] += 1
 
     def close_endpoint(self, endpoint: str) -> None:
-        """Close the socket to one peer that is gone (its queued frames are dropped). A later
-        send to it opens a new one. Idempotent."""
+        """Close the socket to one peer that is gone (its queued frames are dropped); name it
+        as sent to (``via`` where one was given). A later send opens a new one. Idempotent."""
         self._check_owner()
         sock = self._sockets.pop(endpoint, None)
         if sock is not None:

@@ -20,7 +20,7 @@ from zmq.utils import z85
 
 from .curve import ServerCurve
 
-__all__ = ["ZAP_DOMAIN", "ZAP_ENDPOINT", "ZapHandler", "MAX_CONNECTIONS"]
+__all__ = ["ZAP_DOMAIN", "ZAP_ENDPOINT", "ZapHandler", "MAX_CONNECTIONS", "frame_user_id"]
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # fixed by RFC 27, one per context
 ZAP_DOMAIN = "rmqz"
@@ -93,3 +93,11 @@ class ZapHandler:
             return b"400", "public key not allow-listed", ""
         self.stats["admitted"] += 1
         return b"200", "OK", user
+
+
+def frame_user_id(frame: zmq.Frame) -> str:
+    """The User-Id the ZAP handler gave the frame's connection ("" when there is none)."""
+    try:
+        return frame.get("User-Id") or ""
+    except zmq.ZMQError:
+        return ""

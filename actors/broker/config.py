@@ -56,6 +56,9 @@ class BrokerConfig:
     access_message_in_memory_max_ratio: int = 40
     access_message_in_memory_max_bytes: int = 0
     ha_master_address: str = ""  # slave: master's host:port; empty = learn it from the NameServer
+    # The broker actor's own socket for the replication stream and its acks (actors/broker/
+    # ha_channel.py). 0: any free port, which peers learn from the stream itself.
+    ha_listen_port: int = 0
     ha_send_heartbeat_interval_ms: int = 1_000
     ha_housekeeping_interval_ms: int = 20_000
     ha_transfer_batch_size: int = 256 * 1024
@@ -117,7 +120,7 @@ ALIASES = {
     "haHousekeepingInterval": "ha_housekeeping_interval_ms",
 }
 INT_LIMITS = {
-    "broker_id": (0, 1023), "listen_port": (1, 65535), "default_topic_queue_nums": (1, 1024),
+    "broker_id": (0, 1023), "listen_port": (1, 65535), "ha_listen_port": (0, 65535), "default_topic_queue_nums": (1, 1024),
     "mapped_file_size_commit_log": (MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES),
     "max_message_size": (1, 64 * 1024 * 1024), "register_broker_interval_ms": (100, 600_000),
     "flush_interval_commit_log_ms": (1, 60_000), "sync_flush_timeout_ms": (1, 600_000),
@@ -196,6 +199,8 @@ def _check(cfg: BrokerConfig) -> None:
         raise ConfigError("listenHost binds every interface: set brokerIP1 to the address others should use")
     if cfg.broker_ip1 and not ADDR_PATTERN.fullmatch(f"{cfg.broker_ip1}:1"):
         raise ConfigError(f"brokerIP1: expected a host name or IP, got {cfg.broker_ip1!r}")
+    if cfg.ha_listen_port == cfg.listen_port:
+        raise ConfigError(f"haListenPort: {cfg.ha_listen_port} is listenPort already; choose another, or 0 for any free port")
     if cfg.ha_master_address and not ADDR_PATTERN.fullmatch(cfg.ha_master_address):
         raise ConfigError(f"haMasterAddress: expected host:port, got {cfg.ha_master_address!r}")
     try:

@@ -51,17 +51,22 @@ class Appended:
 
 
 def send_report(sender: Any, node_id: str, config: BrokerConfig, master: str, offset: int,
-                last_record: tuple[int, int] | None, dst: str = proto.HA_SERVICE) -> bool:
+                last_record: tuple[int, int] | None, dst: str = proto.HA_SERVICE, *,
+                via: str | None = None, inbox: str | None = None) -> bool:
     """Report this slave's log end to its master (the HAReport) through ``sender``: the
     transport agent, or the calling actor's own sockets. ``dst`` is the master's HA service,
     or its broker actor for the report after an append (the ack SYNC_MASTER sends wait on).
     False when it was refused: a later report retries. A report that arrives after a newer
     one only makes the master resend from the older offset; the slave then reports where it
-    really is."""
-    report = proto.HAReport(config.broker_id, config.broker_name, config.address, offset, last_record)
+    really is. ``via``: the master broker actor's own socket (actors/broker/ha_channel.py);
+    ``inbox``: ours, named so the master streams there."""
+    report = proto.HAReport(config.broker_id, config.broker_name, config.address, offset, last_record, inbox)
     header = Header(kind="tell", src=node_id, dst=dst, type=proto.HA_REPORT)
     try:
-        sender.send(f"tcp://{master}", header, pack_body(report.to_dict()))
+        if via is None:
+            sender.send(f"tcp://{master}", header, pack_body(report.to_dict()))
+        else:
+            sender.send(f"tcp://{master}", header, pack_body(report.to_dict()), via=via)
     except Exception as exc:  # transport busy or closed
         logger.debug("slave {}: report to {} failed: {}", node_id, master, exc)
         return False

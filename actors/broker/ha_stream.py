@@ -18,6 +18,7 @@ from typing import Any
 from loguru import logger
 
 from rmqz.actors.broker import messages as proto
+from rmqz.actors.broker.ha_channel import same_host
 from rmqz.actors.broker.ha_core import TransferWindow
 from rmqz.transport.envelope import Header, pack_body
 
@@ -37,20 +38,24 @@ class InStep:
 @dataclass(slots=True)
 class Stream:
     write_urn: str  # the connection it belongs to
-    endpoint: str
+    endpoint: str  # the slave node's
     window: TransferWindow
     last_progress_ms: int
+    last_direct_ms: int = 0  # the slave's last ack straight from its broker actor
+    inbox: str | None = None  # the slave broker actor's own socket, once it named one
+    inbox_failed: bool = False  # went silent through it: the node endpoint for the rest
 
 
 class HAStreams:
-    """Mixin for BrokerMaster (needs store, config, agent, node_id, clock_ms, ha_writer_of)."""
+    """Mixin for BrokerMaster (needs store, config, agent, node_id, clock_ms, ha_writer_of,
+    ha_inbox)."""
 
     streams: dict[int, Stream]
     ha_sender: Any = None
 
     def start_ha_streams(self) -> None:
         self.streams = {}
-        self.stats.update({"ha_sent_bytes": 0, "ha_resends": 0})
+        self.stats.update({"ha_sent_bytes": 0, "ha_resends": 0, "ha_inbox_refused": 0})
 
     def release_ha_streams(self) -> None:
         if self.ha_sender is not None:
@@ -65,7 +70,8 @@ class HAStreams:
             self.ha_sender = self.agent.own_sender()  # created and used on this thread only
         batch = self.config.ha_transfer_batch_size
         window = TransferWindow(msg.offset, window_bytes=4 * batch, batch_bytes=batch)
-        self.streams[msg.slave_id] = Stream(msg.write_urn, f"tcp://{known[0]}", window, self.clock_ms())
+        now = self.clock_ms()
+        self.streams[msg.slave_id] = Stream(msg.write_urn, f"tcp://{known[0]}", window, now, now)
         self._pump_stream(self.streams[msg.slave_id])
 
     def stream_on_ack(self, slave_id: int, offset: int, *, periodic: bool = False) -> None:
@@ -78,18 +84,37 @@ class HAStreams:
         stream = self.streams.get(slave_id)
         if stream is None:
             return
-        if periodic and offset < stream.window.acked_offset and stream.window.in_flight_bytes:
+        if not periodic:
+            stream.last_direct_ms = self.clock_ms()
+        elif offset < stream.window.acked_offset and stream.window.in_flight_bytes:
             return
         if offset != stream.window.acked_offset:
             stream.last_progress_ms = self.clock_ms()
         stream.window.on_ack(offset)
         self._pump_stream(stream)
 
+    def stream_learns_inbox(self, slave_id: int, inbox: str | None) -> None:
+        """A slave's ack named its broker actor's own socket (actors/broker/ha_channel.py):
+        stream there from now on, if it is on the slave node's host."""
+        stream = self.streams.get(slave_id)
+        if stream is None or inbox is None or inbox == stream.inbox or stream.inbox_failed:
+            return
+        if not same_host(inbox, stream.endpoint):
+            self.stats["ha_inbox_refused"] += 1
+            return
+        logger.info("slave {}: streaming to its HA channel {}", slave_id, inbox)
+        self._close_socket(stream)
+        stream.inbox = inbox
+
     def end_stream(self, slave_id: int) -> None:
         """Its connection is gone: the socket and what waits in it go too."""
         stream = self.streams.pop(slave_id, None)
-        if stream is not None and self.ha_sender is not None:
-            self.ha_sender.close_endpoint(stream.endpoint)
+        if stream is not None:
+            self._close_socket(stream)
+
+    def _close_socket(self, stream: Stream) -> None:
+        if self.ha_sender is not None:
+            self.ha_sender.close_endpoint(stream.inbox or stream.endpoint)
 
     def pump_streams(self) -> None:
         for stream in self.streams.values():
@@ -104,18 +129,37 @@ class HAStreams:
     def streams_on_tick(self, now_ms: int) -> None:
         limit_ms = RESEND_AFTER_HEARTBEATS * self.config.ha_send_heartbeat_interval_ms
         for slave_id, stream in self.streams.items():
-            if stream.window.in_flight_bytes and now_ms - stream.last_progress_ms >= limit_ms:
+            flying = stream.window.in_flight_bytes
+            if flying and now_ms - stream.last_progress_ms >= limit_ms:
                 logger.info("slave {} acknowledged nothing for {} ms; resending from {}", slave_id,
                             now_ms - stream.last_progress_ms, stream.window.acked_offset)
                 self.stats["ha_resends"] += 1
                 stream.window.rewind()
                 stream.last_progress_ms = now_ms
+            # Bytes in flight and no ack straight from the slave's broker: one of the two
+            # sockets may be unreachable (the slave's periodic reports still move the stream).
+            silent_ms = now_ms - stream.last_direct_ms
+            if flying and silent_ms >= limit_ms and not stream.inbox_failed and (stream.inbox or self.ha_inbox):
+                self._inbox_failed(slave_id, stream, silent_ms)
         self.pump_streams()
 
+    def _inbox_failed(self, slave_id: int, stream: Stream, silent_ms: int) -> None:
+        """No direct ack while bytes were in flight (a blocked HA port, say, or a paused
+        slave): the slave's node endpoint for the rest of this stream, and our transfers stop
+        naming our socket, so its acks come the node way too. A new stream (the slave
+        reconnects) tries the sockets again."""
+        logger.warning("slave {}: no ack through the HA channels for {} ms; streaming through the nodes ({})",
+                       slave_id, silent_ms, stream.endpoint)
+        self._close_socket(stream)
+        stream.inbox = None
+        stream.inbox_failed = True
+
     def streams_status(self) -> dict:
-        """Per in-step slave: what it acknowledged, what we sent, and the gap (for operators)."""
+        """Per in-step slave: what it acknowledged, what we sent, the gap, and the way the
+        bytes go (for operators)."""
         return {str(sid): {"acked": st.window.acked_offset, "sent": st.window.sent_offset,
-                           "in_flight_bytes": st.window.in_flight_bytes}
+                           "in_flight_bytes": st.window.in_flight_bytes,
+                           "via": st.inbox or ("node, HA channel silent" if st.inbox_failed else "node")}
                 for sid, st in self.streams.items()}
 
     def _pump_stream(self, stream: Stream) -> None:
@@ -125,13 +169,14 @@ class HAStreams:
             data = log.read_committed(rng[0], rng[1])
             if not data:
                 return
-            self._send_transfer(stream.endpoint, proto.HATransfer(rng[0], data, available))
+            inbox = None if stream.inbox_failed else self.ha_inbox
+            self._send_transfer(stream, proto.HATransfer(rng[0], data, available, inbox=inbox))
             stream.window.sent(rng[0], len(data))
             self.stats["ha_sent_bytes"] += len(data)
 
-    def _send_transfer(self, endpoint: str, transfer: proto.HATransfer) -> None:
+    def _send_transfer(self, stream: Stream, transfer: proto.HATransfer) -> None:
         header = Header(kind="tell", src=self.node_id, dst=proto.BROKER, type=proto.HA_TRANSFER)
         try:
-            self.ha_sender.send(endpoint, header, pack_body(transfer.to_dict()))
+            self.ha_sender.send(stream.endpoint, header, pack_body(transfer.to_dict()), via=stream.inbox)
         except Exception as exc:  # transport full or closed: the window resends
-            logger.debug("HA send to {} failed: {}", endpoint, exc)
+            logger.debug("HA send to {} failed: {}", stream.endpoint, exc)

@@ -17,6 +17,7 @@ from rmqz.actors.base import tell_quietly
 from rmqz.actors.broker import ha_core, retry_core
 from rmqz.actors.broker.ha_core import HAWriters, SlaveAck, SlaveGone, SlaveReport
 from rmqz.actors.broker.ha_decode import decode_report
+from rmqz.actors.broker.ha_channel import HAChannel
 from rmqz.actors.broker.ha_stream import HAStreams, InStep
 from rmqz.actors.broker.ha_write import Ack
 from rmqz.actors.broker import messages as proto
@@ -47,8 +48,9 @@ def in_memory_max_bytes(ratio_percent: int, explicit_bytes: int) -> int:
     return total * ratio_percent // 100
 
 
-class BrokerMaster(TailFill, HAStreams, BrokerBase):
+class BrokerMaster(TailFill, HAStreams, HAChannel, BrokerBase):
     ROLE = "MASTER"
+    HA_TELL_TYPES = frozenset({proto.HA_REPORT})  # a slave's ack after its append
 
     def __init__(self, deps: BrokerDeps, flush_ref: Any, ha_ref: Any = None, *, name: str = "broker",
                  supervisor: Any = None) -> None:
@@ -189,8 +191,13 @@ class BrokerMaster(TailFill, HAStreams, BrokerBase):
             self.delay_offsets.persist()
             self._delay_saved_version = self.delay_offsets.data_version
 
+    def acquire(self) -> None:
+        super().acquire()
+        self.open_ha_channel()
+
     def release(self) -> None:
         self.release_ha_streams()  # first: nothing below may leave the socket open
+        self.close_ha_channel()
         super().release()
         self._persist_delay_offsets()
 
@@ -283,6 +290,7 @@ class BrokerMaster(TailFill, HAStreams, BrokerBase):
         report = decode_report(inbound, self.config.broker_name, self._count_bad_report)
         if report is not None:
             self._on_slave_ack(report.slave_id, report.offset, direct=True)
+            self.stream_learns_inbox(report.slave_id, report.inbox)
             self._pass_report_on(report)
 
     def _pass_report_on(self, report: proto.HAReport) -> None:
@@ -374,7 +382,7 @@ class BrokerMaster(TailFill, HAStreams, BrokerBase):
 
     def status_extra(self) -> dict:
         return {"slaves": {str(sid): p.acked_offset for sid, p in self.group.slaves.items()},
-                "streams": self.streams_status(),
+                "streams": self.streams_status(), "ha_channel": self.ha_channel_status(),
                 "waiting_for_disk": len(self.flush_waiters), "waiting_for_slaves": len(self.group.waiters)}
 
     # ---- time ----------------------------------------------------------------------------

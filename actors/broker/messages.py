@@ -84,6 +84,7 @@ MODES = ("CLUSTERING", "BROADCASTING")
 GROUP_PATTERN = re.compile(r"[A-Za-z0-9_%|-]{1,255}")
 TOPIC_PATTERN = re.compile(r"[A-Za-z0-9_%|-]{1,127}")
 BROKER_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,127}")  # as the NameServer's check_name
+INBOX_PATTERN = re.compile(r"tcp://[A-Za-z0-9_.-]{1,253}:\d{1,5}")  # an actor's own socket
 # Properties of one message: RocketMQ caps their encoded form at Short.MAX_VALUE bytes; the
 # count cap keeps a map of thousands of tiny entries from costing more to check than to send.
 MAX_PROPERTIES = 128
@@ -550,10 +551,12 @@ class HAReport:
     address: str  # where the master sends HATransfer (the slave node's endpoint host:port)
     offset: int
     last_record: tuple[int, int] | None = None
+    inbox: str | None = None  # the slave broker actor's own socket (actors/broker/ha_channel.py)
 
     def to_dict(self) -> dict:
         return {"slave_id": self.slave_id, "broker_name": self.broker_name, "address": self.address,
-                "offset": self.offset, "last_record": list(self.last_record) if self.last_record else None}
+                "offset": self.offset, "last_record": list(self.last_record) if self.last_record else None,
+                "inbox": self.inbox}
 
     @classmethod
     def from_dict(cls, d: Any) -> HAReport:
@@ -569,7 +572,7 @@ class HAReport:
         if not BROKER_NAME_PATTERN.fullmatch(broker_name):
             raise ProtocolError(f"bad broker name {broker_name[:40]!r}: 1-127 chars of A-Z a-z 0-9 _ . -")
         return cls(_int(d, "slave_id", 1, MAX_QUEUE_ID), broker_name, address,
-                   _int(d, "offset", 0, 2**63 - 1), tuple(last) if last else None)
+                   _int(d, "offset", 0, 2**63 - 1), tuple(last) if last else None, _opt_inbox(d))
 
 
 @dataclass(slots=True)
@@ -585,10 +588,14 @@ class HATransfer:
     # A master restarted behind its slave (power loss took its unflushed tail) asks for the
     # slave's bytes from here: the slave answers with HAFill.
     send_back_from: int | None = None
+    inbox: str | None = None  # on the stream: the master broker actor's own socket, for the acks
 
     def to_dict(self) -> dict:
-        return {"offset": self.offset, "data": self.data, "master_max": self.master_max, "diverged_at": self.diverged_at,
-                "send_back_from": self.send_back_from}
+        d = {"offset": self.offset, "data": self.data, "master_max": self.master_max, "diverged_at": self.diverged_at,
+             "send_back_from": self.send_back_from}
+        if self.inbox is not None:
+            d["inbox"] = self.inbox
+        return d
 
     @classmethod
     def from_dict(cls, d: Any) -> HATransfer:
@@ -597,7 +604,17 @@ class HATransfer:
         if len(data) > MAX_HA_DATA_BYTES:
             raise ProtocolError(f"HA transfer of {len(data)} bytes exceeds {MAX_HA_DATA_BYTES}")
         return cls(_int(d, "offset", 0, 2**63 - 1), data, _int(d, "master_max", 0, 2**63 - 1),
-                   _opt_offset(d, "diverged_at"), _opt_offset(d, "send_back_from"))
+                   _opt_offset(d, "diverged_at"), _opt_offset(d, "send_back_from"), _opt_inbox(d))
+
+
+def _opt_inbox(d: dict) -> str | None:
+    """A peer actor's own socket, tcp://host:port, or None (it has none: use its node's)."""
+    value = d.get("inbox")
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_NAME_CHARS or not INBOX_PATTERN.fullmatch(value):
+        raise ProtocolError("inbox must be tcp://host:port or null")
+    return value
 
 
 def _opt_offset(d: dict, key: str) -> int | None:

@@ -13,6 +13,7 @@ from loguru import logger
 from rmqz.actors.base import tell_quietly
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.base import BrokerBase, BrokerDeps
+from rmqz.actors.broker.ha_channel import HAChannel, same_host
 from rmqz.actors.broker.ha_client import Appended, MasterAddress, MasterSilent, ReplicaData, send_report
 from rmqz.actors.broker.ha_decode import decode_transfer
 from rmqz.storage.errors import CorruptStoreError
@@ -30,8 +31,9 @@ class AttachHAClient:
     ref: Any
 
 
-class BrokerSlave(BrokerBase):
+class BrokerSlave(HAChannel, BrokerBase):
     ROLE = "SLAVE"
+    HA_TELL_TYPES = frozenset({proto.HA_TRANSFER})  # the master's stream
 
     def __init__(self, deps: BrokerDeps, *, name: str = "broker", supervisor: Any = None) -> None:
         super().__init__(deps, name=name, supervisor=supervisor)
@@ -39,6 +41,7 @@ class BrokerSlave(BrokerBase):
         self.pending = bytearray()  # a partial record at the end of the last transfer
         self.master_max = 0
         self.master_addr: str | None = self.config.ha_master_address or None
+        self.master_inbox: str | None = None  # the master broker actor's own socket, as its stream names it
         self.looking_for_master = False  # our master went silent: ask the NameServers every second
         self.topic_unknown = False  # records of a topic without config arrived since the last copy
         self.report_sender: Any = None
@@ -56,10 +59,12 @@ class BrokerSlave(BrokerBase):
         # this actor's own socket, not through the transport's thread, and goes to the
         # master's broker actor, not through its HA service.
         self.report_sender = self.agent.own_sender()
+        self.open_ha_channel()
 
     def release(self) -> None:
         if self.report_sender is not None:
             self.report_sender.close()
+        self.close_ha_channel()
         super().release()
 
     def handle_AttachHAClient(self, msg: AttachHAClient) -> None:
@@ -73,8 +78,21 @@ class BrokerSlave(BrokerBase):
             return super().on_tell(inbound)
         transfer = decode_transfer(inbound, self._count_bad_transfer)
         if transfer is not None:
+            self._learn_master_inbox(transfer.inbox)
             self.handle_ReplicaData(ReplicaData(transfer))
         return None
+
+    def _learn_master_inbox(self, inbox: str | None) -> None:
+        """The master's stream names its broker actor's own socket: our acks go there. It
+        names none when it has none, or gave up on the sockets for this stream."""
+        if inbox == self.master_inbox:
+            return
+        if inbox is not None and (self.master_addr is None or not same_host(inbox, self.master_addr)):
+            return  # not our master's host: keep to its node endpoint
+        if self.master_inbox is not None:
+            self.report_sender.close_endpoint(self.master_inbox)
+        logger.info("slave {}: acks go to {}", self.node_id, inbox or f"the master's node {self.master_addr}")
+        self.master_inbox = inbox
 
     def _count_bad_transfer(self) -> int:
         self.stats["bad_transfers"] += 1
@@ -134,7 +152,8 @@ class BrokerSlave(BrokerBase):
             last = log.last_record_before(log.wrote_offset)
         master = self.master_addr
         reported = master is not None and send_report(self.report_sender, self.node_id, self.config, master,
-                                                      log.wrote_offset, last, dst=proto.BROKER)
+                                                      log.wrote_offset, last, dst=proto.BROKER,
+                                                      via=self.master_inbox, inbox=self.ha_inbox)
         self._tell_appended(Appended(log.wrote_offset, last, reported))
 
     def _tell_appended(self, msg: Appended, *, now: bool = False) -> None:
@@ -177,7 +196,7 @@ class BrokerSlave(BrokerBase):
         return self.config.broker_id
 
     def status_extra(self) -> dict:
-        return {"master": self.master_addr, "master_max": self.master_max,
+        return {"master": self.master_addr, "master_ha_channel": self.master_inbox, "ha_channel": self.ha_channel_status(), "master_max": self.master_max,
                 "lag_bytes": max(0, self.master_max - self.store.commit_log.wrote_offset)}
 
     # ---- master address and metadata -----------------------------------------------------
@@ -187,6 +206,7 @@ class BrokerSlave(BrokerBase):
         if isinstance(addr, str) and addr and not self.config.ha_master_address and addr != self.master_addr:
             self.looking_for_master = False
             self.master_addr = addr
+            self._learn_master_inbox(None)  # the new master's stream names its own
             tell_quietly(self.ha_client, MasterAddress(addr))
             self._sync_metadata()
 

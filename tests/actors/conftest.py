@@ -21,6 +21,8 @@ class Recorder:
     def __init__(self) -> None:
         self.items = []
         self.own_items = []
+        self.own_vias = []  # per own send: the peer actor's own socket it went to, or None
+        self.inbox_endpoint = None  # what open_peer_inbox answers (None: no socket)
         self.cond = threading.Condition()
 
     def tell(self, msg):
@@ -31,8 +33,13 @@ class Recorder:
     def reply(self, token, header, body):
         self.tell((header, unpack_body(body, 1 << 26)))
 
-    def send(self, endpoint, header, body):
+    def send(self, endpoint, header, body, via=None):
         self.tell((endpoint, header, unpack_body(body, 1 << 26)))
+
+    def open_peer_inbox(self, inbox, port, dst, types, host):
+        """No socket is bound: the actor's mailbox stays a plain one, but it believes its
+        socket is at ``inbox_endpoint`` (and names it to peers)."""
+        return self.inbox_endpoint
 
     def own_sender(self):
         """As TransportAgent.own_sender: what an actor sends on its own sockets is kept
@@ -50,11 +57,15 @@ class OwnPath:
         self.recorder = recorder
         self.closed = False
 
-    def send(self, endpoint, header, body):
+    def send(self, endpoint, header, body, via=None):
         item = (endpoint, header, unpack_body(body, 1 << 26))
         with self.recorder.cond:
             self.recorder.own_items.append(item)
+            self.recorder.own_vias.append(via)
         self.recorder.tell(item)
+
+    def close_endpoint(self, endpoint):
+        self.recorder.tell(("closed", endpoint))
 
     def close(self):
         self.closed = True

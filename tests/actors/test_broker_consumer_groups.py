@@ -35,8 +35,11 @@ class Agent:
             self.replies[header.cid] = (header, unpack_body(body, 1 << 26))
             self.cond.notify_all()
 
-    def send(self, endpoint, header, body):
+    def send(self, endpoint, header, body, via=None):
         pass
+
+    def open_peer_inbox(self, inbox, port, dst, types, host):
+        return None  # no socket: the actor's mailbox stays a plain one
 
     def own_sender(self):  # a slave's reports to its master: not watched here
         return self

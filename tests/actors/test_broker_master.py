@@ -3,9 +3,11 @@ hand-driven flush service and clock. No sockets."""
 
 from __future__ import annotations
 
+import errno
 import threading
 
 import pytest
+import zmq
 
 from rmqz.actors.base import ChildFailed, Ping
 from rmqz.actors.broker import messages as proto
@@ -24,6 +26,7 @@ from rmqz.storage.record_batch import encode_batch
 from rmqz.transport.envelope import Header, Inbound, pack_body, unpack_body
 
 WAIT_S = 5.0
+IN_USE_PORT = 10999  # haListenPort that the fake agent finds taken
 
 
 class RecordingAgent:
@@ -34,6 +37,8 @@ class RecordingAgent:
         self.sent: list[tuple[str, Header, dict]] = []
         self.own_sent: list[tuple[str, Header, dict]] = []
         self.own_senders: list = []
+        self.own_vias: list = []  # per own send: the slave actor's own socket, or None
+        self.inbox_endpoint = None  # what open_peer_inbox answers (None: no socket)
         self.cond = threading.Condition()
 
     def reply(self, token, header, body):
@@ -41,10 +46,16 @@ class RecordingAgent:
             self.replies[header.cid] = (header, unpack_body(body, 1 << 26))
             self.cond.notify_all()
 
-    def send(self, endpoint, header, body):
+    def send(self, endpoint, header, body, via=None):
         with self.cond:
             self.sent.append((endpoint, header, unpack_body(body, 1 << 26)))
             self.cond.notify_all()
+
+    def open_peer_inbox(self, inbox, port, dst, types, host):
+        """No socket is bound (the mailbox stays a plain one); the actor names this one."""
+        if port == IN_USE_PORT:
+            raise zmq.ZMQError(errno.EADDRINUSE)
+        return self.inbox_endpoint
 
     def own_sender(self):
         """As TransportAgent.own_sender: the actor's own socket; kept in ``own_sent``."""
@@ -80,10 +91,11 @@ class OwnSent:
         self.owner = self.owner or me
         assert self.owner == me, "own socket used from a second thread"
 
-    def send(self, endpoint, header, body):
+    def send(self, endpoint, header, body, via=None):
         self._check_owner()
         with self.agent.cond:
             self.agent.own_sent.append((endpoint, header, unpack_body(body, 1 << 26)))
+            self.agent.own_vias.append(via)
             self.agent.cond.notify_all()
 
     def close_endpoint(self, endpoint):
@@ -117,7 +129,7 @@ class Clock:
 def broker(tmp_path):
     made = []
 
-    def _make(ha_ref=None, **overrides):
+    def _make(ha_ref=None, agent_inbox=None, **overrides):
         config = BrokerConfig(**{"listen_port": 10911, "namesrv_addr": ["127.0.0.1:9876"], **overrides})
         store = MessageStore(StoreConfig(str(tmp_path / "store"), commit_log_segment_bytes=1 << 20,
                                          max_message_bytes=config.max_message_size if config.max_message_size < 1 << 19 else 1 << 19))
@@ -125,6 +137,7 @@ def broker(tmp_path):
         topics = TopicConfigStore(store.fs, str(tmp_path / "config"))
         offsets = ConsumerOffsetStore(store.fs, str(tmp_path / "config"))
         agent, flush, watch, clock = RecordingAgent(), RecordingRef(), RecordingRef(), Clock()
+        agent.inbox_endpoint = agent_inbox
         ref = BrokerMaster.start(BrokerDeps(config, store, agent, topics, offsets, clock), flush, ha_ref, supervisor=watch)
         made.append(ref)
         return ref, agent, flush, watch, clock, store
@@ -310,9 +323,9 @@ def pykka_wait(cond, timeout=WAIT_S):
 
 
 def slave_report(offset: int, broker_name: str = "broker-a", raw: bytes | None = None,
-                 address: str = "127.0.0.1:10912") -> Inbound:
+                 address: str = "127.0.0.1:10912", inbox: str | None = None) -> Inbound:
     """The report a slave sends straight after an append, addressed to the master's broker."""
-    body = proto.HAReport(1, broker_name, address, offset, None).to_dict()
+    body = proto.HAReport(1, broker_name, address, offset, None, inbox).to_dict()
     header = Header(kind="tell", src="broker-a-1@127.0.0.1:10912", dst=proto.BROKER, type=proto.HA_REPORT)
     return Inbound(header, raw if raw is not None else pack_body(body), b"slave", None)
 
@@ -427,7 +440,7 @@ def test_master_streams_each_burst_to_a_slave_in_step_from_its_own_socket(broker
     ref.ask(Ping())
     stream = ref.proxy().status_extra().get()["streams"]["1"]  # what `rmqz admin` shows an operator
     assert stream == {"acked": end, "sent": store.commit_log.committed_offset,
-                      "in_flight_bytes": store.commit_log.committed_offset - end}
+                      "in_flight_bytes": store.commit_log.committed_offset - end, "via": "node"}
     assert writer.messages == [Ack(0, None)]  # from before the hand-over; no wake-up for bytes or acks since
 
 
@@ -513,3 +526,69 @@ def test_an_older_periodic_report_does_not_rewind_a_stream_in_flight_but_an_idle
     ref.tell(SlaveAck(1, 0))  # the slave came back empty and says so periodically
     agent.wait_sent(lambda t: len(transfers(agent)) == 3)
     assert transfers(agent)[-1][2]["offset"] == 0
+
+
+# ---- the HA channel: the slave broker actor's own socket (actors/broker/ha_channel.py) ---------
+
+MASTER_INBOX = "tcp://127.0.0.1:20911"
+SLAVE_INBOX = "tcp://127.0.0.1:20912"
+
+
+def test_master_streams_to_the_slaves_ha_channel_once_its_ack_names_one(broker):
+    """RocketMQ's haListenPort: the bytes go to the slave's broker actor's own socket, not
+    through its node's transport thread; every transfer names ours, for the acks."""
+    (ref, agent, _, _, _, store), _, _ = streaming_master(broker, agent_inbox=MASTER_INBOX)
+    send(ref, bodies=(b"first",))
+    _, _, first = agent.wait_sent(lambda t: t[1].type == proto.HA_TRANSFER)
+    assert first["inbox"] == MASTER_INBOX and agent.own_vias[-1] is None  # the slave named no socket yet
+    end = store.commit_log.committed_offset
+    ref.tell(slave_report(end, inbox=SLAVE_INBOX))
+    send(ref, bodies=(b"second",))
+    endpoint, _, second = agent.wait_sent(lambda t: t[1].type == proto.HA_TRANSFER and t[2]["offset"] == end)
+    assert endpoint == "tcp://127.0.0.1:10912" and agent.own_vias[-1] == SLAVE_INBOX  # the node, for link faults
+    assert agent.own_senders[0].closed_endpoints == ["tcp://127.0.0.1:10912"]  # the node path's socket goes
+    ref.ask(Ping())
+    assert ref.proxy().status_extra().get()["streams"]["1"]["via"] == SLAVE_INBOX
+
+
+def test_master_refuses_an_ha_channel_on_another_host_than_the_slaves(broker):
+    (ref, agent, _, _, _, store), _, _ = streaming_master(broker, agent_inbox=MASTER_INBOX)
+    send(ref, bodies=(b"first",))
+    agent.wait_sent(lambda t: t[1].type == proto.HA_TRANSFER)
+    ref.tell(slave_report(store.commit_log.committed_offset, inbox="tcp://10.9.9.9:20912"))
+    send(ref, bodies=(b"second",))
+    agent.wait_sent(lambda t: len(transfers(agent)) == 2)
+    assert agent.own_vias[-1] is None and ref.proxy().stats.get()["ha_inbox_refused"] == 1
+
+
+def test_master_falls_back_to_the_nodes_when_no_ack_comes_straight_from_the_slave(broker):
+    """A blocked HA port (either way) must cost speed, never replication: with bytes in
+    flight and no direct ack for two heartbeats, the stream goes to the slave's node and
+    stops naming our socket, so the slave's acks come the node way too."""
+    (ref, agent, _, _, clock, store), _, _ = streaming_master(broker, agent_inbox=MASTER_INBOX,
+                                                               ha_send_heartbeat_interval_ms=1_000)
+    send(ref, bodies=(b"first",))
+    agent.wait_sent(lambda t: t[1].type == proto.HA_TRANSFER)
+    end = store.commit_log.committed_offset
+    ref.tell(slave_report(end, inbox=SLAVE_INBOX))
+    send(ref, bodies=(b"into the void",))
+    agent.wait_sent(lambda t: t[1].type == proto.HA_TRANSFER and t[2]["offset"] == end)
+    assert agent.own_vias[-1] == SLAVE_INBOX
+    clock.now_ms += 2_000
+    ref.tell(Tick(clock.now_ms))
+    agent.wait_sent(lambda t: len(transfers(agent)) == 3)  # the resend
+    resend = transfers(agent)[-1][2]
+    assert resend["offset"] == end and "inbox" not in resend and agent.own_vias[-1] is None
+    ref.tell(slave_report(store.commit_log.committed_offset, inbox=SLAVE_INBOX))  # not taken again
+    ref.ask(Ping())
+    assert ref.proxy().status_extra().get()["streams"]["1"]["via"] == "node, HA channel silent"
+    send(ref, bodies=(b"third",))
+    agent.wait_sent(lambda t: len(transfers(agent)) == 4)
+    assert agent.own_vias[-1] is None
+
+
+def test_a_taken_ha_listen_port_fails_the_start_with_an_error_naming_it(broker):
+    _, _, _, watch, _, _ = broker(ha_listen_port=IN_USE_PORT)
+    assert watch.event.wait(WAIT_S)
+    failed, = watch.messages
+    assert isinstance(failed, ChildFailed) and "haListenPort 10999: cannot listen" in failed.reason

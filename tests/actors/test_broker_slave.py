@@ -163,10 +163,10 @@ def test_slave_asks_its_master_for_a_new_topics_config_at_its_first_record(tmp_p
         next(gen, None)
 
 
-def wire_transfer(master, start, length, raw=None) -> Inbound:
-    """A transfer as the master's write half sends it: a tell to the slave's broker actor."""
+def wire_transfer(master, start, length, raw=None, inbox=None) -> Inbound:
+    """A transfer as the master's broker streams it: a tell to the slave's broker actor."""
     data = master.commit_log.read_committed(start, length)
-    body = proto.HATransfer(start, data, master.commit_log.committed_offset).to_dict()
+    body = proto.HATransfer(start, data, master.commit_log.committed_offset, inbox=inbox).to_dict()
     header = Header(kind="tell", src="broker-a-0@127.0.0.1:10911", dst=proto.BROKER, type=proto.HA_TRANSFER)
     return Inbound(header, raw if raw is not None else pack_body(body), b"m", None)
 
@@ -224,3 +224,50 @@ def test_reporting_slave_tells_its_haclient_at_once_when_its_log_was_cut(tmp_pat
         assert told.reported and store.commit_log.wrote_offset == 0
     finally:
         next(gen, None)
+
+
+def test_slave_acks_to_the_masters_ha_channel_its_stream_names_and_names_its_own(tmp_path):
+    """The ack a SYNC_MASTER send waits for goes to the master's broker actor's own socket
+    (RocketMQ's haListenPort), named in the stream, if it is on the master's host; a new
+    master, or a stream that stops naming one, sends the acks back to the node."""
+    config = BrokerConfig(broker_id=1, broker_role="SLAVE", listen_port=10912)
+    gen = start_slave(tmp_path, config)
+    ref, master, store, agent, ha = next(gen)
+    try:
+        ref.proxy().on_registered({"master_addr": "127.0.0.1:10911"}).get()
+        ref.tell(wire_transfer(master, 0, 500, inbox="tcp://10.9.9.9:20911"))  # not the master's host
+        ref.tell(wire_transfer(master, 500, 500, inbox="tcp://127.0.0.1:20911"))
+        ref.tell(wire_transfer(master, 1000, 500))  # the master gave up on the channels
+        ref.ask(Ping())
+        reports = [(it, via) for it, via in zip(agent.own_items, agent.own_vias) if it[1].type == proto.HA_REPORT]
+        assert [via for _, via in reports] == [None, "tcp://127.0.0.1:20911", None]
+        assert all(it[0] == "tcp://127.0.0.1:10911" for it, _ in reports)  # the node: for link faults
+        assert ("closed", "tcp://127.0.0.1:20911") in agent.items
+        ref.tell(wire_transfer(master, 1500, 500, inbox="tcp://127.0.0.1:20911"))
+        ref.ask(Ping())
+        assert ref.proxy().status_extra().get()["master_ha_channel"] == "tcp://127.0.0.1:20911"
+        ref.proxy().on_registered({"master_addr": "127.0.0.1:10913"}).get()  # a new master
+        assert ref.proxy().status_extra().get()["master_ha_channel"] is None
+    finally:
+        next(gen, None)
+
+
+def test_slave_names_its_own_ha_channel_in_its_acks(tmp_path):
+    config = BrokerConfig(broker_id=1, broker_role="SLAVE", listen_port=10912, ha_master_address="127.0.0.1:10911")
+    master = make_store(tmp_path / "master")
+    master.put_messages([Message("Orders", b"x" * 100, queue_id=0)])
+    master.commit()
+    store = make_store(tmp_path / "slave")
+    topics = TopicConfigStore(store.fs, str(tmp_path / "cfg"))
+    agent = Recorder()
+    agent.inbox_endpoint = "tcp://127.0.0.1:20912"
+    ref = BrokerSlave.start(BrokerDeps(config, store, agent, topics, ConsumerOffsetStore(store.fs, str(tmp_path / "cfg")),
+                                       lambda: 0))
+    try:
+        ref.tell(AttachHAClient(Recorder()))
+        ref.tell(wire_transfer(master, 0, master.commit_log.committed_offset))
+        _, _, report = agent.wait_for(lambda i: len(i) == 3 and i[1].type == proto.HA_REPORT)
+        assert report["inbox"] == "tcp://127.0.0.1:20912"
+        assert ref.proxy().status_extra().get()["ha_channel"]["endpoint"] == "tcp://127.0.0.1:20912"
+    finally:
+        ref.stop()

@@ -137,6 +137,22 @@ def test_sync_master_send_ok_means_the_slave_already_has_the_message(group):
         assert pulled["status"] == proto.FOUND and pulled["messages"][0]["body"] == f"sync-{i}".encode()
 
 
+def test_sync_master_and_slave_replicate_over_their_ha_channels(group):
+    """RocketMQ's haListenPort: the master's bytes go to the slave broker actor's own socket
+    and its acks to the master's, each side learning the other's from the stream; an
+    operator sees which way the stream goes."""
+    g = group("SYNC_MASTER")
+    for i in range(20):
+        assert g.send(f"ha-{i}".encode())["status"] == proto.SEND_OK
+    g.wait_slave_caught_up()
+    master, slave = g.status(g.m), g.status(g.s)
+    assert master["ha_channel"]["endpoint"].startswith("tcp://127.0.0.1:")  # haListenPort 0: any free port
+    assert slave["master_ha_channel"] == master["ha_channel"]["endpoint"]
+    assert master["streams"]["1"]["via"] == slave["ha_channel"]["endpoint"] != master["ha_channel"]["endpoint"]
+    assert master["ha_channel"]["received"] > 0 and slave["ha_channel"]["received"] > 0  # acks and bytes
+    assert slave["ha_channel"]["malformed"] == slave["ha_channel"]["refused"] == 0
+
+
 def test_sync_master_never_says_send_ok_without_a_slave_and_recovers_when_it_returns(group):
     g = group("SYNC_MASTER", slaveAckTimeoutMs="1000")
     assert g.send(b"with slave")["status"] == proto.SEND_OK

@@ -14,12 +14,15 @@ def test_rocketmq_keys_and_snake_case_both_work():
              "namesrvAddr=10.0.0.1:9876;10.0.0.2:9876\nlistenPort=10911\nslaveReadEnable=true\n")
     assert (c.broker_name, c.broker_id, c.broker_role, c.flush_disk_type) == ("broker-b", 1, "SLAVE", "SYNC_FLUSH")
     assert c.namesrv_addr == ["10.0.0.1:9876", "10.0.0.2:9876"] and c.slave_read_enable
+    assert c.ha_listen_port == 0  # the HA channel: any free port unless haListenPort names one
+    assert conf("listenPort=10911\nhaListenPort=10912\n").ha_listen_port == 10912
 
 
 @pytest.mark.parametrize("text, key", [
     ("brokerRole=BOSS", "brokerRole"), ("flushDiskType=SOMETIMES", "flushDiskType"),
     ("listenPort=99999", "listenPort"), ("slaveReadEnable=yes", "slaveReadEnable"),
     ("typoKey=1", "typoKey"), ("brokerId=1", "brokerRole"), ("namesrvAddr=nohost", "namesrvAddr"),
+    ("haListenPort=70000", "haListenPort"), ("listenPort=10911\nhaListenPort=10911", "haListenPort"),
 ])
 def test_bad_values_are_errors_that_name_the_key(text, key):
     with pytest.raises(ConfigError, match=key):

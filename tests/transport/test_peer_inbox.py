@@ -1,0 +1,263 @@
+"""PeerInbox: an actor's mailbox that also reads the actor's own socket. A peer's tell reaches
+the owner thread with no other thread in between; anything but an allowed tell is counted and
+dropped; puts from other threads wake the owner; neither source starves the other; and with
+CURVE only allow-listed cluster keys get in."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import zmq
+
+from rmqz.transport import curve as cv
+from rmqz.transport.envelope import Header, Inbound, encode
+from rmqz.transport.peer_inbox import SOCKET_EVERY_ITEMS, InboxTell, PeerInbox
+
+WAIT_S = 5.0
+TYPES = frozenset({"HAReport"})
+
+
+def tell(type_: str = "HAReport", dst: str = "broker", kind: str = "tell", body: bytes = b"x") -> list[bytes]:
+    return encode(Header(kind=kind, src="peer-1", dst=dst, type=type_), body)
+
+
+class Owner:
+    """Runs a PeerInbox the way pykka's loop does: open on its thread, then get() forever."""
+
+    def __init__(self, security: cv.TransportSecurity | None = None, max_frame_bytes: int = 1 << 20) -> None:
+        self.inbox = PeerInbox()
+        self.got: list = []
+        self.threads: set[int] = set()
+        self.cond = threading.Condition()
+        self.opened = threading.Event()
+        self.gate = threading.Event()  # the owner holds at a "gate" item until it is set
+        self.error: BaseException | None = None
+        self._security = security or cv.TransportSecurity()
+        self._max = max_frame_bytes
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self.opened.wait(WAIT_S)
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        try:
+            self.inbox.open("127.0.0.1", "127.0.0.1", 0, "broker", TYPES, self._security, self._max)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            self.error = exc
+            self.opened.set()
+            return
+        self.opened.set()
+        while True:
+            item = self.inbox.get()
+            if item == "stop":
+                break
+            if item == "gate":
+                self.gate.wait(WAIT_S)
+                continue
+            with self.cond:
+                self.got.append(item)
+                self.threads.add(threading.get_ident())
+                self.cond.notify_all()
+        self.inbox.close()
+
+    def wait_for(self, count: int) -> list:
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.got) >= count, WAIT_S), f"got {self.got}"
+            return list(self.got)
+
+    def stop(self) -> None:
+        self.inbox.put("stop")
+        self.thread.join(WAIT_S)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def ctx():
+    c = zmq.Context()
+    yield c
+    c.destroy(linger=0)  # closes what a failed test left open
+
+
+def dealer(ctx: zmq.Context, endpoint: str, curve: cv.ClientCurve | None = None) -> zmq.Socket:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        curve.apply(sock)
+    sock.connect(endpoint)
+    return sock
+
+
+def test_a_peers_tell_is_read_by_the_owner_thread_itself(ctx):
+    owner = Owner()
+    try:
+        sock = dealer(ctx, owner.inbox.endpoint)
+        sock.send_multipart(tell(body=b"offset 42"))
+        item = owner.wait_for(1)[0]
+        assert isinstance(item, InboxTell) and item.reply_to is None  # what pykka's loop reads
+        assert isinstance(item.message, Inbound)
+        assert (item.message.header.type, item.message.body) == ("HAReport", b"offset 42")
+        assert owner.threads == {owner.thread.ident}
+        assert owner.inbox.stats["received"] == 1
+        sock.close()
+    finally:
+        owner.stop()
+
+
+def test_puts_from_other_threads_wake_the_owner_while_it_waits_on_its_socket():
+    owner = Owner()
+    try:
+        for n in range(200):  # each put finds the owner asleep in poll
+            owner.inbox.put(n)
+            owner.wait_for(n + 1)
+            time.sleep(0.0005)
+        assert owner.got == list(range(200))
+    finally:
+        owner.stop()
+
+
+def test_requests_other_targets_other_types_and_garbage_are_counted_and_dropped(ctx):
+    owner = Owner()
+    try:
+        sock = dealer(ctx, owner.inbox.endpoint)
+        sock.send_multipart(tell(kind="request"))  # nobody could answer it here
+        sock.send_multipart(tell(dst="namesrv"))
+        sock.send_multipart(tell(type_="SendMessage"))
+        sock.send_multipart([b"RMQZ9", b"\x00", b""])
+        sock.send_multipart([b"garbage"])
+        sock.send_multipart(tell(body=b"good"))
+        got = owner.wait_for(1)
+        assert [g.message.body for g in got] == [b"good"]
+        assert owner.inbox.stats["refused"] == 3 and owner.inbox.stats["malformed"] == 2
+        sock.close()
+    finally:
+        owner.stop()
+
+
+def test_a_frame_over_the_limit_never_reaches_the_owner(ctx):
+    owner = Owner(max_frame_bytes=4096)
+    try:
+        big = dealer(ctx, owner.inbox.endpoint)
+        big.send_multipart(tell(body=b"x" * 10_000))  # libzmq drops the connection
+        small = dealer(ctx, owner.inbox.endpoint)
+        small.send_multipart(tell(body=b"small"))
+        assert [g.message.body for g in owner.wait_for(1)] == [b"small"]
+        time.sleep(0.2)
+        assert len(owner.got) == 1
+        big.close()
+        small.close()
+    finally:
+        owner.stop()
+
+
+def test_a_busy_mailbox_does_not_starve_the_socket_nor_the_other_way(ctx):
+    owner = Owner()
+    try:
+        sock = dealer(ctx, owner.inbox.endpoint)
+        sock.send_multipart(tell(body=b"connected"))
+        owner.wait_for(1)
+        owner.inbox.put("gate")
+        for n in range(30):
+            sock.send_multipart(tell(body=b"%d" % n))
+        time.sleep(0.3)  # the frames wait in the socket
+        for n in range(100):
+            owner.inbox.put(n)
+        owner.gate.set()
+        got = owner.wait_for(131)[1:]
+        first_peer = next(i for i, g in enumerate(got) if isinstance(g, InboxTell))
+        first_mail = next(i for i, g in enumerate(got) if isinstance(g, int))
+        assert first_peer <= SOCKET_EVERY_ITEMS and first_mail <= 1  # each is served early
+        kinds = ["peer" if isinstance(g, InboxTell) else "mail" for g in got[:60]]
+        assert kinds.count("peer") >= 5 and kinds.count("mail") >= 30  # and keeps being served
+        sock.close()
+    finally:
+        owner.gate.set()
+        owner.stop()
+
+
+def test_a_new_peer_gets_in_while_the_mailbox_never_empties(ctx):
+    """Its handshake waits for our ZAP answer: that cannot wait until the mailbox is empty."""
+    owner = Owner()
+    try:
+        owner.inbox.put("gate")
+        sock = dealer(ctx, owner.inbox.endpoint)
+        sock.send_multipart(tell(body=b"new peer"))
+        time.sleep(0.3)  # its ZAP request waits for the owner
+        for n in range(5_000):
+            owner.inbox.put(n)
+        owner.gate.set()
+        got = owner.wait_for(5_001)
+        assert next(i for i, g in enumerate(got) if isinstance(g, InboxTell)) < 4_000
+        sock.close()
+    finally:
+        owner.gate.set()
+        owner.stop()
+
+
+def test_close_is_idempotent_and_leaves_a_plain_mailbox():
+    inbox = PeerInbox()
+    inbox.open("127.0.0.1", "127.0.0.1", 0, "broker", TYPES, cv.TransportSecurity(), 1 << 20)
+    endpoint = inbox.endpoint
+    inbox.put("a")
+    inbox.close()
+    inbox.close()
+    assert inbox.endpoint is None and endpoint.startswith("tcp://127.0.0.1:")
+    inbox.put("b")
+    assert (inbox.get(), inbox.get(), inbox.empty()) == ("a", "b", True)
+
+
+def test_a_fixed_port_in_use_fails_the_open_and_releases_everything():
+    first = PeerInbox()
+    first.open("127.0.0.1", "127.0.0.1", 0, "broker", TYPES, cv.TransportSecurity(), 1 << 20)
+    port = int(first.endpoint.rsplit(":", 1)[1])
+    second = PeerInbox()
+    with pytest.raises(zmq.ZMQError):
+        second.open("127.0.0.1", "127.0.0.1", port, "broker", TYPES, cv.TransportSecurity(), 1 << 20)
+    assert second.endpoint is None and second._ctx is None
+    first.close()
+
+
+def test_no_keys_means_no_listening_beyond_loopback():
+    with pytest.raises(cv.CurveError, match="without CURVE"):
+        PeerInbox().open("0.0.0.0", "10.0.0.5", 0, "broker", TYPES, cv.TransportSecurity(), 1 << 20)
+
+
+@pytest.fixture
+def keys(tmp_path):
+    cv.generate_keys(str(tmp_path / "keys"), ["app", "intruder"])
+    root = tmp_path / "keys"
+    (tmp_path / "allowed").mkdir()
+    (tmp_path / "allowed" / "app.key").write_bytes((root / "clients" / "app.key").read_bytes())
+    curve = cv.ServerCurve.load(str(root / "server.key_secret"), str(root / "cluster.key_secret"), None,
+                                str(tmp_path / "allowed"))
+    security = cv.TransportSecurity(curve=curve, cluster_only_types=TYPES)
+    return root, security
+
+
+def test_with_curve_only_the_cluster_key_delivers_a_cluster_only_tell(ctx, keys):
+    root, security = keys
+    owner = Owner(security)
+    try:
+        intruder = dealer(ctx, owner.inbox.endpoint, cv.ClientCurve.load(
+            str(root / "server.key"), str(root / "clients" / "intruder.key_secret")))
+        intruder.send_multipart(tell(body=b"intruder"))  # not allow-listed: denied in the handshake
+        app = dealer(ctx, owner.inbox.endpoint, cv.ClientCurve.load(
+            str(root / "server.key"), str(root / "clients" / "app.key_secret")))
+        app.send_multipart(tell(body=b"app"))  # a client key: admitted, but HAReport is cluster-only
+        peer = dealer(ctx, owner.inbox.endpoint, security.client_side())
+        peer.send_multipart(tell(body=b"cluster"))
+        got = owner.wait_for(1)
+        deadline = time.monotonic() + WAIT_S
+        while owner.inbox.stats["refused"] < 1 and time.monotonic() < deadline:
+            owner.inbox.put("tick")  # the owner services ZAP and reads between items
+            time.sleep(0.05)
+        time.sleep(0.3)
+        bodies = [g.message.body for g in owner.got if isinstance(g, InboxTell)]
+        assert bodies == [b"cluster"] and got[0].message.user.startswith("cluster:")
+        assert owner.inbox.stats["refused"] == 1
+        for s in (intruder, app, peer):
+            s.close()
+    finally:
+        owner.stop()
