@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import socket
 import queue
+import secrets
 import threading
 import time
 from collections import deque
@@ -44,7 +45,7 @@ from .envelope import EnvelopeError, Inbound, decode
 from .ratelimit import LogLimiter
 from .zap import ZAP_DOMAIN, ZapHandler, frame_user_id
 
-__all__ = ["PeerInbox", "InboxTell"]
+__all__ = ["PeerInbox", "InboxTell", "inbox_route"]
 
 MAX_INBOX_CONNECTIONS = 64  # the peers of one broker group or Raft group, with room to spare
 INBOX_RCVHWM = 256  # frames queued per peer connection inside libzmq
@@ -57,6 +58,12 @@ MAX_FRAME_BYTES_LIMIT = 64 * 1024 * 1024
 assert 0 < MAX_INBOX_CONNECTIONS <= 4_096 and 0 < INBOX_RCVHWM <= 100_000
 assert 0 < SOCKET_EVERY_ITEMS <= 1_000 and 0 < SERVICE_EVERY_READS <= 1_000
 assert 0 < ZMTP_HEARTBEAT_IVL_MS < ZMTP_HEARTBEAT_TIMEOUT_MS <= 60_000
+
+
+def inbox_route(address: str) -> tuple[str, str]:
+    """(endpoint to dial, header dst) of a PeerInbox address ``tcp://host:port/NAME``."""
+    endpoint, _, dst = address.rpartition("/")
+    return endpoint, dst
 
 
 class InboxTell:
@@ -92,7 +99,7 @@ class PeerInbox:
         self._security = TransportSecurity()
         self._max_frame_bytes = 0
         self._limiter = LogLimiter()
-        self.endpoint: str | None = None  # what peers dial, once open
+        self.endpoint: str | None = None  # the address peers send to, once open (see inbox_route)
         self.stats = {"received": 0, "malformed": 0, "refused": 0, "zap_denied": 0}
 
     # ---- pykka's side (any thread) ------------------------------------------------------
@@ -136,15 +143,20 @@ class PeerInbox:
 
     def open(self, bind_host: str, advertise_host: str, port: int, dst: str, types: frozenset[str],
              security: TransportSecurity, max_frame_bytes: int) -> str:
-        """Bind the socket (port 0: any free one) and return the endpoint peers dial. Raises
-        CurveError for a bind beyond loopback without keys, zmq.ZMQError when it cannot bind."""
+        """Bind the socket (port 0: any free one) and return the address peers send to:
+        ``tcp://host:port/NAME``, where NAME is ``dst`` and a random suffix that only this
+        opening answers to. A port is reused by the next process that binds it; a peer still
+        sending to the old address must reach nobody (a replica of another group, say).
+        Raises CurveError for a bind beyond loopback without keys, zmq.ZMQError when it
+        cannot bind."""
         if self._sock is not None:
             raise RuntimeError("PeerInbox is open already")
         if not 0 <= port <= 65535 or not 0 < max_frame_bytes <= MAX_FRAME_BYTES_LIMIT:
             raise ValueError("port must be in 0..65535 and max_frame_bytes in 1..64 MiB")
         check_bind(f"tcp://{bind_host}:{port or 1}", security.curve, security.insecure)
         self._owner = threading.get_ident()
-        self._dst, self._types, self._security = dst, types, security
+        self._dst = f"{dst}-{secrets.token_hex(4)}"
+        self._types, self._security = types, security
         self._max_frame_bytes = max_frame_bytes
         self._ctx = zmq.Context()
         try:
@@ -157,7 +169,7 @@ class PeerInbox:
             self.close()
             raise
         bound_port = self._sock.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1]
-        self.endpoint = f"tcp://{advertise_host}:{bound_port}"
+        self.endpoint = f"tcp://{advertise_host}:{bound_port}/{self._dst}"
         return self.endpoint
 
     def close(self) -> None:

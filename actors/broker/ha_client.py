@@ -21,6 +21,7 @@ from rmqz.actors.broker.config import BrokerConfig
 from rmqz.actors.broker.ha_decode import decode_transfer
 from rmqz.actors.ticker import Tick
 from rmqz.transport.envelope import Header, Inbound, pack_body
+from rmqz.transport.peer_inbox import inbox_route
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,15 +59,16 @@ def send_report(sender: Any, node_id: str, config: BrokerConfig, master: str, of
     or its broker actor for the report after an append (the ack SYNC_MASTER sends wait on).
     False when it was refused: a later report retries. A report that arrives after a newer
     one only makes the master resend from the older offset; the slave then reports where it
-    really is. ``via``: the master broker actor's own socket (actors/broker/ha_channel.py);
-    ``inbox``: ours, named so the master streams there."""
+    really is. ``via``: the master broker actor's own socket (actors/broker/ha_channel.py),
+    in place of ``dst``; ``inbox``: ours, named so the master streams there."""
     report = proto.HAReport(config.broker_id, config.broker_name, config.address, offset, last_record, inbox)
     header = Header(kind="tell", src=node_id, dst=dst, type=proto.HA_REPORT)
     try:
         if via is None:
             sender.send(f"tcp://{master}", header, pack_body(report.to_dict()))
         else:
-            sender.send(f"tcp://{master}", header, pack_body(report.to_dict()), via=via)
+            endpoint, header.dst = inbox_route(via)
+            sender.send(f"tcp://{master}", header, pack_body(report.to_dict()), via=endpoint)
     except Exception as exc:  # transport busy or closed
         logger.debug("slave {}: report to {} failed: {}", node_id, master, exc)
         return False

@@ -21,6 +21,7 @@ from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.ha_channel import same_host
 from rmqz.actors.broker.ha_core import TransferWindow
 from rmqz.transport.envelope import Header, pack_body
+from rmqz.transport.peer_inbox import inbox_route
 
 RESEND_AFTER_HEARTBEATS = 2  # no ack for this many heartbeat intervals: resend the window
 assert RESEND_AFTER_HEARTBEATS >= 1
@@ -114,7 +115,7 @@ class HAStreams:
 
     def _close_socket(self, stream: Stream) -> None:
         if self.ha_sender is not None:
-            self.ha_sender.close_endpoint(stream.inbox or stream.endpoint)
+            self.ha_sender.close_endpoint(inbox_route(stream.inbox)[0] if stream.inbox else stream.endpoint)
 
     def pump_streams(self) -> None:
         for stream in self.streams.values():
@@ -175,8 +176,9 @@ class HAStreams:
             self.stats["ha_sent_bytes"] += len(data)
 
     def _send_transfer(self, stream: Stream, transfer: proto.HATransfer) -> None:
-        header = Header(kind="tell", src=self.node_id, dst=proto.BROKER, type=proto.HA_TRANSFER)
+        via, dst = inbox_route(stream.inbox) if stream.inbox else (None, proto.BROKER)
+        header = Header(kind="tell", src=self.node_id, dst=dst, type=proto.HA_TRANSFER)
         try:
-            self.ha_sender.send(stream.endpoint, header, pack_body(transfer.to_dict()), via=stream.inbox)
+            self.ha_sender.send(stream.endpoint, header, pack_body(transfer.to_dict()), via=via)
         except Exception as exc:  # transport full or closed: the window resends
             logger.debug("HA send to {} failed: {}", stream.endpoint, exc)

@@ -84,7 +84,7 @@ MODES = ("CLUSTERING", "BROADCASTING")
 GROUP_PATTERN = re.compile(r"[A-Za-z0-9_%|-]{1,255}")
 TOPIC_PATTERN = re.compile(r"[A-Za-z0-9_%|-]{1,127}")
 BROKER_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,127}")  # as the NameServer's check_name
-INBOX_PATTERN = re.compile(r"tcp://[A-Za-z0-9_.-]{1,253}:\d{1,5}")  # an actor's own socket
+INBOX_PATTERN = re.compile(r"tcp://[A-Za-z0-9_.-]{1,253}:\d{1,5}/[A-Za-z0-9_-]{1,64}")  # an actor's own socket
 # Properties of one message: RocketMQ caps their encoded form at Short.MAX_VALUE bytes; the
 # count cap keeps a map of thousands of tiny entries from costing more to check than to send.
 MAX_PROPERTIES = 128
@@ -608,12 +608,12 @@ class HATransfer:
 
 
 def _opt_inbox(d: dict) -> str | None:
-    """A peer actor's own socket, tcp://host:port, or None (it has none: use its node's)."""
+    """A peer actor's own socket, tcp://host:port/NAME, or None (it has none: use its node's)."""
     value = d.get("inbox")
     if value is None:
         return None
     if not isinstance(value, str) or len(value) > MAX_NAME_CHARS or not INBOX_PATTERN.fullmatch(value):
-        raise ProtocolError("inbox must be tcp://host:port or null")
+        raise ProtocolError("inbox must be tcp://host:port/name or null")
     return value
 
 

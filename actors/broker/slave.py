@@ -18,6 +18,7 @@ from rmqz.actors.broker.ha_client import Appended, MasterAddress, MasterSilent, 
 from rmqz.actors.broker.ha_decode import decode_transfer
 from rmqz.storage.errors import CorruptStoreError
 from rmqz.transport.envelope import EnvelopeError, Inbound, unpack_body
+from rmqz.transport.peer_inbox import inbox_route
 
 MAX_PENDING_REPLICA_BYTES = 2 * proto.MAX_HA_DATA_BYTES
 FIND_MASTER_INTERVAL_MS = 1_000
@@ -90,7 +91,7 @@ class BrokerSlave(HAChannel, BrokerBase):
         if inbox is not None and (self.master_addr is None or not same_host(inbox, self.master_addr)):
             return  # not our master's host: keep to its node endpoint
         if self.master_inbox is not None:
-            self.report_sender.close_endpoint(self.master_inbox)
+            self.report_sender.close_endpoint(inbox_route(self.master_inbox)[0])
         logger.info("slave {}: acks go to {}", self.node_id, inbox or f"the master's node {self.master_addr}")
         self.master_inbox = inbox
 

@@ -530,8 +530,8 @@ def test_an_older_periodic_report_does_not_rewind_a_stream_in_flight_but_an_idle
 
 # ---- the HA channel: the slave broker actor's own socket (actors/broker/ha_channel.py) ---------
 
-MASTER_INBOX = "tcp://127.0.0.1:20911"
-SLAVE_INBOX = "tcp://127.0.0.1:20912"
+MASTER_INBOX = "tcp://127.0.0.1:20911/broker-m1"
+SLAVE_INBOX = "tcp://127.0.0.1:20912/broker-s1"
 
 
 def test_master_streams_to_the_slaves_ha_channel_once_its_ack_names_one(broker):
@@ -544,8 +544,9 @@ def test_master_streams_to_the_slaves_ha_channel_once_its_ack_names_one(broker):
     end = store.commit_log.committed_offset
     ref.tell(slave_report(end, inbox=SLAVE_INBOX))
     send(ref, bodies=(b"second",))
-    endpoint, _, second = agent.wait_sent(lambda t: t[1].type == proto.HA_TRANSFER and t[2]["offset"] == end)
-    assert endpoint == "tcp://127.0.0.1:10912" and agent.own_vias[-1] == SLAVE_INBOX  # the node, for link faults
+    endpoint, header, second = agent.wait_sent(lambda t: t[1].type == proto.HA_TRANSFER and t[2]["offset"] == end)
+    assert endpoint == "tcp://127.0.0.1:10912"  # the node's, for the link faults
+    assert (agent.own_vias[-1], header.dst) == ("tcp://127.0.0.1:20912", "broker-s1")  # that opening of the socket
     assert agent.own_senders[0].closed_endpoints == ["tcp://127.0.0.1:10912"]  # the node path's socket goes
     ref.ask(Ping())
     assert ref.proxy().status_extra().get()["streams"]["1"]["via"] == SLAVE_INBOX
@@ -555,7 +556,7 @@ def test_master_refuses_an_ha_channel_on_another_host_than_the_slaves(broker):
     (ref, agent, _, _, _, store), _, _ = streaming_master(broker, agent_inbox=MASTER_INBOX)
     send(ref, bodies=(b"first",))
     agent.wait_sent(lambda t: t[1].type == proto.HA_TRANSFER)
-    ref.tell(slave_report(store.commit_log.committed_offset, inbox="tcp://10.9.9.9:20912"))
+    ref.tell(slave_report(store.commit_log.committed_offset, inbox="tcp://10.9.9.9:20912/broker-s1"))
     send(ref, bodies=(b"second",))
     agent.wait_sent(lambda t: len(transfers(agent)) == 2)
     assert agent.own_vias[-1] is None and ref.proxy().stats.get()["ha_inbox_refused"] == 1
@@ -573,7 +574,7 @@ def test_master_falls_back_to_the_nodes_when_no_ack_comes_straight_from_the_slav
     ref.tell(slave_report(end, inbox=SLAVE_INBOX))
     send(ref, bodies=(b"into the void",))
     agent.wait_sent(lambda t: t[1].type == proto.HA_TRANSFER and t[2]["offset"] == end)
-    assert agent.own_vias[-1] == SLAVE_INBOX
+    assert agent.own_vias[-1] == "tcp://127.0.0.1:20912"
     clock.now_ms += 2_000
     ref.tell(Tick(clock.now_ms))
     agent.wait_sent(lambda t: len(transfers(agent)) == 3)  # the resend

@@ -235,17 +235,18 @@ def test_slave_acks_to_the_masters_ha_channel_its_stream_names_and_names_its_own
     ref, master, store, agent, ha = next(gen)
     try:
         ref.proxy().on_registered({"master_addr": "127.0.0.1:10911"}).get()
-        ref.tell(wire_transfer(master, 0, 500, inbox="tcp://10.9.9.9:20911"))  # not the master's host
-        ref.tell(wire_transfer(master, 500, 500, inbox="tcp://127.0.0.1:20911"))
+        ref.tell(wire_transfer(master, 0, 500, inbox="tcp://10.9.9.9:20911/broker-m1"))  # not the master's host
+        ref.tell(wire_transfer(master, 500, 500, inbox="tcp://127.0.0.1:20911/broker-m1"))
         ref.tell(wire_transfer(master, 1000, 500))  # the master gave up on the channels
         ref.ask(Ping())
         reports = [(it, via) for it, via in zip(agent.own_items, agent.own_vias) if it[1].type == proto.HA_REPORT]
         assert [via for _, via in reports] == [None, "tcp://127.0.0.1:20911", None]
+        assert [it[1].dst for it, _ in reports] == ["broker", "broker-m1", "broker"]  # that opening of the socket
         assert all(it[0] == "tcp://127.0.0.1:10911" for it, _ in reports)  # the node: for link faults
         assert ("closed", "tcp://127.0.0.1:20911") in agent.items
-        ref.tell(wire_transfer(master, 1500, 500, inbox="tcp://127.0.0.1:20911"))
+        ref.tell(wire_transfer(master, 1500, 500, inbox="tcp://127.0.0.1:20911/broker-m1"))
         ref.ask(Ping())
-        assert ref.proxy().status_extra().get()["master_ha_channel"] == "tcp://127.0.0.1:20911"
+        assert ref.proxy().status_extra().get()["master_ha_channel"] == "tcp://127.0.0.1:20911/broker-m1"
         ref.proxy().on_registered({"master_addr": "127.0.0.1:10913"}).get()  # a new master
         assert ref.proxy().status_extra().get()["master_ha_channel"] is None
     finally:
@@ -260,14 +261,14 @@ def test_slave_names_its_own_ha_channel_in_its_acks(tmp_path):
     store = make_store(tmp_path / "slave")
     topics = TopicConfigStore(store.fs, str(tmp_path / "cfg"))
     agent = Recorder()
-    agent.inbox_endpoint = "tcp://127.0.0.1:20912"
+    agent.inbox_endpoint = "tcp://127.0.0.1:20912/broker-s1"
     ref = BrokerSlave.start(BrokerDeps(config, store, agent, topics, ConsumerOffsetStore(store.fs, str(tmp_path / "cfg")),
                                        lambda: 0))
     try:
         ref.tell(AttachHAClient(Recorder()))
         ref.tell(wire_transfer(master, 0, master.commit_log.committed_offset))
         _, _, report = agent.wait_for(lambda i: len(i) == 3 and i[1].type == proto.HA_REPORT)
-        assert report["inbox"] == "tcp://127.0.0.1:20912"
-        assert ref.proxy().status_extra().get()["ha_channel"]["endpoint"] == "tcp://127.0.0.1:20912"
+        assert report["inbox"] == "tcp://127.0.0.1:20912/broker-s1"
+        assert ref.proxy().status_extra().get()["ha_channel"]["endpoint"] == "tcp://127.0.0.1:20912/broker-s1"
     finally:
         ref.stop()

@@ -13,14 +13,17 @@ import zmq
 
 from rmqz.transport import curve as cv
 from rmqz.transport.envelope import Header, Inbound, encode
-from rmqz.transport.peer_inbox import SOCKET_EVERY_ITEMS, InboxTell, PeerInbox
+from rmqz.transport.peer_inbox import SOCKET_EVERY_ITEMS, InboxTell, PeerInbox, inbox_route
 
 WAIT_S = 5.0
 TYPES = frozenset({"HAReport"})
 
 
-def tell(type_: str = "HAReport", dst: str = "broker", kind: str = "tell", body: bytes = b"x") -> list[bytes]:
-    return encode(Header(kind=kind, src="peer-1", dst=dst, type=type_), body)
+def tell(to, type_: str = "HAReport", dst: str | None = None, kind: str = "tell", body: bytes = b"x") -> list[bytes]:
+    """A tell to the inbox of ``to`` (an Owner, or an inbox's address): to the name in its
+    address unless ``dst`` says otherwise."""
+    address = to.inbox.endpoint if isinstance(to, Owner) else to
+    return encode(Header(kind=kind, src="peer-1", dst=dst or inbox_route(address)[1], type=type_), body)
 
 
 class Owner:
@@ -86,7 +89,7 @@ def dealer(ctx: zmq.Context, endpoint: str, curve: cv.ClientCurve | None = None)
     sock.setsockopt(zmq.LINGER, 0)
     if curve is not None:
         curve.apply(sock)
-    sock.connect(endpoint)
+    sock.connect(inbox_route(endpoint)[0])
     return sock
 
 
@@ -94,7 +97,7 @@ def test_a_peers_tell_is_read_by_the_owner_thread_itself(ctx):
     owner = Owner()
     try:
         sock = dealer(ctx, owner.inbox.endpoint)
-        sock.send_multipart(tell(body=b"offset 42"))
+        sock.send_multipart(tell(owner, body=b"offset 42"))
         item = owner.wait_for(1)[0]
         assert isinstance(item, InboxTell) and item.reply_to is None  # what pykka's loop reads
         assert isinstance(item.message, Inbound)
@@ -122,15 +125,16 @@ def test_requests_other_targets_other_types_and_garbage_are_counted_and_dropped(
     owner = Owner()
     try:
         sock = dealer(ctx, owner.inbox.endpoint)
-        sock.send_multipart(tell(kind="request"))  # nobody could answer it here
-        sock.send_multipart(tell(dst="namesrv"))
-        sock.send_multipart(tell(type_="SendMessage"))
+        sock.send_multipart(tell(owner, kind="request"))  # nobody could answer it here
+        sock.send_multipart(tell(owner, dst="namesrv"))
+        sock.send_multipart(tell(owner, dst="broker"))  # the actor's name, but not this opening's
+        sock.send_multipart(tell(owner, type_="SendMessage"))
         sock.send_multipart([b"RMQZ9", b"\x00", b""])
         sock.send_multipart([b"garbage"])
-        sock.send_multipart(tell(body=b"good"))
+        sock.send_multipart(tell(owner, body=b"good"))
         got = owner.wait_for(1)
         assert [g.message.body for g in got] == [b"good"]
-        assert owner.inbox.stats["refused"] == 3 and owner.inbox.stats["malformed"] == 2
+        assert owner.inbox.stats["refused"] == 4 and owner.inbox.stats["malformed"] == 2
         sock.close()
     finally:
         owner.stop()
@@ -140,9 +144,9 @@ def test_a_frame_over_the_limit_never_reaches_the_owner(ctx):
     owner = Owner(max_frame_bytes=4096)
     try:
         big = dealer(ctx, owner.inbox.endpoint)
-        big.send_multipart(tell(body=b"x" * 10_000))  # libzmq drops the connection
+        big.send_multipart(tell(owner, body=b"x" * 10_000))  # libzmq drops the connection
         small = dealer(ctx, owner.inbox.endpoint)
-        small.send_multipart(tell(body=b"small"))
+        small.send_multipart(tell(owner, body=b"small"))
         assert [g.message.body for g in owner.wait_for(1)] == [b"small"]
         time.sleep(0.2)
         assert len(owner.got) == 1
@@ -156,11 +160,11 @@ def test_a_busy_mailbox_does_not_starve_the_socket_nor_the_other_way(ctx):
     owner = Owner()
     try:
         sock = dealer(ctx, owner.inbox.endpoint)
-        sock.send_multipart(tell(body=b"connected"))
+        sock.send_multipart(tell(owner, body=b"connected"))
         owner.wait_for(1)
         owner.inbox.put("gate")
         for n in range(30):
-            sock.send_multipart(tell(body=b"%d" % n))
+            sock.send_multipart(tell(owner, body=b"%d" % n))
         time.sleep(0.3)  # the frames wait in the socket
         for n in range(100):
             owner.inbox.put(n)
@@ -183,7 +187,7 @@ def test_a_new_peer_gets_in_while_the_mailbox_never_empties(ctx):
     try:
         owner.inbox.put("gate")
         sock = dealer(ctx, owner.inbox.endpoint)
-        sock.send_multipart(tell(body=b"new peer"))
+        sock.send_multipart(tell(owner, body=b"new peer"))
         time.sleep(0.3)  # its ZAP request waits for the owner
         for n in range(5_000):
             owner.inbox.put(n)
@@ -211,12 +215,47 @@ def test_close_is_idempotent_and_leaves_a_plain_mailbox():
 def test_a_fixed_port_in_use_fails_the_open_and_releases_everything():
     first = PeerInbox()
     first.open("127.0.0.1", "127.0.0.1", 0, "broker", TYPES, cv.TransportSecurity(), 1 << 20)
-    port = int(first.endpoint.rsplit(":", 1)[1])
+    port = int(inbox_route(first.endpoint)[0].rsplit(":", 1)[1])
     second = PeerInbox()
     with pytest.raises(zmq.ZMQError):
         second.open("127.0.0.1", "127.0.0.1", port, "broker", TYPES, cv.TransportSecurity(), 1 << 20)
     assert second.endpoint is None and second._ctx is None
     first.close()
+
+
+def test_a_sender_to_the_last_process_on_a_port_reaches_nobody(ctx):
+    """Ports are reused: a peer still streaming to a replica that restarted elsewhere must not
+    feed whatever actor binds that port next (another group's replica, say)."""
+    old = Owner()
+    address = old.inbox.endpoint
+    port = int(inbox_route(address)[0].rsplit(":", 1)[1])
+    old.stop()
+    new = PeerInbox()
+    got: list = []
+    done = threading.Event()
+
+    def run() -> None:
+        new.open("127.0.0.1", "127.0.0.1", port, "broker", TYPES, cv.TransportSecurity(), 1 << 20)
+        while not done.is_set():
+            item = new.get()
+            if item != "stop":
+                got.append(item)
+            if len(got) == 1 or item == "stop":
+                break
+        new.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + WAIT_S
+    while new.endpoint is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert new.endpoint != address and inbox_route(new.endpoint)[0] == inbox_route(address)[0]
+    sock = dealer(ctx, address)
+    sock.send_multipart(tell(address, body=b"for the old one"))
+    sock.send_multipart(tell(new.endpoint, body=b"for the new one"))
+    thread.join(WAIT_S)
+    assert [g.message.body for g in got] == [b"for the new one"] and new.stats["refused"] == 1
+    sock.close()
 
 
 def test_no_keys_means_no_listening_beyond_loopback():
@@ -242,12 +281,12 @@ def test_with_curve_only_the_cluster_key_delivers_a_cluster_only_tell(ctx, keys)
     try:
         intruder = dealer(ctx, owner.inbox.endpoint, cv.ClientCurve.load(
             str(root / "server.key"), str(root / "clients" / "intruder.key_secret")))
-        intruder.send_multipart(tell(body=b"intruder"))  # not allow-listed: denied in the handshake
+        intruder.send_multipart(tell(owner, body=b"intruder"))  # not allow-listed: denied in the handshake
         app = dealer(ctx, owner.inbox.endpoint, cv.ClientCurve.load(
             str(root / "server.key"), str(root / "clients" / "app.key_secret")))
-        app.send_multipart(tell(body=b"app"))  # a client key: admitted, but HAReport is cluster-only
+        app.send_multipart(tell(owner, body=b"app"))  # a client key: admitted, but HAReport is cluster-only
         peer = dealer(ctx, owner.inbox.endpoint, security.client_side())
-        peer.send_multipart(tell(body=b"cluster"))
+        peer.send_multipart(tell(owner, body=b"cluster"))
         got = owner.wait_for(1)
         deadline = time.monotonic() + WAIT_S
         while owner.inbox.stats["refused"] < 1 and time.monotonic() < deadline:
