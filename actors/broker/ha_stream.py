@@ -44,7 +44,9 @@ class Stream:
     last_progress_ms: int
     last_direct_ms: int = 0  # the slave's last ack straight from its broker actor
     inbox: str | None = None  # the slave broker actor's own socket, once it named one
-    inbox_failed: bool = False  # went silent through it: the node endpoint for the rest
+    # The slave's socket we went silent through (or "" when it had named none): the node
+    # endpoints until the slave names another (it restarted).
+    failed_inbox: str | None = None
 
 
 class HAStreams:
@@ -96,9 +98,10 @@ class HAStreams:
 
     def stream_learns_inbox(self, slave_id: int, inbox: str | None) -> None:
         """A slave's ack named its broker actor's own socket (actors/broker/ha_channel.py):
-        stream there from now on, if it is on the slave node's host."""
+        stream there from now on, if it is on the slave node's host and not the one we went
+        silent through."""
         stream = self.streams.get(slave_id)
-        if stream is None or inbox is None or inbox == stream.inbox or stream.inbox_failed:
+        if stream is None or inbox is None or inbox == stream.inbox or inbox == stream.failed_inbox:
             return
         if not same_host(inbox, stream.endpoint):
             self.stats["ha_inbox_refused"] += 1
@@ -106,6 +109,7 @@ class HAStreams:
         logger.info("slave {}: streaming to its HA channel {}", slave_id, inbox)
         self._close_socket(stream)
         stream.inbox = inbox
+        stream.failed_inbox = None
 
     def end_stream(self, slave_id: int) -> None:
         """Its connection is gone: the socket and what waits in it go too."""
@@ -140,27 +144,27 @@ class HAStreams:
             # Bytes in flight and no ack straight from the slave's broker: one of the two
             # sockets may be unreachable (the slave's periodic reports still move the stream).
             silent_ms = now_ms - stream.last_direct_ms
-            if flying and silent_ms >= limit_ms and not stream.inbox_failed and (stream.inbox or self.ha_inbox):
+            if flying and silent_ms >= limit_ms and stream.failed_inbox is None and (stream.inbox or self.ha_inbox):
                 self._inbox_failed(slave_id, stream, silent_ms)
         self.pump_streams()
 
     def _inbox_failed(self, slave_id: int, stream: Stream, silent_ms: int) -> None:
-        """No direct ack while bytes were in flight (a blocked HA port, say, or a paused
-        slave): the slave's node endpoint for the rest of this stream, and our transfers stop
-        naming our socket, so its acks come the node way too. A new stream (the slave
-        reconnects) tries the sockets again."""
+        """No direct ack while bytes were in flight (a blocked HA port, say, or a dead or
+        paused slave): the slave's node endpoint, and our transfers stop naming our socket,
+        so its acks come the node way too. Until the slave names another socket of its own
+        (it restarted) or a new stream starts: then the sockets are tried again."""
         logger.warning("slave {}: no ack through the HA channels for {} ms; streaming through the nodes ({})",
                        slave_id, silent_ms, stream.endpoint)
         self._close_socket(stream)
+        stream.failed_inbox = stream.inbox or ""
         stream.inbox = None
-        stream.inbox_failed = True
 
     def streams_status(self) -> dict:
         """Per in-step slave: what it acknowledged, what we sent, the gap, and the way the
         bytes go (for operators)."""
         return {str(sid): {"acked": st.window.acked_offset, "sent": st.window.sent_offset,
                            "in_flight_bytes": st.window.in_flight_bytes,
-                           "via": st.inbox or ("node, HA channel silent" if st.inbox_failed else "node")}
+                           "via": st.inbox or ("node" if st.failed_inbox is None else "node, HA channel silent")}
                 for sid, st in self.streams.items()}
 
     def _pump_stream(self, stream: Stream) -> None:
@@ -170,7 +174,7 @@ class HAStreams:
             data = log.read_committed(rng[0], rng[1])
             if not data:
                 return
-            inbox = None if stream.inbox_failed else self.ha_inbox
+            inbox = None if stream.failed_inbox is not None else self.ha_inbox
             self._send_transfer(stream, proto.HATransfer(rng[0], data, available, inbox=inbox))
             stream.window.sent(rng[0], len(data))
             self.stats["ha_sent_bytes"] += len(data)

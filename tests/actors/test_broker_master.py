@@ -565,7 +565,8 @@ def test_master_refuses_an_ha_channel_on_another_host_than_the_slaves(broker):
 def test_master_falls_back_to_the_nodes_when_no_ack_comes_straight_from_the_slave(broker):
     """A blocked HA port (either way) must cost speed, never replication: with bytes in
     flight and no direct ack for two heartbeats, the stream goes to the slave's node and
-    stops naming our socket, so the slave's acks come the node way too."""
+    stops naming our socket, so the slave's acks come the node way too; a restarted slave's
+    new socket is tried again."""
     (ref, agent, _, _, clock, store), _, _ = streaming_master(broker, agent_inbox=MASTER_INBOX,
                                                                ha_send_heartbeat_interval_ms=1_000)
     send(ref, bodies=(b"first",))
@@ -586,6 +587,11 @@ def test_master_falls_back_to_the_nodes_when_no_ack_comes_straight_from_the_slav
     send(ref, bodies=(b"third",))
     agent.wait_sent(lambda t: len(transfers(agent)) == 4)
     assert agent.own_vias[-1] is None
+    restarted = "tcp://127.0.0.1:20999/broker-s2"  # the slave came back with another socket
+    ref.tell(slave_report(store.commit_log.committed_offset, inbox=restarted))
+    send(ref, bodies=(b"fourth",))
+    agent.wait_sent(lambda t: len(transfers(agent)) == 5)
+    assert agent.own_vias[-1] == "tcp://127.0.0.1:20999" and transfers(agent)[-1][2]["inbox"] == MASTER_INBOX
 
 
 def test_a_taken_ha_listen_port_fails_the_start_with_an_error_naming_it(broker):
