@@ -92,7 +92,10 @@ class BrokerSlave(HAChannel, BrokerBase):
             return  # not our master's host: keep to its node endpoint
         if self.master_inbox is not None:
             self.report_sender.close_endpoint(inbox_route(self.master_inbox)[0])
-        logger.info("slave {}: acks go to {}", self.node_id, inbox or f"the master's node {self.master_addr}")
+        # After a pause, transfers sent before and after the master gave up on the sockets
+        # arrive interleaved: the way flips a few times, and is logged once a second at most.
+        if self.due("ack_way_log", self.clock_ms(), 1_000, at_once=True):
+            logger.info("slave {}: acks go to {}", self.node_id, inbox or f"the master's node {self.master_addr}")
         self.master_inbox = inbox
 
     def _count_bad_transfer(self) -> int:
