@@ -31,7 +31,6 @@ from __future__ import annotations
 import socket
 import queue
 import secrets
-import threading
 import time
 from collections import deque
 from typing import Any
@@ -88,7 +87,6 @@ class PeerInbox:
         self._socket_turn = False
         self._since_socket = 0  # mailbox items handed out since the socket was last read
         self._reads = 0
-        self._owner: int | None = None
         self._ctx: zmq.Context | None = None
         self._sock: zmq.Socket | None = None
         self._monitor: zmq.Socket | None = None
@@ -122,11 +120,9 @@ class PeerInbox:
         return self._q.qsize() + len(self._tells)
 
     def empty(self) -> bool:
-        if not self._q.empty() or self._tells:
-            return False
-        if self._sock is None or threading.get_ident() != self._owner:
-            return True
-        return not _readable(self._sock)
+        """The mailbox and the tells read off the socket (frames still in the socket are not
+        asked about: the actor's burst may end before them, which costs less than asking)."""
+        return self._q.empty() and not self._tells
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """The next mailbox item or socket tell, waiting for one (pykka calls get() only)."""
@@ -154,7 +150,6 @@ class PeerInbox:
         if not 0 <= port <= 65535 or not 0 < max_frame_bytes <= MAX_FRAME_BYTES_LIMIT:
             raise ValueError("port must be in 0..65535 and max_frame_bytes in 1..64 MiB")
         check_bind(f"tcp://{bind_host}:{port or 1}", security.curve, security.insecure)
-        self._owner = threading.get_ident()
         self._dst = f"{dst}-{secrets.token_hex(4)}"
         self._types, self._security = types, security
         self._max_frame_bytes = max_frame_bytes
@@ -223,10 +218,11 @@ class PeerInbox:
         self._poller.register(self._reader.fileno(), zmq.POLLIN)
 
     def _next(self) -> Any:
-        """A socket tell or a mailbox item, taking turns; None when neither has one. Asking
-        the socket costs 2.6 us in pyzmq, so it is read in batches: when the mailbox is
-        empty, and after every SOCKET_EVERY_ITEMS mailbox items under a steady load (so a
-        new peer's handshake, which waits for our ZAP answer, is not held up for long)."""
+        """A socket tell or a mailbox item, taking turns; None when the mailbox is empty (the
+        wait then polls both). Asking the socket costs 2.6 us in pyzmq, so it is read in
+        batches: when the wait's poll finds it readable, and after every SOCKET_EVERY_ITEMS
+        mailbox items under a steady load (so a new peer's handshake, which waits for our
+        ZAP answer, is not held up for long)."""
         if self._tells and (self._socket_turn or self._q.empty()):
             self._socket_turn = False
             return self._tells.popleft()
@@ -234,11 +230,10 @@ class PeerInbox:
             try:
                 item = self._q.get_nowait()
             except queue.Empty:
-                item = None
-            if item is not None:
-                self._since_socket += 1
-                self._socket_turn = bool(self._tells)
-                return item
+                return None  # the wait's poll looks at the socket too
+            self._since_socket += 1
+            self._socket_turn = bool(self._tells)
+            return item
         self._since_socket = 0
         self._reads += 1
         if self._reads % SERVICE_EVERY_READS == 0:
@@ -253,9 +248,10 @@ class PeerInbox:
             return None
 
     def _wait(self) -> None:
-        """Sleep until a put, a socket frame, or a ZAP or monitor event."""
+        """Sleep until a put, a socket frame, or a ZAP or monitor event. (The poll finds
+        frames already waiting in the socket: it is level-triggered for ZeroMQ sockets.)"""
         self._sleeping = True
-        if not self._q.empty() or _readable(self._sock):  # a last look, after the flag is up
+        if not self._q.empty():  # a last look, after the flag is up
             self._sleeping = False
             return
         ready: dict = {}
@@ -271,14 +267,18 @@ class PeerInbox:
                 pass
         if self._monitor in ready or self._zap.socket in ready:
             self._service()
+        if self._sock in ready:
+            self._since_socket = 0
+            self._read_socket(readable=True)
 
-    def _read_socket(self) -> None:
-        """Move up to a receive queue's worth of acceptable tells off the socket. Refused
-        frames are counted and skipped."""
+    def _read_socket(self, readable: bool = False) -> None:
+        """Move up to a receive queue's worth of acceptable tells off the socket (``readable``:
+        the poll just said a frame waits). Refused frames are counted and skipped."""
         curve = self._security.curve is not None
         for _ in range(INBOX_RCVHWM):
-            if not _readable(self._sock):
+            if not readable and not _readable(self._sock):
                 return
+            readable = False
             try:
                 parts = self._sock.recv_multipart(zmq.NOBLOCK, copy=not curve)
             except zmq.Again:
