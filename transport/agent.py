@@ -44,7 +44,7 @@ from .peer_inbox import PeerInbox  # an actor's own socket for hot-path tells to
 from .ratelimit import LogLimiter
 from .admission import Admission  # SYSTEM_BUSY instead of unbounded actor inboxes
 from .curve import TransportSecurity, check_bind, insecure_from_env  # CURVE keys, bind policy
-from .zap import MAX_CONNECTIONS, ZAP_DOMAIN, ZapHandler, frame_user_id  # who may connect, how many
+from .zap import MAX_CONNECTIONS, ZAP_DOMAIN, ZapHandler, recv_with_user  # who may connect, how many
 
 __all__ = [
     "BAD_REQUEST",
@@ -412,17 +412,13 @@ class TransportAgent:
     # --- inbound
 
     def _drain_router(self) -> None:
+        curve = self._security.curve is not None
         for _ in range(RECV_BATCH):
-            # With CURVE the ZAP user id is a property of the frames (copy=False to read it);
-            # without, plain bytes are cheaper.
-            curve = self._security.curve is not None
             try:
-                parts = self._router.recv_multipart(zmq.NOBLOCK, copy=not curve)
+                frames, user = recv_with_user(self._router, curve)
             except zmq.Again:
                 return
             self.stats["received"] += 1
-            user = frame_user_id(parts[-1]) if curve else ""
-            frames = [p.bytes for p in parts] if curve else parts
             self._on_router_message(frames[0], frames[1:], user)
 
     def _on_router_message(self, identity: bytes, frames: list[bytes], user: str = "") -> None:

@@ -42,7 +42,7 @@ from zmq.utils.monitor import recv_monitor_message
 from .curve import TransportSecurity, check_bind
 from .envelope import EnvelopeError, Inbound, decode
 from .ratelimit import LogLimiter
-from .zap import ZAP_DOMAIN, ZapHandler, frame_user_id
+from .zap import ZAP_DOMAIN, ZapHandler, recv_with_user
 
 __all__ = ["PeerInbox", "InboxTell", "inbox_route"]
 
@@ -280,13 +280,11 @@ class PeerInbox:
                 return
             readable = False
             try:
-                parts = self._sock.recv_multipart(zmq.NOBLOCK, copy=not curve)
+                frames, user = recv_with_user(self._sock, curve)
             except zmq.Again:
                 return
             self.stats["received"] += 1
-            user = frame_user_id(parts[-1]) if curve else ""
-            frames = [p.bytes for p in parts[1:]] if curve else parts[1:]
-            inbound = self._accept(frames, user)
+            inbound = self._accept(frames[1:], user)
             if inbound is not None:
                 self._tells.append(InboxTell(inbound))
 

@@ -20,7 +20,7 @@ from zmq.utils import z85
 
 from .curve import ServerCurve
 
-__all__ = ["ZAP_DOMAIN", "ZAP_ENDPOINT", "ZapHandler", "MAX_CONNECTIONS", "frame_user_id"]
+__all__ = ["ZAP_DOMAIN", "ZAP_ENDPOINT", "ZapHandler", "MAX_CONNECTIONS", "frame_user_id", "recv_with_user"]
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # fixed by RFC 27, one per context
 ZAP_DOMAIN = "rmqz"
@@ -101,3 +101,13 @@ def frame_user_id(frame: zmq.Frame) -> str:
         return frame.get("User-Id") or ""
     except zmq.ZMQError:
         return ""
+
+
+def recv_with_user(sock: zmq.Socket, curve: bool) -> tuple[list[bytes], str]:
+    """One multipart message from a bound socket and the ZAP user id of its connection.
+    With CURVE the id is a property of the frames (copy=False to read it); without, plain
+    bytes are cheaper. Raises zmq.Again when nothing waits."""
+    if not curve:
+        return sock.recv_multipart(zmq.NOBLOCK), ""
+    parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+    return [p.bytes for p in parts], frame_user_id(parts[-1])
