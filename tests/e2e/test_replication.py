@@ -5,7 +5,9 @@ slave when the master dies, and nothing acknowledged is lost when the master ret
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
 import time
 
 import pytest
@@ -23,10 +25,11 @@ CATCH_UP_TIMEOUT_S = 20.0
 class Group:
     """A NameServer, a master (id 0) and a slave (id 1) of broker-a."""
 
-    def __init__(self, tmp_path, start_rmqz, role: str, **extra: str) -> None:
+    def __init__(self, tmp_path, start_rmqz, role: str, node_extra: dict | None = None, **extra: str) -> None:
         self.tmp, self.start_rmqz = tmp_path, start_rmqz
         self.ns_port, self.m_port, self.s_port = find_free_port(), find_free_port(), find_free_port()
         self.role, self.extra = role, extra
+        self.node_extra = node_extra or {}  # broker id -> more broker.conf keys for that node only
         start_rmqz("namesrv", "--listen", f"127.0.0.1:{self.ns_port}", endpoint=f"tcp://127.0.0.1:{self.ns_port}")
         self.master = self.start_node(0)
         self.slave = self.start_node(1)
@@ -40,7 +43,8 @@ class Group:
                  "brokerRole": self.role if broker_id == 0 else "SLAVE",
                  "namesrvAddr": f"127.0.0.1:{self.ns_port}", "listenPort": str(port),
                  "storePathRootDir": str(self.tmp / f"store-{broker_id}"),
-                 "mappedFileSizeCommitLog": "1048576", "maxMessageSize": "65536", **self.extra}
+                 "mappedFileSizeCommitLog": "1048576", "maxMessageSize": "65536", **self.extra,
+                 **self.node_extra.get(broker_id, {})}
         conf.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
         return self.start_rmqz("broker", "-c", str(conf), endpoint=f"tcp://127.0.0.1:{port}")
 
@@ -97,8 +101,8 @@ class Group:
 def group(tmp_path, start_rmqz):
     made = []
 
-    def make(role: str, **extra: str) -> Group:
-        g = Group(tmp_path, start_rmqz, role, **extra)
+    def make(role: str, node_extra: dict | None = None, **extra: str) -> Group:
+        g = Group(tmp_path, start_rmqz, role, node_extra, **extra)
         made.append(g)
         return g
 
@@ -151,6 +155,41 @@ def test_sync_master_and_slave_replicate_over_their_ha_channels(group):
     assert master["streams"]["1"]["via"] == slave["ha_channel"]["endpoint"] != master["ha_channel"]["endpoint"]
     assert master["ha_channel"]["received"] > 0 and slave["ha_channel"]["received"] > 0  # acks and bytes
     assert slave["ha_channel"]["malformed"] == slave["ha_channel"]["refused"] == 0
+
+
+@pytest.fixture
+def drop_port():
+    """iptables DROP of TCP to one loopback port: a blocked HA port. Root and iptables only."""
+    if shutil.which("iptables") is None or os.geteuid() != 0:
+        pytest.skip("BLOCKED-PORT TEST NOT RUN: needs root and iptables")
+    chain = f"RMQZHA{os.getpid() % 100000}"
+    run = lambda *a: subprocess.run(["iptables", "-w", *a], check=True, capture_output=True, timeout=30)  # noqa: E731
+    run("-N", chain)
+    run("-I", "INPUT", "-j", chain)
+    yield lambda port: run("-A", chain, "-p", "tcp", "--dport", str(port), "-j", "DROP")
+    run("-D", "INPUT", "-j", chain)
+    run("-F", chain)
+    run("-X", chain)
+
+
+@pytest.mark.parametrize("blocked", [0, 1])
+def test_a_blocked_ha_port_costs_speed_never_replication(group, drop_port, blocked):
+    """Either broker's HA port unreachable (a firewall the operator forgot): the master falls
+    back to the node endpoints within two heartbeats, every SYNC_MASTER send is still
+    acknowledged only once the slave holds it, and the slave ends with everything."""
+    port = find_free_port()
+    drop_port(port)
+    g = group("SYNC_MASTER", node_extra={blocked: {"haListenPort": str(port)}})
+    statuses = [g.send(f"blocked-{i}".encode())["status"] for i in range(30)]
+    assert statuses == [proto.SEND_OK] * 30
+    g.wait_slave_caught_up()
+    deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
+    while g.status(g.m)["streams"]["1"]["via"] != "node, HA channel silent" and time.monotonic() < deadline:
+        g.send(b"more")  # bytes in flight with no direct ack are what the master watches
+        time.sleep(0.2)
+    assert g.status(g.m)["streams"]["1"]["via"] == "node, HA channel silent"
+    g.wait_slave_caught_up()
+    assert g.pull_all(g.s)[:30] == [f"blocked-{i}".encode() for i in range(30)]
 
 
 def test_sync_master_never_says_send_ok_without_a_slave_and_recovers_when_it_returns(group):
