@@ -84,6 +84,9 @@ class OwnSender:
         target = via or endpoint
         sock = None if self._closed else self._sockets.get(target) or self._open(target)
         if sock is None:
+            if via:  # the header names the peer actor's socket, which the node does not know
+                self.stats["dropped_full"] += 1
+                return
             self.stats["via_agent"] += 1
             self._fallback(endpoint, frames)
             return

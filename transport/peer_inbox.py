@@ -48,13 +48,14 @@ __all__ = ["PeerInbox", "InboxTell", "inbox_route"]
 
 MAX_INBOX_CONNECTIONS = 64  # the peers of one broker group or Raft group, with room to spare
 INBOX_RCVHWM = 256  # frames queued per peer connection inside libzmq
+READ_BATCH = 64  # frames moved off the socket at a time: what waits outside libzmq's bounds
 SOCKET_EVERY_ITEMS = 8  # under a steady load the socket is read at least after this many mailbox items
 SERVICE_EVERY_READS = 8  # and ZAP requests and connection events are handled every this many reads
 HANDSHAKE_IVL_MS = 5_000
 ZMTP_HEARTBEAT_IVL_MS = 1_000
 ZMTP_HEARTBEAT_TIMEOUT_MS = 3_000
 MAX_FRAME_BYTES_LIMIT = 64 * 1024 * 1024
-assert 0 < MAX_INBOX_CONNECTIONS <= 4_096 and 0 < INBOX_RCVHWM <= 100_000
+assert 0 < MAX_INBOX_CONNECTIONS <= 4_096 and 0 < INBOX_RCVHWM <= 100_000 and 0 < READ_BATCH <= INBOX_RCVHWM
 assert 0 < SOCKET_EVERY_ITEMS <= 1_000 and 0 < SERVICE_EVERY_READS <= 1_000
 assert 0 < ZMTP_HEARTBEAT_IVL_MS < ZMTP_HEARTBEAT_TIMEOUT_MS <= 60_000
 
@@ -197,7 +198,8 @@ class PeerInbox:
 
     def _bind(self, bind_host: str, port: int) -> None:
         curve = self._security.curve
-        self._zap = ZapHandler(self._ctx, curve, MAX_INBOX_CONNECTIONS)
+        # Peers only: a client key is refused in the handshake and holds no connection slot.
+        self._zap = ZapHandler(self._ctx, curve, MAX_INBOX_CONNECTIONS, cluster_only=True)
         sock = self._ctx.socket(zmq.ROUTER)
         self._sock = sock
         if curve is not None:
@@ -238,7 +240,8 @@ class PeerInbox:
         self._reads += 1
         if self._reads % SERVICE_EVERY_READS == 0:
             self._service()  # a new peer's handshake waits for our ZAP answer
-        self._read_socket()
+        if not self._tells:  # read tells wait here at most one batch (ZeroMQ bounds the rest)
+            self._read_socket()
         if self._tells:
             self._socket_turn = False
             return self._tells.popleft()
@@ -260,11 +263,15 @@ class PeerInbox:
         finally:
             self._sleeping = False
         if self._reader.fileno() in ready:
-            self._signalled = False  # before the read: a put from now on writes a new byte
             try:
                 self._reader.recv(64)
             except BlockingIOError:
                 pass
+            # After the read, never before: a put that raised the flag and wrote between a
+            # clear and the read would leave the flag up with no byte, and no later put
+            # would ever wake us (found in review). This way the worst case is a byte read
+            # at the next wait: one spurious wake-up.
+            self._signalled = False
         if self._monitor in ready or self._zap.socket in ready:
             self._service()
         if self._sock in ready:
@@ -272,10 +279,10 @@ class PeerInbox:
             self._read_socket(readable=True)
 
     def _read_socket(self, readable: bool = False) -> None:
-        """Move up to a receive queue's worth of acceptable tells off the socket (``readable``:
-        the poll just said a frame waits). Refused frames are counted and skipped."""
+        """Move up to READ_BATCH frames off the socket (``readable``: the poll just said a
+        frame waits); refused ones are counted and skipped."""
         curve = self._security.curve is not None
-        for _ in range(INBOX_RCVHWM):
+        for _ in range(READ_BATCH):
             if not readable and not _readable(self._sock):
                 return
             readable = False

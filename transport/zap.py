@@ -32,10 +32,12 @@ assert 0 < MAX_CONNECTIONS <= 1_000_000 and 0 < ZAP_BATCH <= 10_000
 
 
 class ZapHandler:
-    def __init__(self, ctx: zmq.Context, curve: ServerCurve | None, max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(self, ctx: zmq.Context, curve: ServerCurve | None, max_connections: int = MAX_CONNECTIONS,
+                 *, cluster_only: bool = False) -> None:
         if not 0 < max_connections <= 1_000_000:
             raise ValueError("max_connections must be in 1..1,000,000")
         self.curve = curve
+        self.cluster_only = cluster_only  # client keys denied too (a socket for peers only)
         self.max_connections = max_connections
         self.live: set[int] = set()  # fds of accepted connections on the bound socket
         self.stats = {"admitted": 0, "denied_key": 0, "denied_full": 0, "bad_zap": 0}
@@ -88,6 +90,9 @@ class ZapHandler:
             self.stats["denied_key"] += 1
             return b"400", "CURVE required", ""
         user = self.curve.user_for(z85.encode(credentials[0]))
+        if user is not None and self.cluster_only and z85.encode(credentials[0]) not in self.curve.cluster_allowed:
+            self.stats["denied_key"] += 1
+            return b"400", "cluster keys only", ""
         if user is None:
             self.stats["denied_key"] += 1
             return b"400", "public key not allow-listed", ""

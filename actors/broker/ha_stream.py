@@ -42,11 +42,19 @@ class Stream:
     endpoint: str  # the slave node's
     window: TransferWindow
     last_progress_ms: int
-    last_direct_ms: int = 0  # the slave's last ack straight from its broker actor
+    flying_since_ms: int = 0  # when bytes went in flight after none were: silence counts from here
+    # Since when bytes have waited for an ack straight from the slave's broker (None: they
+    # have one). The slave's periodic reports through HAService move the stream but not
+    # this: a blocked socket still shows.
+    direct_wait_since_ms: int | None = None
     inbox: str | None = None  # the slave broker actor's own socket, once it named one
     # The slave's socket we went silent through (or "" when it had named none): the node
     # endpoints until the slave names another (it restarted).
     failed_inbox: str | None = None
+    # Our own socket is not named to this slave: it went silent while it was the only one in
+    # play (its acks could not reach it), for the rest of the stream; otherwise until the
+    # slave names a new socket.
+    own_failed: bool = False
 
 
 class HAStreams:
@@ -87,13 +95,13 @@ class HAStreams:
         stream = self.streams.get(slave_id)
         if stream is None:
             return
-        if not periodic:
-            stream.last_direct_ms = self.clock_ms()
-        elif offset < stream.window.acked_offset and stream.window.in_flight_bytes:
+        if periodic and offset < stream.window.acked_offset and stream.window.in_flight_bytes:
             return
         if offset != stream.window.acked_offset:
             stream.last_progress_ms = self.clock_ms()
         stream.window.on_ack(offset)
+        if not periodic:
+            stream.direct_wait_since_ms = self.clock_ms() if stream.window.in_flight_bytes else None
         self._pump_stream(stream)
 
     def stream_learns_inbox(self, slave_id: int, inbox: str | None) -> None:
@@ -107,9 +115,12 @@ class HAStreams:
             self.stats["ha_inbox_refused"] += 1
             return
         logger.info("slave {}: streaming to its HA channel {}", slave_id, inbox)
-        self._close_socket(stream)
+        self._switch_way(stream)
         stream.inbox = inbox
+        if stream.failed_inbox:  # it restarted: our socket may reach it again
+            stream.own_failed = False
         stream.failed_inbox = None
+        self._pump_stream(stream)
 
     def end_stream(self, slave_id: int) -> None:
         """Its connection is gone: the socket and what waits in it go too."""
@@ -135,16 +146,20 @@ class HAStreams:
         limit_ms = RESEND_AFTER_HEARTBEATS * self.config.ha_send_heartbeat_interval_ms
         for slave_id, stream in self.streams.items():
             flying = stream.window.in_flight_bytes
-            if flying and now_ms - stream.last_progress_ms >= limit_ms:
+            # An idle stream hears nothing: silence counts from when bytes went in flight.
+            quiet_ms = now_ms - max(stream.last_progress_ms, stream.flying_since_ms)
+            if flying and quiet_ms >= limit_ms:
                 logger.info("slave {} acknowledged nothing for {} ms; resending from {}", slave_id,
-                            now_ms - stream.last_progress_ms, stream.window.acked_offset)
+                            quiet_ms, stream.window.acked_offset)
                 self.stats["ha_resends"] += 1
                 stream.window.rewind()
                 stream.last_progress_ms = now_ms
             # Bytes in flight and no ack straight from the slave's broker: one of the two
             # sockets may be unreachable (the slave's periodic reports still move the stream).
-            silent_ms = now_ms - stream.last_direct_ms
-            if flying and silent_ms >= limit_ms and stream.failed_inbox is None and (stream.inbox or self.ha_inbox):
+            waited = stream.direct_wait_since_ms
+            silent_ms = 0 if waited is None else now_ms - waited
+            channels = stream.inbox or (self.ha_inbox and not stream.own_failed)
+            if flying and silent_ms >= limit_ms and stream.failed_inbox is None and channels:
                 self._inbox_failed(slave_id, stream, silent_ms)
         self.pump_streams()
 
@@ -152,29 +167,44 @@ class HAStreams:
         """No direct ack while bytes were in flight (a blocked HA port, say, or a dead or
         paused slave): the slave's node endpoint, and our transfers stop naming our socket,
         so its acks come the node way too. Until the slave names another socket of its own
-        (it restarted) or a new stream starts: then the sockets are tried again."""
+        (it restarted: its socket is tried, and ours unless ours was the only one in play)
+        or a new stream starts."""
         logger.warning("slave {}: no ack through the HA channels for {} ms; streaming through the nodes ({})",
                        slave_id, silent_ms, stream.endpoint)
-        self._close_socket(stream)
+        self._switch_way(stream)
         stream.failed_inbox = stream.inbox or ""
+        stream.own_failed = True
         stream.inbox = None
+
+    def _switch_way(self, stream: Stream) -> None:
+        """What waits in the old way's socket is dropped with it: resend from the last ack
+        at once (the slave drops what it holds already), not after the silence timer."""
+        self._close_socket(stream)
+        stream.window.rewind()
+        stream.direct_wait_since_ms = None  # the new way's clock starts with its first bytes
 
     def streams_status(self) -> dict:
         """Per in-step slave: what it acknowledged, what we sent, the gap, and the way the
         bytes go (for operators)."""
         return {str(sid): {"acked": st.window.acked_offset, "sent": st.window.sent_offset,
                            "in_flight_bytes": st.window.in_flight_bytes,
-                           "via": st.inbox or ("node" if st.failed_inbox is None else "node, HA channel silent")}
+                           "via": st.inbox or ("node" if st.failed_inbox is None else "node, HA channel silent"),
+                           "acks_via": "node" if st.own_failed or not self.ha_inbox else self.ha_inbox}
                 for sid, st in self.streams.items()}
 
     def _pump_stream(self, stream: Stream) -> None:
         log = self.store.commit_log
         available = log.committed_offset
+        now = self.clock_ms()
+        if not stream.window.in_flight_bytes:
+            stream.flying_since_ms = now
         while (rng := stream.window.next_range(available)) is not None:
+            if stream.direct_wait_since_ms is None:
+                stream.direct_wait_since_ms = now
             data = log.read_committed(rng[0], rng[1])
             if not data:
                 return
-            inbox = None if stream.failed_inbox is not None else self.ha_inbox
+            inbox = None if stream.own_failed else self.ha_inbox
             self._send_transfer(stream, proto.HATransfer(rng[0], data, available, inbox=inbox))
             stream.window.sent(rng[0], len(data))
             self.stats["ha_sent_bytes"] += len(data)

@@ -196,8 +196,10 @@ class BrokerMaster(TailFill, HAStreams, HAChannel, BrokerBase):
         self.open_ha_channel()
 
     def release(self) -> None:
-        self.release_ha_streams()  # first: nothing below may leave the socket open
-        self.close_ha_channel()
+        try:
+            self.release_ha_streams()  # first: nothing below may leave the socket open
+        finally:
+            self.close_ha_channel()  # a fixed haListenPort must be free for the next actor
         super().release()
         self._persist_delay_offsets()
 

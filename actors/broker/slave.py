@@ -63,9 +63,11 @@ class BrokerSlave(HAChannel, BrokerBase):
         self.open_ha_channel()
 
     def release(self) -> None:
-        if self.report_sender is not None:
-            self.report_sender.close()
-        self.close_ha_channel()
+        try:
+            if self.report_sender is not None:
+                self.report_sender.close()
+        finally:
+            self.close_ha_channel()  # a fixed haListenPort must be free for the next actor
         super().release()
 
     def handle_AttachHAClient(self, msg: AttachHAClient) -> None:

@@ -440,7 +440,8 @@ def test_master_streams_each_burst_to_a_slave_in_step_from_its_own_socket(broker
     ref.ask(Ping())
     stream = ref.proxy().status_extra().get()["streams"]["1"]  # what `rmqz admin` shows an operator
     assert stream == {"acked": end, "sent": store.commit_log.committed_offset,
-                      "in_flight_bytes": store.commit_log.committed_offset - end, "via": "node"}
+                      "in_flight_bytes": store.commit_log.committed_offset - end, "via": "node",
+                      "acks_via": "node"}
     assert writer.messages == [Ack(0, None)]  # from before the hand-over; no wake-up for bytes or acks since
 
 
@@ -599,3 +600,51 @@ def test_a_taken_ha_listen_port_fails_the_start_with_an_error_naming_it(broker):
     assert watch.event.wait(WAIT_S)
     failed, = watch.messages
     assert isinstance(failed, ChildFailed) and "haListenPort 10999: cannot listen" in failed.reason
+
+
+def test_an_idle_stream_is_not_taken_for_a_silent_one(broker):
+    """An idle slave sends no acks: the silence that makes the master fall back counts from
+    when bytes went in flight, not from the last ack before the idle spell."""
+    (ref, agent, _, _, clock, store), _, _ = streaming_master(broker, agent_inbox=MASTER_INBOX,
+                                                               ha_send_heartbeat_interval_ms=1_000)
+    send(ref, bodies=(b"first",))
+    agent.wait_sent(lambda t: t[1].type == proto.HA_TRANSFER)
+    ref.tell(slave_report(store.commit_log.committed_offset, inbox=SLAVE_INBOX))
+    ref.ask(Ping())  # its last direct ack, before the idle spell
+    clock.now_ms += 10_000  # idle
+    ref.tell(Tick(clock.now_ms))
+    send(ref, bodies=(b"after the idle spell",))
+    agent.wait_sent(lambda t: len(transfers(agent)) == 2)
+    clock.now_ms += 50
+    ref.tell(Tick(clock.now_ms))  # its ack is on the way
+    ref.ask(Ping())
+    assert ref.proxy().status_extra().get()["streams"]["1"]["via"] == SLAVE_INBOX
+    assert ref.proxy().stats.get()["ha_resends"] == 0
+
+
+def test_a_switch_of_way_resends_at_once_what_the_old_way_held(broker):
+    """Closing the old way's socket drops what waits in it: the stream goes back to the last
+    ack straight away, not two heartbeats later."""
+    (ref, agent, _, _, _, store), _, _ = streaming_master(broker, agent_inbox=MASTER_INBOX)
+    send(ref, bodies=(b"maybe lost with the node socket",))
+    agent.wait_sent(lambda t: t[1].type == proto.HA_TRANSFER)
+    ref.tell(slave_report(0, inbox=SLAVE_INBOX))  # an ack from before it arrived, naming its socket
+    agent.wait_sent(lambda t: len(transfers(agent)) == 2)
+    assert transfers(agent)[-1][2]["offset"] == 0 and agent.own_vias[-1] == "tcp://127.0.0.1:20912"
+
+
+def test_when_only_the_masters_socket_was_in_play_it_stays_unnamed_for_the_stream(broker):
+    """The slave never named a socket of its own (its acks to ours were lost): after the
+    fallback, a socket it names later carries the stream, but its acks keep to the node."""
+    (ref, agent, _, _, clock, store), _, _ = streaming_master(broker, agent_inbox=MASTER_INBOX,
+                                                               ha_send_heartbeat_interval_ms=1_000)
+    send(ref, bodies=(b"acks lost",))
+    agent.wait_sent(lambda t: t[1].type == proto.HA_TRANSFER)
+    clock.now_ms += 2_000
+    ref.tell(Tick(clock.now_ms))
+    agent.wait_sent(lambda t: len(transfers(agent)) == 2)
+    assert "inbox" not in transfers(agent)[-1][2]  # our socket is no longer named
+    ref.tell(slave_report(store.commit_log.committed_offset, inbox=SLAVE_INBOX))  # over the node
+    send(ref, bodies=(b"next",))
+    agent.wait_sent(lambda t: len(transfers(agent)) >= 3 and agent.own_vias[-1] == "tcp://127.0.0.1:20912")
+    assert "inbox" not in transfers(agent)[-1][2]

@@ -180,14 +180,22 @@ def test_a_blocked_ha_port_costs_speed_never_replication(group, drop_port, block
     port = find_free_port()
     drop_port(port)
     g = group("SYNC_MASTER", node_extra={blocked: {"haListenPort": str(port)}})
-    statuses = [g.send(f"blocked-{i}".encode())["status"] for i in range(30)]
-    assert statuses == [proto.SEND_OK] * 30
+    for i in range(30):
+        res = g.send(f"blocked-{i}".encode())
+        assert res["status"] == proto.SEND_OK
+        if i == 0:
+            g.wait_topic_on_slave()
+        pulled = g.call(g.s, proto.PULL_MESSAGE, proto.PullMessage("check", "Orders", 0, res["queue_offset"]).to_dict())
+        assert pulled["status"] == proto.FOUND and pulled["messages"][0]["body"] == f"blocked-{i}".encode()
     g.wait_slave_caught_up()
     deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
-    while g.status(g.m)["streams"]["1"]["via"] != "node, HA channel silent" and time.monotonic() < deadline:
-        g.send(b"more")  # bytes in flight with no direct ack are what the master watches
+    while g.status(g.m)["streams"]["1"]["acks_via"] != "node" and time.monotonic() < deadline:
+        g.send(b"more")  # bytes waiting for a direct ack are what the master watches
         time.sleep(0.2)
-    assert g.status(g.m)["streams"]["1"]["via"] == "node, HA channel silent"
+    stream = g.status(g.m)["streams"]["1"]
+    assert stream["acks_via"] == "node"  # the slave's acks no longer aim at the master's socket
+    if blocked == 1:  # the slave's socket: the stream goes to its node
+        assert stream["via"] == "node, HA channel silent"
     g.wait_slave_caught_up()
     assert g.pull_all(g.s)[:30] == [f"blocked-{i}".encode() for i in range(30)]
 

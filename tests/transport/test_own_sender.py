@@ -144,6 +144,22 @@ def test_own_sender_after_close_still_delivers_through_the_agent(make_agent, rec
     assert sender.stats["via_agent"] == 1
 
 
+def test_own_sender_never_hands_a_tell_for_a_peer_actors_socket_to_the_agent(make_agent, recorder_cls):
+    """Such a tell names that socket's actor (transport/peer_inbox.py), which the peer node's
+    port does not know: with no own socket to send it on, it is dropped and counted."""
+    a, b, sink = two_nodes(make_agent, recorder_cls)
+    sender = a.own_sender()
+
+    def close_then_send_via():
+        sender.close()
+        sender.send(b.endpoint, tell(1), b"for the socket", via="tcp://127.0.0.1:1")
+        sender.send(b.endpoint, tell(2), b"for the node")
+
+    run_in_thread(close_then_send_via)
+    assert sink.get().body == b"for the node"
+    assert (sender.stats["dropped_full"], sender.stats["via_agent"]) == (1, 1)
+
+
 def test_own_sender_drops_tells_on_a_blocked_link(make_agent, recorder_cls, tmp_path, monkeypatch):
     rules = tmp_path / "faults.json"
     monkeypatch.setenv(FAULTS_ENV, str(rules))

@@ -121,6 +121,51 @@ def test_puts_from_other_threads_wake_the_owner_while_it_waits_on_its_socket():
         owner.stop()
 
 
+class RacingInbox(PeerInbox):
+    """Plays one put from another thread at the worst moment: right when the owner, woken,
+    lowers the wake flag (the put raises it again and writes its byte)."""
+
+    armed = False  # set by the test once the owner sleeps
+    raced = False
+
+    @property
+    def _signalled(self):  # noqa: D401 - the flag itself, with a hook on lowering it
+        return self.__dict__.get("_flag", False)
+
+    @_signalled.setter
+    def _signalled(self, value):
+        self.__dict__["_flag"] = value
+        if not value and self.armed and not self.raced:
+            self.raced = True
+            self._q.put("racer")
+            self.__dict__["_flag"] = True
+            self._writer.send(b"\x01")
+
+
+def test_a_put_racing_the_owners_wake_up_never_leaves_it_deaf():
+    inbox = RacingInbox()
+    inbox.open("127.0.0.1", "127.0.0.1", 0, "broker", TYPES, cv.TransportSecurity(), 1 << 20)
+    got: list = []
+
+    def owner():
+        while len(got) < 3:
+            got.append(inbox.get())
+
+    thread = threading.Thread(target=owner, daemon=True)
+    thread.start()
+    time.sleep(0.1)  # the owner sleeps in poll
+    inbox.armed = True
+    inbox.put("first")
+    deadline = time.monotonic() + WAIT_S
+    while len(got) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # asleep again, its wake flag as the race left it
+    inbox.put("later")  # must still wake it
+    thread.join(WAIT_S)
+    assert inbox.raced and sorted(got) == ["first", "later", "racer"]
+    inbox.close()
+
+
 def test_requests_other_targets_other_types_and_garbage_are_counted_and_dropped(ctx):
     owner = Owner()
     try:
@@ -275,27 +320,29 @@ def keys(tmp_path):
     return root, security
 
 
-def test_with_curve_only_the_cluster_key_delivers_a_cluster_only_tell(ctx, keys):
+def test_with_curve_only_a_cluster_key_gets_in(ctx, keys):
+    """A key not on the allow-list, and an allow-listed client key, are both refused in the
+    handshake: this socket is for peers only (a client key holds no connection slot)."""
     root, security = keys
     owner = Owner(security)
     try:
         intruder = dealer(ctx, owner.inbox.endpoint, cv.ClientCurve.load(
             str(root / "server.key"), str(root / "clients" / "intruder.key_secret")))
-        intruder.send_multipart(tell(owner, body=b"intruder"))  # not allow-listed: denied in the handshake
+        intruder.send_multipart(tell(owner, body=b"intruder"))
         app = dealer(ctx, owner.inbox.endpoint, cv.ClientCurve.load(
             str(root / "server.key"), str(root / "clients" / "app.key_secret")))
-        app.send_multipart(tell(owner, body=b"app"))  # a client key: admitted, but HAReport is cluster-only
+        app.send_multipart(tell(owner, body=b"app"))
         peer = dealer(ctx, owner.inbox.endpoint, security.client_side())
         peer.send_multipart(tell(owner, body=b"cluster"))
         got = owner.wait_for(1)
         deadline = time.monotonic() + WAIT_S
-        while owner.inbox.stats["refused"] < 1 and time.monotonic() < deadline:
-            owner.inbox.put("tick")  # the owner services ZAP and reads between items
+        while owner.inbox.stats["zap_denied"] < 2 and time.monotonic() < deadline:
+            owner.inbox.put("tick")  # the owner answers ZAP between items too
             time.sleep(0.05)
         time.sleep(0.3)
         bodies = [g.message.body for g in owner.got if isinstance(g, InboxTell)]
         assert bodies == [b"cluster"] and got[0].message.user.startswith("cluster:")
-        assert owner.inbox.stats["refused"] == 1
+        assert owner.inbox.stats["zap_denied"] == 2 and owner.inbox.stats["refused"] == 0
         for s in (intruder, app, peer):
             s.close()
     finally:
