@@ -24,7 +24,12 @@ from rmqz.transport.envelope import Header, pack_body
 from rmqz.transport.peer_inbox import inbox_route
 
 RESEND_AFTER_HEARTBEATS = 2  # no ack for this many heartbeat intervals: resend the window
-assert RESEND_AFTER_HEARTBEATS >= 1
+# After a fallback to the node endpoints the HA sockets are tried again, 30 s later, then at
+# doubling intervals up to 10 min: a pause or a partition passes; a blocked port costs one
+# two-heartbeat stall per retry.
+CHANNEL_RETRY_MIN_MS = 30_000
+CHANNEL_RETRY_MAX_MS = 600_000
+assert RESEND_AFTER_HEARTBEATS >= 1 and 0 < CHANNEL_RETRY_MIN_MS <= CHANNEL_RETRY_MAX_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,8 @@ class Stream:
     # play (its acks could not reach it), for the rest of the stream; otherwise until the
     # slave names a new socket.
     own_failed: bool = False
+    retry_at_ms: int = 0  # after a fallback: when the sockets are tried again
+    retry_backoff_ms: int = 0
 
 
 class HAStreams:
@@ -161,20 +168,33 @@ class HAStreams:
             channels = stream.inbox or (self.ha_inbox and not stream.own_failed)
             if flying and silent_ms >= limit_ms and stream.failed_inbox is None and channels:
                 self._inbox_failed(slave_id, stream, silent_ms)
+            elif stream.failed_inbox is not None and now_ms >= stream.retry_at_ms:
+                self._retry_channels(slave_id, stream)
         self.pump_streams()
 
     def _inbox_failed(self, slave_id: int, stream: Stream, silent_ms: int) -> None:
         """No direct ack while bytes were in flight (a blocked HA port, say, or a dead or
         paused slave): the slave's node endpoint, and our transfers stop naming our socket,
         so its acks come the node way too. Until the slave names another socket of its own
-        (it restarted: its socket is tried, and ours unless ours was the only one in play)
-        or a new stream starts."""
+        (it restarted: its socket is tried, and ours unless ours was the only one in play),
+        a new stream starts, or the retry is due (CHANNEL_RETRY_MIN_MS, doubling)."""
         logger.warning("slave {}: no ack through the HA channels for {} ms; streaming through the nodes ({})",
                        slave_id, silent_ms, stream.endpoint)
         self._switch_way(stream)
         stream.failed_inbox = stream.inbox or ""
         stream.own_failed = True
         stream.inbox = None
+        stream.retry_backoff_ms = min(max(2 * stream.retry_backoff_ms, CHANNEL_RETRY_MIN_MS), CHANNEL_RETRY_MAX_MS)
+        stream.retry_at_ms = self.clock_ms() + stream.retry_backoff_ms
+
+    def _retry_channels(self, slave_id: int, stream: Stream) -> None:
+        logger.info("slave {}: trying the HA channels again ({} s after the fallback)", slave_id,
+                    stream.retry_backoff_ms // 1000)
+        if stream.failed_inbox:
+            self._switch_way(stream)
+            stream.inbox = stream.failed_inbox
+        stream.failed_inbox = None
+        stream.own_failed = False
 
     def _switch_way(self, stream: Stream) -> None:
         """What waits in the old way's socket is dropped with it: resend from the last ack

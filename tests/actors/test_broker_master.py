@@ -648,3 +648,37 @@ def test_when_only_the_masters_socket_was_in_play_it_stays_unnamed_for_the_strea
     send(ref, bodies=(b"next",))
     agent.wait_sent(lambda t: len(transfers(agent)) >= 3 and agent.own_vias[-1] == "tcp://127.0.0.1:20912")
     assert "inbox" not in transfers(agent)[-1][2]
+
+
+def test_after_a_fallback_the_channels_are_tried_again_at_doubling_intervals(broker):
+    """A pause or a partition passes: 30 s after falling back the master streams to the
+    slave's socket again; if that goes silent too, the next try waits twice as long."""
+    (ref, agent, _, _, clock, store), _, _ = streaming_master(broker, agent_inbox=MASTER_INBOX,
+                                                               ha_send_heartbeat_interval_ms=1_000)
+    send(ref, bodies=(b"first",))
+    agent.wait_sent(lambda t: t[1].type == proto.HA_TRANSFER)
+    ref.tell(slave_report(store.commit_log.committed_offset, inbox=SLAVE_INBOX))
+    ref.ask(Ping())
+
+    def silence_then(ms):
+        n = len(transfers(agent))
+        send(ref, bodies=(b"x",))
+        agent.wait_sent(lambda t: len(transfers(agent)) > n)  # in flight before the clock moves
+        clock.now_ms += 2_000
+        ref.tell(Tick(clock.now_ms))
+        ref.ask(Ping())
+        assert ref.proxy().status_extra().get()["streams"]["1"]["via"] == "node, HA channel silent"
+        clock.now_ms += ms - 1
+        ref.tell(Tick(clock.now_ms))
+        ref.ask(Ping())
+        assert ref.proxy().status_extra().get()["streams"]["1"]["via"] == "node, HA channel silent"
+        clock.now_ms += 1
+        ref.tell(Tick(clock.now_ms))
+        ref.ask(Ping())
+        assert ref.proxy().status_extra().get()["streams"]["1"]["via"] == SLAVE_INBOX  # tried again
+
+    silence_then(30_000)
+    silence_then(60_000)
+    ref.tell(slave_report(store.commit_log.committed_offset, inbox=SLAVE_INBOX))
+    send(ref, bodies=(b"through the channel",))
+    agent.wait_sent(lambda t: agent.own_vias[-1] == "tcp://127.0.0.1:20912" and t[2].get("inbox") == MASTER_INBOX)
