@@ -57,8 +57,8 @@ class Stream:
     # endpoints until the slave names another (it restarted).
     failed_inbox: str | None = None
     # Our own socket is not named to this slave: it went silent while it was the only one in
-    # play (its acks could not reach it), for the rest of the stream; otherwise until the
-    # slave names a new socket.
+    # play (its acks could not reach it), until the retry; otherwise until the slave names a
+    # new socket, or the retry.
     own_failed: bool = False
     retry_at_ms: int = 0  # after a fallback: when the sockets are tried again
     retry_backoff_ms: int = 0
@@ -168,7 +168,7 @@ class HAStreams:
             channels = stream.inbox or (self.ha_inbox and not stream.own_failed)
             if flying and silent_ms >= limit_ms and stream.failed_inbox is None and channels:
                 self._inbox_failed(slave_id, stream, silent_ms)
-            elif stream.failed_inbox is not None and now_ms >= stream.retry_at_ms:
+            elif (stream.failed_inbox is not None or stream.own_failed) and now_ms >= stream.retry_at_ms:
                 self._retry_channels(slave_id, stream)
         self.pump_streams()
 

@@ -633,9 +633,10 @@ def test_a_switch_of_way_resends_at_once_what_the_old_way_held(broker):
     assert transfers(agent)[-1][2]["offset"] == 0 and agent.own_vias[-1] == "tcp://127.0.0.1:20912"
 
 
-def test_when_only_the_masters_socket_was_in_play_it_stays_unnamed_for_the_stream(broker):
+def test_when_only_the_masters_socket_was_in_play_it_stays_unnamed_until_the_retry(broker):
     """The slave never named a socket of its own (its acks to ours were lost): after the
-    fallback, a socket it names later carries the stream, but its acks keep to the node."""
+    fallback, a socket it names later carries the stream, but its acks keep to the node
+    until the retry."""
     (ref, agent, _, _, clock, store), _, _ = streaming_master(broker, agent_inbox=MASTER_INBOX,
                                                                ha_send_heartbeat_interval_ms=1_000)
     send(ref, bodies=(b"acks lost",))
@@ -648,6 +649,11 @@ def test_when_only_the_masters_socket_was_in_play_it_stays_unnamed_for_the_strea
     send(ref, bodies=(b"next",))
     agent.wait_sent(lambda t: len(transfers(agent)) >= 3 and agent.own_vias[-1] == "tcp://127.0.0.1:20912")
     assert "inbox" not in transfers(agent)[-1][2]
+    ref.tell(slave_report(store.commit_log.committed_offset, inbox=SLAVE_INBOX))
+    clock.now_ms += 30_000  # the retry names ours again
+    ref.tell(Tick(clock.now_ms))
+    send(ref, bodies=(b"after the retry",))
+    agent.wait_sent(lambda t: t[2].get("inbox") == MASTER_INBOX)
 
 
 def test_after_a_fallback_the_channels_are_tried_again_at_doubling_intervals(broker):
