@@ -108,7 +108,11 @@ class HAStreams:
             stream.last_progress_ms = self.clock_ms()
         stream.window.on_ack(offset)
         if not periodic:
-            stream.direct_wait_since_ms = self.clock_ms() if stream.window.in_flight_bytes else None
+            now = self.clock_ms()
+            stream.direct_wait_since_ms = now if stream.window.in_flight_bytes else None
+            if stream.retry_backoff_ms and stream.failed_inbox is None and not stream.own_failed \
+                    and now - stream.retry_at_ms >= CHANNEL_RETRY_MAX_MS:
+                stream.retry_backoff_ms = 0  # healthy that long: the next fault starts at the shortest retry
         self._pump_stream(stream)
 
     def stream_learns_inbox(self, slave_id: int, inbox: str | None) -> None:

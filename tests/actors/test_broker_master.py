@@ -658,7 +658,8 @@ def test_when_only_the_masters_socket_was_in_play_it_stays_unnamed_until_the_ret
 
 def test_after_a_fallback_the_channels_are_tried_again_at_doubling_intervals(broker):
     """A pause or a partition passes: 30 s after falling back the master streams to the
-    slave's socket again; if that goes silent too, the next try waits twice as long."""
+    slave's socket again; if that goes silent too, the next try waits twice as long; after
+    a long healthy spell the backoff starts over."""
     (ref, agent, _, _, clock, store), _, _ = streaming_master(broker, agent_inbox=MASTER_INBOX,
                                                                ha_send_heartbeat_interval_ms=1_000)
     send(ref, bodies=(b"first",))
@@ -685,6 +686,11 @@ def test_after_a_fallback_the_channels_are_tried_again_at_doubling_intervals(bro
 
     silence_then(30_000)
     silence_then(60_000)
+    ref.tell(slave_report(store.commit_log.committed_offset, inbox=SLAVE_INBOX))
+    clock.now_ms += 600_000  # healthy for the longest retry interval: the backoff starts over
+    ref.tell(slave_report(store.commit_log.committed_offset, inbox=SLAVE_INBOX))
+    ref.ask(Ping())
+    silence_then(30_000)
     ref.tell(slave_report(store.commit_log.committed_offset, inbox=SLAVE_INBOX))
     send(ref, bodies=(b"through the channel",))
     agent.wait_sent(lambda t: agent.own_vias[-1] == "tcp://127.0.0.1:20912" and t[2].get("inbox") == MASTER_INBOX)
