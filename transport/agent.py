@@ -44,7 +44,7 @@ from .peer_inbox import PeerInbox  # an actor's own socket for hot-path tells to
 from .ratelimit import LogLimiter
 from .admission import Admission  # SYSTEM_BUSY instead of unbounded actor inboxes
 from .curve import TransportSecurity, check_bind, insecure_from_env  # CURVE keys, bind policy
-from .zap import MAX_CONNECTIONS, ZAP_DOMAIN, ZapHandler, recv_with_user  # who may connect, how many
+from .zap import MAX_CONNECTIONS, ZapHandler, guard_bound_socket, recv_with_user  # who may connect, how many
 
 __all__ = [
     "BAD_REQUEST",
@@ -527,17 +527,7 @@ class TransportAgent:
     def _secure_router(self, router: zmq.Socket) -> None:
         """ZAP domain: every handshake asks our handler (keys and the connection limit);
         a monitor tells it which connections are live."""
-        curve = self._security.curve
-        if curve is not None:
-            router.setsockopt(zmq.CURVE_SERVER, 1)
-            router.setsockopt(zmq.CURVE_PUBLICKEY, curve.server.public)
-            router.setsockopt(zmq.CURVE_SECRETKEY, curve.server.secret)
-        router.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
-        # A connection that never completes its handshake (a denied one waits for its peer to
-        # close) holds a connection slot; libzmq drops it after this long.
-        router.setsockopt(zmq.HANDSHAKE_IVL, ROUTER_HANDSHAKE_IVL_MS)
-        self._router_monitor = router.get_monitor_socket(
-            zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED)
+        self._router_monitor = guard_bound_socket(router, self._security.curve, ROUTER_HANDSHAKE_IVL_MS)
 
     def _drain_zap(self) -> None:
         self._drain_router_monitor()  # the asking connection's ACCEPTED event came first: count it
@@ -546,12 +536,7 @@ class TransportAgent:
             self._log_limited("zap_denied", "connection refused: {}", denial)
 
     def _drain_router_monitor(self) -> None:
-        while True:
-            try:
-                event = recv_monitor_message(self._router_monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self._zap.on_monitor_event(event["event"], event["value"])
+        self._zap.count_connections(self._router_monitor)
 
     def _sweep_admission(self, now_ms: int) -> None:
         if now_ms - self._admission_swept_ms >= ADMISSION_EXPIRE_MS:

@@ -37,12 +37,11 @@ from typing import Any
 
 import zmq
 from loguru import logger
-from zmq.utils.monitor import recv_monitor_message
 
 from .curve import TransportSecurity, check_bind
 from .envelope import EnvelopeError, Inbound, decode
 from .ratelimit import LogLimiter
-from .zap import ZAP_DOMAIN, ZapHandler, recv_with_user
+from .zap import ZapHandler, guard_bound_socket, recv_with_user
 
 __all__ = ["PeerInbox", "InboxTell", "inbox_route"]
 
@@ -202,17 +201,11 @@ class PeerInbox:
         self._zap = ZapHandler(self._ctx, curve, MAX_INBOX_CONNECTIONS, cluster_only=True)
         sock = self._ctx.socket(zmq.ROUTER)
         self._sock = sock
-        if curve is not None:
-            sock.setsockopt(zmq.CURVE_SERVER, 1)
-            sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.server.public)
-            sock.setsockopt(zmq.CURVE_SECRETKEY, curve.server.secret)
-        for option, value in ((zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode()), (zmq.LINGER, 0),
-                              (zmq.RCVHWM, INBOX_RCVHWM), (zmq.MAXMSGSIZE, self._max_frame_bytes),
-                              (zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS), (zmq.ROUTER_HANDOVER, 1),
-                              (zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS),
+        self._monitor = guard_bound_socket(sock, curve, HANDSHAKE_IVL_MS)
+        for option, value in ((zmq.LINGER, 0), (zmq.RCVHWM, INBOX_RCVHWM), (zmq.MAXMSGSIZE, self._max_frame_bytes),
+                              (zmq.ROUTER_HANDOVER, 1), (zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS),
                               (zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)):
             sock.setsockopt(option, value)
-        self._monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED)
         sock.bind(f"tcp://{bind_host}:{port}")
         self._poller = zmq.Poller()
         for s in (sock, self._zap.socket, self._monitor):
@@ -303,18 +296,14 @@ class PeerInbox:
             return None
         if (header.kind != "tell" or header.dst != self._dst or header.type not in self._types
                 or not self._security.allows(user, header.dst, header.type)):
-            self._count("refused", "refused {} on {}", f"{header.kind} {header.dst}/{header.type[:40]} from {user or '?'}")
+            self._count("refused", "{} refused {}", f"{header.kind} {header.dst}/{header.type[:40]} from {user or '?'}")
             return None
         return Inbound(header, body, None, None, user=user)
 
     def _service(self) -> None:
         """Connection bookkeeping and ZAP answers (cheap when there is nothing to do)."""
-        while _readable(self._monitor):
-            try:
-                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            self._zap.on_monitor_event(event["event"], event["value"])
+        if _readable(self._monitor):
+            self._zap.count_connections(self._monitor)
         if not _readable(self._zap.socket):
             return
         for denial in self._zap.drain():

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import zmq
 from zmq.utils import z85
+from zmq.utils.monitor import recv_monitor_message
 
 from .curve import ServerCurve
 
-__all__ = ["ZAP_DOMAIN", "ZAP_ENDPOINT", "ZapHandler", "MAX_CONNECTIONS", "frame_user_id", "recv_with_user"]
+__all__ = ["ZAP_DOMAIN", "ZAP_ENDPOINT", "ZapHandler", "MAX_CONNECTIONS", "frame_user_id", "guard_bound_socket",
+           "recv_with_user"]
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # fixed by RFC 27, one per context
 ZAP_DOMAIN = "rmqz"
@@ -56,6 +58,15 @@ class ZapHandler:
             self.live.add(int(fd))
         elif event in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED):
             self.live.discard(int(fd))
+
+    def count_connections(self, monitor: zmq.Socket) -> None:
+        """Read the events waiting on the bound socket's monitor (guard_bound_socket's)."""
+        while True:
+            try:
+                event = recv_monitor_message(monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.on_monitor_event(event["event"], event["value"])
 
     def drain(self) -> list[str]:
         """Answer waiting ZAP requests; returns one line per denial (for the rate-limited log)."""
@@ -116,3 +127,18 @@ def recv_with_user(sock: zmq.Socket, curve: bool) -> tuple[list[bytes], str]:
         return sock.recv_multipart(zmq.NOBLOCK), ""
     parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
     return [p.bytes for p in parts], frame_user_id(parts[-1])
+
+
+def guard_bound_socket(sock: zmq.Socket, curve: ServerCurve | None, handshake_ivl_ms: int) -> zmq.Socket:
+    """Before a bind: CURVE server keys (when there are keys) and our ZAP domain, so every
+    handshake asks the context's handler (keys and the connection limit). A connection
+    that never completes its handshake (a denied one waits for its peer to close) holds a
+    slot until handshake_ivl_ms. Returns the monitor that tells the handler which
+    connections are live (ZapHandler.count_connections)."""
+    if curve is not None:
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.server.public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, curve.server.secret)
+    sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
+    sock.setsockopt(zmq.HANDSHAKE_IVL, handshake_ivl_ms)
+    return sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED)

@@ -63,10 +63,8 @@ class HAChannel:
     def close_ha_channel(self) -> None:
         """In release; idempotent."""
         self.ha_inbox = None
-        close = getattr(self.actor_inbox, "close", None)
-        if close is not None:
-            close()
+        self.actor_inbox.close()
 
     def ha_channel_status(self) -> dict:
         """Where peers reach our socket, and what it read and refused (for operators)."""
-        return {"endpoint": self.ha_inbox, **getattr(self.actor_inbox, "stats", {})}
+        return {"endpoint": self.ha_inbox, **self.actor_inbox.stats}
