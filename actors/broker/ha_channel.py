@@ -27,16 +27,8 @@ import zmq
 from loguru import logger
 
 from rmqz.actors.broker import messages as proto
+from rmqz.transport.channel_way import endpoint_host
 from rmqz.transport.peer_inbox import PeerInbox
-
-
-def endpoint_host(endpoint: str) -> str:
-    """The host of tcp://host:port or host:port."""
-    return endpoint.removeprefix("tcp://").rsplit(":", 1)[0]
-
-
-def same_host(inbox: str, node_address: str) -> bool:
-    return endpoint_host(inbox) == endpoint_host(node_address)
 
 
 class HAChannel:

@@ -12,24 +12,19 @@ what it last acknowledged. A stream ends when its connection does (`HAWriters`, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
 
 from rmqz.actors.broker import messages as proto
-from rmqz.actors.broker.ha_channel import same_host
 from rmqz.actors.broker.ha_core import TransferWindow
+from rmqz.transport.channel_way import ChannelWay, same_host
 from rmqz.transport.envelope import Header, pack_body
 from rmqz.transport.peer_inbox import inbox_route
 
 RESEND_AFTER_HEARTBEATS = 2  # no ack for this many heartbeat intervals: resend the window
-# After a fallback to the node endpoints the HA sockets are tried again, 30 s later, then at
-# doubling intervals up to 10 min: a pause or a partition passes; a blocked port costs one
-# two-heartbeat stall per retry.
-CHANNEL_RETRY_MIN_MS = 30_000
-CHANNEL_RETRY_MAX_MS = 600_000
-assert RESEND_AFTER_HEARTBEATS >= 1 and 0 < CHANNEL_RETRY_MIN_MS <= CHANNEL_RETRY_MAX_MS
+assert RESEND_AFTER_HEARTBEATS >= 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,16 +47,7 @@ class Stream:
     # have one). The slave's periodic reports through HAService move the stream but not
     # this: a blocked socket still shows.
     direct_wait_since_ms: int | None = None
-    inbox: str | None = None  # the slave broker actor's own socket, once it named one
-    # The slave's socket we went silent through (or "" when it had named none): the node
-    # endpoints until the slave names another (it restarted).
-    failed_inbox: str | None = None
-    # Our own socket is not named to this slave: it went silent while it was the only one in
-    # play (its acks could not reach it), until the retry; otherwise until the slave names a
-    # new socket, or the retry.
-    own_failed: bool = False
-    retry_at_ms: int = 0  # after a fallback: when the sockets are tried again
-    retry_backoff_ms: int = 0
+    way: ChannelWay = field(default_factory=ChannelWay)  # the slave broker's socket or its node
 
 
 class HAStreams:
@@ -110,9 +96,7 @@ class HAStreams:
         if not periodic:
             now = self.clock_ms()
             stream.direct_wait_since_ms = now if stream.window.in_flight_bytes else None
-            if stream.retry_backoff_ms and stream.failed_inbox is None and not stream.own_failed \
-                    and now - stream.retry_at_ms >= CHANNEL_RETRY_MAX_MS:
-                stream.retry_backoff_ms = 0  # healthy that long: the next fault starts at the shortest retry
+            stream.way.progressed(now)
         self._pump_stream(stream)
 
     def stream_learns_inbox(self, slave_id: int, inbox: str | None) -> None:
@@ -120,17 +104,14 @@ class HAStreams:
         stream there from now on, if it is on the slave node's host and not the one we went
         silent through."""
         stream = self.streams.get(slave_id)
-        if stream is None or inbox is None or inbox == stream.inbox or inbox == stream.failed_inbox:
+        if stream is None or not stream.way.may_learn(inbox):
             return
         if not same_host(inbox, stream.endpoint):
             self.stats["ha_inbox_refused"] += 1
             return
         logger.info("slave {}: streaming to its HA channel {}", slave_id, inbox)
         self._switch_way(stream)
-        stream.inbox = inbox
-        if stream.failed_inbox:  # it restarted: our socket may reach it again
-            stream.own_failed = False
-        stream.failed_inbox = None
+        stream.way.learn(inbox)
         self._pump_stream(stream)
 
     def end_stream(self, slave_id: int) -> None:
@@ -141,7 +122,8 @@ class HAStreams:
 
     def _close_socket(self, stream: Stream) -> None:
         if self.ha_sender is not None:
-            self.ha_sender.close_endpoint(inbox_route(stream.inbox)[0] if stream.inbox else stream.endpoint)
+            inbox = stream.way.inbox
+            self.ha_sender.close_endpoint(inbox_route(inbox)[0] if inbox else stream.endpoint)
 
     def pump_streams(self) -> None:
         for stream in self.streams.values():
@@ -169,10 +151,9 @@ class HAStreams:
             # sockets may be unreachable (the slave's periodic reports still move the stream).
             waited = stream.direct_wait_since_ms
             silent_ms = 0 if waited is None else now_ms - waited
-            channels = stream.inbox or (self.ha_inbox and not stream.own_failed)
-            if flying and silent_ms >= limit_ms and stream.failed_inbox is None and channels:
+            if flying and silent_ms >= limit_ms and stream.way.in_play(self.ha_inbox):
                 self._inbox_failed(slave_id, stream, silent_ms)
-            elif (stream.failed_inbox is not None or stream.own_failed) and now_ms >= stream.retry_at_ms:
+            elif stream.way.retry_due(now_ms):
                 self._retry_channels(slave_id, stream)
         self.pump_streams()
 
@@ -185,20 +166,14 @@ class HAStreams:
         logger.warning("slave {}: no ack through the HA channels for {} ms; streaming through the nodes ({})",
                        slave_id, silent_ms, stream.endpoint)
         self._switch_way(stream)
-        stream.failed_inbox = stream.inbox or ""
-        stream.own_failed = True
-        stream.inbox = None
-        stream.retry_backoff_ms = min(max(2 * stream.retry_backoff_ms, CHANNEL_RETRY_MIN_MS), CHANNEL_RETRY_MAX_MS)
-        stream.retry_at_ms = self.clock_ms() + stream.retry_backoff_ms
+        stream.way.fail(self.clock_ms())
 
     def _retry_channels(self, slave_id: int, stream: Stream) -> None:
         logger.info("slave {}: trying the HA channels again ({} s after the fallback)", slave_id,
-                    stream.retry_backoff_ms // 1000)
-        if stream.failed_inbox:
-            self._switch_way(stream)
-            stream.inbox = stream.failed_inbox
-        stream.failed_inbox = None
-        stream.own_failed = False
+                    stream.way.retry_backoff_ms // 1000)
+        if stream.way.failed_inbox:
+            self._switch_way(stream)  # closes the node way's socket before the slave's is back in use
+        stream.way.retry()
 
     def _switch_way(self, stream: Stream) -> None:
         """What waits in the old way's socket is dropped with it: resend from the last ack
@@ -211,9 +186,7 @@ class HAStreams:
         """Per in-step slave: what it acknowledged, what we sent, the gap, and the way the
         bytes go (for operators)."""
         return {str(sid): {"acked": st.window.acked_offset, "sent": st.window.sent_offset,
-                           "in_flight_bytes": st.window.in_flight_bytes,
-                           "via": st.inbox or ("node" if st.failed_inbox is None else "node, HA channel silent"),
-                           "acks_via": "node" if st.own_failed or not self.ha_inbox else self.ha_inbox}
+                           "in_flight_bytes": st.window.in_flight_bytes, **st.way.status(self.ha_inbox, "HA channel")}
                 for sid, st in self.streams.items()}
 
     def _pump_stream(self, stream: Stream) -> None:
@@ -228,13 +201,13 @@ class HAStreams:
             data = log.read_committed(rng[0], rng[1])
             if not data:
                 return
-            inbox = None if stream.own_failed else self.ha_inbox
+            inbox = stream.way.own_name(self.ha_inbox)
             self._send_transfer(stream, proto.HATransfer(rng[0], data, available, inbox=inbox))
             stream.window.sent(rng[0], len(data))
             self.stats["ha_sent_bytes"] += len(data)
 
     def _send_transfer(self, stream: Stream, transfer: proto.HATransfer) -> None:
-        via, dst = inbox_route(stream.inbox) if stream.inbox else (None, proto.BROKER)
+        via, dst = inbox_route(stream.way.inbox) if stream.way.inbox else (None, proto.BROKER)
         header = Header(kind="tell", src=self.node_id, dst=dst, type=proto.HA_TRANSFER)
         try:
             self.ha_sender.send(stream.endpoint, header, pack_body(transfer.to_dict()), via=via)

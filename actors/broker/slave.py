@@ -13,10 +13,11 @@ from loguru import logger
 from rmqz.actors.base import tell_quietly
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.base import BrokerBase, BrokerDeps
-from rmqz.actors.broker.ha_channel import HAChannel, same_host
+from rmqz.actors.broker.ha_channel import HAChannel
 from rmqz.actors.broker.ha_client import Appended, MasterAddress, MasterSilent, ReplicaData, send_report
 from rmqz.actors.broker.ha_decode import decode_transfer
 from rmqz.storage.errors import CorruptStoreError
+from rmqz.transport.channel_way import same_host
 from rmqz.transport.envelope import EnvelopeError, Inbound, unpack_body
 from rmqz.transport.peer_inbox import inbox_route
 
