@@ -105,7 +105,8 @@ def dledger_specs(deps: BrokerDeps, sup: Any, raft_log: RaftLog, ticker: Any) ->
                                 refs["applied"], config.flush_disk_type == "SYNC_FLUSH", raft, deps.clock_ms,
                                 seed=hash((config.dledger_self_id, os.getpid())) & 0xFFFFFFFF,
                                 flush_interval_ms=config.flush_interval_commit_log_ms,
-                                role_listeners=(refs["roles"],), supervisor=sup)
+                                role_listeners=(refs["roles"],), listen_port=config.dledger_listen_port,
+                                tick_ms=config.dledger_tick_ms, supervisor=sup)
         refs["broker"].tell(AttachDLedger(ref))
         return ref
 

@@ -76,6 +76,9 @@ class BrokerConfig:
     dledger_tick_ms: int = 100
     dledger_election_ticks: int = 10
     dledger_heartbeat_ticks: int = 1
+    # The DLedger node's own socket for Apps and their acks (actors/dledger/channel.py).
+    # 0: any free port, which peers learn from the Raft messages themselves.
+    dledger_listen_port: int = 0
     # Requests waiting for the broker actor beyond this are answered SYSTEM_BUSY (RocketMQ's
     # sendThreadPoolQueueCapacity; transport/admission.py enforces it with a byte bound).
     send_thread_pool_queue_capacity: int = 10_000
@@ -120,7 +123,7 @@ ALIASES = {
     "haHousekeepingInterval": "ha_housekeeping_interval_ms",
 }
 INT_LIMITS = {
-    "broker_id": (0, 1023), "listen_port": (1, 65535), "ha_listen_port": (0, 65535), "default_topic_queue_nums": (1, 1024),
+    "broker_id": (0, 1023), "listen_port": (1, 65535), "ha_listen_port": (0, 65535), "dledger_listen_port": (0, 65535), "default_topic_queue_nums": (1, 1024),
     "mapped_file_size_commit_log": (MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES),
     "max_message_size": (1, 64 * 1024 * 1024), "register_broker_interval_ms": (100, 600_000),
     "flush_interval_commit_log_ms": (1, 60_000), "sync_flush_timeout_ms": (1, 600_000),
@@ -229,6 +232,9 @@ def _check_dledger(cfg: BrokerConfig) -> None:
     if peers[cfg.dledger_self_id] != cfg.address:
         raise ConfigError(f"dLegerPeers gives {cfg.dledger_self_id} the address {peers[cfg.dledger_self_id]} "
                           f"but this node listens on {cfg.address}")
+    if cfg.dledger_listen_port and cfg.dledger_listen_port in (cfg.listen_port, cfg.ha_listen_port):
+        raise ConfigError(f"dledgerListenPort: {cfg.dledger_listen_port} is listenPort or haListenPort already; "
+                          "choose another, or 0 for any free port")
     if cfg.dledger_heartbeat_ticks >= cfg.dledger_election_ticks:
         raise ConfigError("dledgerHeartbeatTicks must be smaller than dledgerElectionTicks")
     if not cfg.dledger_group:

@@ -19,6 +19,7 @@ from typing import Any
 from loguru import logger
 
 from rmqz.actors.base import RmqzActor, tell_quietly
+from rmqz.actors.dledger.channel import CHANNEL_STALL_HEARTBEATS, CHANNEL_STALL_MIN_MS, DLedgerChannel
 from rmqz.actors.dledger.core import LEADER, NotLeader, ProposalTooLarge, RaftConfig, RaftCore
 from rmqz.actors.dledger.messages import APP, APP_RESP, Entry, HardState, Message, RaftMessageError
 from rmqz.actors.ticker import Tick
@@ -33,6 +34,8 @@ COMMIT_SAVE_INTERVAL_MS = 1_000
 DEFAULT_FLUSH_INTERVAL_MS = 500  # flushIntervalCommitLog: the log is the commit log
 MAX_PENDING_PROPOSALS = 100_000
 HOT_PATH_TYPES = frozenset({APP, APP_RESP})  # sent on the node's own sockets (transport/own_sender.py)
+CHANNEL_TYPES = frozenset({RAFT})  # what a peer may send to the node's own socket (actors/dledger/channel.py)
+DEFAULT_TICK_MS = 100
 ENTRY_CACHE_BYTES = 16 * 1024 * 1024  # newest persisted entries kept in memory (RaftLogStorage)
 assert MAX_PENDING_PROPOSALS > 0 and 0 < ENTRY_CACHE_BYTES <= 64 * 1024 * 1024  # it adds to a node's RSS
 
@@ -143,10 +146,13 @@ class RaftLogStorage:
         return self.log.last_index()
 
 
-class DLedgerNode(RmqzActor):
+class DLedgerNode(DLedgerChannel, RmqzActor):
+    channel_types = CHANNEL_TYPES
+
     def __init__(self, self_id: str, peers: dict[str, str], raft_log: Any, agent: Any, broker_ref: Any,
                  applied: int, sync_writes: bool, config: RaftConfig, clock_ms: Any, seed: int,
                  *, flush_interval_ms: int = DEFAULT_FLUSH_INTERVAL_MS, role_listeners: tuple = (),
+                 listen_port: int = 0, tick_ms: int = DEFAULT_TICK_MS,
                  name: str = DLEDGER, supervisor: Any = None) -> None:
         super().__init__(name=name, supervisor=supervisor)
         self.self_id = self_id
@@ -168,9 +174,12 @@ class DLedgerNode(RmqzActor):
         self.bad_messages = 0
         self.undriven = False  # stepped or proposed since the last drive
         self.own_sender: Any = None  # the hot path's sockets, opened on the actor's thread
+        self.listen_port = listen_port  # dledgerListenPort: the channel's (0: any free port)
+        self.stall_ms = max(CHANNEL_STALL_HEARTBEATS * config.heartbeat_ticks * tick_ms, CHANNEL_STALL_MIN_MS)
 
     def acquire(self) -> None:
         self.own_sender = self.agent.own_sender()
+        self.open_channel(DLEDGER)
 
     # ---- inputs --------------------------------------------------------------------------
 
@@ -187,8 +196,9 @@ class DLedgerNode(RmqzActor):
                 logger.warning("dledger {}: bad Raft message #{} from {}: {}", self.self_id, self.bad_messages,
                                inbound.header.src, exc)
             return
-        if msg.dst != self.self_id or msg.src not in self.peers:
+        if msg.dst != self.self_id or msg.src not in self.ways:
             return
+        self.channel_hears(msg.src, inbound.header.reply_to)
         self.core.step(msg)
         self._drive_when_idle()
 
@@ -196,6 +206,7 @@ class DLedgerNode(RmqzActor):
         self.core.tick()
         self._drive()
         now = self.clock_ms()
+        self.channel_on_tick(now)
         if now - self.last_commit_save_ms >= COMMIT_SAVE_INTERVAL_MS:
             self._save_commit()
         if not self.sync_writes and now - self.last_flush_ms >= self.flush_interval_ms:
@@ -239,7 +250,8 @@ class DLedgerNode(RmqzActor):
                 "leader_address": self.peers.get(self.core.leader or ""), "commit": self.core.commit_index,
                 "last_index": self.core.last_index, "synced_index": self.log.synced_index(),
                 "pending_proposals": len(self.pending),
-                "match": {p: pr["match"] for p, pr in core_status["progress"].items()}}
+                "match": {p: pr["match"] for p, pr in core_status["progress"].items()},
+                "channel": self.channel_status()}
 
     def _serve_admin(self, inbound: Inbound) -> None:
         """Operators' requests on the node endpoint (dst "dledger"): raft status, transfer."""
@@ -314,14 +326,19 @@ class DLedgerNode(RmqzActor):
 
     def _send(self, m: Message) -> None:
         addr = self.peers.get(m.dst)
-        if addr is None:
+        if addr is None or m.dst not in self.ways:
             return
-        header = Header(kind="tell", src=self.self_id, dst=DLEDGER, type=RAFT)
-        # Appends and their acks carry every acknowledged send: they leave from this thread.
-        # The rest goes through the agent, whose peer sockets watch for a leader's crash.
-        sender = self.own_sender if m.type in HOT_PATH_TYPES and self.own_sender is not None else self.agent
+        via, via_dst, own = self.channel_route(m.dst)
+        # Appends and their acks carry every acknowledged send: they leave from this thread,
+        # to the peer node's own socket when it named one. The rest goes through the agent,
+        # whose peer sockets watch for a leader's crash. Each names our socket (or not).
         try:
-            sender.send(f"tcp://{addr}", header, pack_body(m.to_dict()))
+            if m.type in HOT_PATH_TYPES and self.own_sender is not None:
+                header = Header(kind="tell", src=self.self_id, dst=via_dst or DLEDGER, type=RAFT, reply_to=own)
+                self.own_sender.send(f"tcp://{addr}", header, pack_body(m.to_dict()), via=via)
+            else:
+                header = Header(kind="tell", src=self.self_id, dst=DLEDGER, type=RAFT, reply_to=own)
+                self.agent.send(f"tcp://{addr}", header, pack_body(m.to_dict()))
         except Exception as exc:  # Raft tolerates lost messages; the next tick resends
             logger.debug("dledger {}: send to {} failed: {}", self.self_id, m.dst, exc)
 
@@ -352,9 +369,12 @@ class DLedgerNode(RmqzActor):
         tell_quietly(self.broker_ref, Apply(entries, tokens, offsets, ends, self.log.synced_index()))
 
     def release(self) -> None:
-        if self.own_sender is not None:
-            self.own_sender.close()
         try:
             self._save_commit()
         except Exception as exc:  # the log may be failed already; the node is stopping
             logger.warning("dledger {}: could not save the commit index at stop: {}", self.self_id, exc)
+        try:
+            if self.own_sender is not None:
+                self.own_sender.close()
+        finally:
+            self.close_channel()  # a fixed dledgerListenPort must be free for the next node

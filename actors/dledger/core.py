@@ -502,6 +502,12 @@ class RaftCore:
     def soft_state(self) -> SoftState:
         return SoftState(self._lead, self._role)
 
+    def matches(self) -> dict[str, int]:
+        """Leader: how far each other peer's log matches ours (its progress); else empty."""
+        if self._role != LEADER:
+            return {}
+        return {p: self._progress[p].match for p in self._others}
+
     def status(self) -> dict[str, Any]:
         """Diagnostics: plain values only (safe to log or send)."""
         progress = {}

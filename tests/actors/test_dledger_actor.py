@@ -7,7 +7,10 @@ from __future__ import annotations
 import threading
 import time
 
+import errno
+
 import pytest
+import zmq
 
 from rmqz.actors.base import Ping
 from rmqz.actors.dledger.actor import RAFT, Apply, DLedgerNode, Propose, RoleChanged
@@ -19,6 +22,7 @@ from rmqz.storage.raft_log import RaftLog
 from rmqz.transport.envelope import Header, Inbound, pack_body, unpack_body
 
 WAIT_S = 5.0
+IN_USE_PORT = 7777  # open_peer_inbox fails on it as on a taken port
 
 
 class Journal:
@@ -59,24 +63,38 @@ class JournaledLog(RaftLog):
 
 
 class Agent:
+    """Records each send as ("send", type, index, entry indexes, path, dst, via socket,
+    named socket): path "agent" or "own" (the node's own sockets)."""
+
     via = "agent"
 
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: Journal, inbox_endpoint: str | None = None) -> None:
         self.journal = journal
+        self.inbox_endpoint = inbox_endpoint  # what open_peer_inbox answers (None: no socket)
 
-    def send(self, endpoint, header, body):
+    def send(self, endpoint, header, body, via=None):
         msg = unpack_body(body, 1 << 20)
-        self.journal.add("send", msg["type"], msg.get("index"), [e[1] for e in msg.get("entries") or []], self.via)
+        self.journal.add("send", msg["type"], msg.get("index"), [e[1] for e in msg.get("entries") or []], self.via,
+                         msg["dst"], via, header.reply_to, header.dst)
 
     def reply(self, token, header, body):
         pass
 
+    def open_peer_inbox(self, inbox, port, dst, types, host):
+        """No socket is bound (the mailbox stays a plain one); the node names this one."""
+        if port == IN_USE_PORT:
+            raise zmq.ZMQError(errno.EADDRINUSE)
+        return self.inbox_endpoint
+
     def own_sender(self):
-        return OwnSender(self.journal)
+        return OwnSender(self.journal, self.inbox_endpoint)
 
 
 class OwnSender(Agent):
     via = "own"
+
+    def close_endpoint(self, endpoint):
+        self.journal.add("own-socket-closed", endpoint)
 
     def close(self):
         self.journal.add("own-sender-closed")
