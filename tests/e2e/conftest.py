@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -187,3 +189,19 @@ def rmqz_up(tmp_path: Path) -> Iterator[Callable[[str], UpCluster]]:
     yield up
     for cluster in started:
         stop_up_cluster(cluster)
+
+
+@pytest.fixture
+def drop_port():
+    """iptables DROP of TCP to one loopback port: a blocked HA or DLedger port (a firewall
+    the operator forgot). Root and iptables only."""
+    if shutil.which("iptables") is None or os.geteuid() != 0:
+        pytest.skip("BLOCKED-PORT TEST NOT RUN: needs root and iptables")
+    chain = f"RMQZHA{os.getpid() % 100000}"
+    run = lambda *a: subprocess.run(["iptables", "-w", *a], check=True, capture_output=True, timeout=30)  # noqa: E731
+    run("-N", chain)
+    run("-I", "INPUT", "-j", chain)
+    yield lambda port: run("-A", chain, "-p", "tcp", "--dport", str(port), "-j", "DROP")
+    run("-D", "INPUT", "-j", chain)
+    run("-F", chain)
+    run("-X", chain)

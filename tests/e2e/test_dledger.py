@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -205,3 +206,77 @@ def test_every_node_writes_messages_once_in_its_raft_log_and_indexes_them(rmqz_u
     with Admin(cluster.namesrv) as admin:
         queues = [q for row in admin.topic_status("Once")["brokers"] for q in row["queues"]]
     assert sum(q["max_offset"] for q in queues) >= 200
+
+
+def raft_nodes(namesrv: str) -> dict[str, dict]:
+    """Every reachable node's GetRaftStatus, by peer id."""
+    from rmqz.transport.client import ClientError, RpcClient
+    from rmqz.transport.envelope import pack_body, unpack_body
+
+    out = {}
+    with Admin(namesrv) as admin:
+        addrs = [b["address"] for b in admin.cluster() if b.get("broker_name") == "broker-a"]
+    for addr in addrs:
+        try:
+            with RpcClient(f"tcp://{addr}", timeout_ms=3000, retries=0) as client:
+                _, raw = client.request("dledger", "GetRaftStatus", pack_body({}))
+            st = unpack_body(raw, 1 << 20)
+            out[st["self"]] = st
+        except ClientError:
+            pass
+    return out
+
+
+def wait_raft(namesrv: str, pred, what: str) -> dict[str, dict]:
+    deadline = time.monotonic() + LEADER_TIMEOUT_S
+    while True:
+        nodes = raft_nodes(namesrv)
+        if pred(nodes):
+            return nodes
+        assert time.monotonic() < deadline, f"never: {what}; raft status: {nodes}"
+        time.sleep(0.3)
+
+
+def leading(nodes: dict[str, dict]) -> str | None:
+    return next((n for n, st in nodes.items() if st["role"] == "leader"), None)
+
+
+@pytest.mark.parametrize("blocked_role", ["leader", "follower"])
+def test_a_blocked_dledger_port_costs_speed_never_acknowledged_messages(rmqz_up, tmp_path, drop_port, blocked_role):
+    """n0's own DLedger socket is unreachable (a firewall the operator forgot) while its
+    node port passes. As the leader, its followers' acks to it are lost; as a follower,
+    the Apps to it are. Either way the leader sees no progress through the channels, sends
+    to that node through the node endpoints both ways, sends keep being acknowledged, no
+    acknowledged message is lost, and n0's log catches up."""
+    from .conftest import find_free_port
+
+    port = find_free_port()
+    drop_port(port)
+    text = (Path(__file__).resolve().parents[2] / "cli" / "topologies" / "dledger3.toml").read_text()
+    text = text.replace('dledger_id = "n0"\nrole = "ASYNC_MASTER"\nflush = "ASYNC_FLUSH"\n',
+                        f'dledger_id = "n0"\nrole = "ASYNC_MASTER"\nflush = "ASYNC_FLUSH"\n'
+                        f'[broker.extra]\ndledgerListenPort = {port}\n')
+    assert str(port) in text
+    topo = tmp_path / "dledger3-blocked.toml"
+    topo.write_text(text)
+    cluster = rmqz_up(str(topo))
+    with Load(cluster.namesrv) as load:
+        wait_acked_more_than(load, 20)
+        nodes = wait_raft(cluster.namesrv, leading, "a leader")
+        want = "n0" if blocked_role == "leader" else "n1"
+        if leading(nodes) != want:
+            from rmqz.transport.client import RpcClient
+            from rmqz.transport.envelope import pack_body
+            with RpcClient(f"tcp://{nodes[leading(nodes)]['leader_address']}", timeout_ms=5000, retries=0) as c:
+                c.request("dledger", "TransferLeader", pack_body({"to": want}))
+            wait_raft(cluster.namesrv, lambda ns: leading(ns) == want, f"{want} leads")
+        wait_acked_more_than(load, len(load.acked) + 100)  # under the new leader
+        ways = wait_raft(cluster.namesrv, lambda ns: leading(ns) == want and (
+            all(w["acks_via"] == "node" for w in ns["n0"]["channel"]["peers"].values()) if want == "n0"
+            else ns["n1"]["channel"]["peers"]["n0"]["via"] == "node, channel silent"), "the fallback")
+        assert ways[want]["channel"]["peers"]  # the leader's ways, for the record
+        wait_acked_more_than(load, len(load.acked) + 100)  # and on after the fallback
+    nodes = wait_raft(cluster.namesrv, lambda ns: len(ns) == 3 and len({st["last_index"] for st in ns.values()}) == 1,
+                      "n0's log caught up")
+    assert f":{port}/" in nodes["n0"]["channel"]["endpoint"]  # dledgerListenPort was the one blocked
+    check(cluster.namesrv, load)

@@ -5,9 +5,7 @@ slave when the master dies, and nothing acknowledged is lost when the master ret
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
 import time
 
 import pytest
@@ -155,21 +153,6 @@ def test_sync_master_and_slave_replicate_over_their_ha_channels(group):
     assert master["streams"]["1"]["via"] == slave["ha_channel"]["endpoint"] != master["ha_channel"]["endpoint"]
     assert master["ha_channel"]["received"] > 0 and slave["ha_channel"]["received"] > 0  # acks and bytes
     assert slave["ha_channel"]["malformed"] == slave["ha_channel"]["refused"] == 0
-
-
-@pytest.fixture
-def drop_port():
-    """iptables DROP of TCP to one loopback port: a blocked HA port. Root and iptables only."""
-    if shutil.which("iptables") is None or os.geteuid() != 0:
-        pytest.skip("BLOCKED-PORT TEST NOT RUN: needs root and iptables")
-    chain = f"RMQZHA{os.getpid() % 100000}"
-    run = lambda *a: subprocess.run(["iptables", "-w", *a], check=True, capture_output=True, timeout=30)  # noqa: E731
-    run("-N", chain)
-    run("-I", "INPUT", "-j", chain)
-    yield lambda port: run("-A", chain, "-p", "tcp", "--dport", str(port), "-j", "DROP")
-    run("-D", "INPUT", "-j", chain)
-    run("-F", chain)
-    run("-X", chain)
 
 
 @pytest.mark.parametrize("blocked", [0, 1])
