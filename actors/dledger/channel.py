@@ -35,15 +35,22 @@ from loguru import logger
 from rmqz.actors.dledger.core import LEADER
 from rmqz.transport.channel_way import ChannelWay, endpoint_host, same_host
 from rmqz.transport.peer_inbox import PeerInbox, inbox_route
+from rmqz.transport.ratelimit import LogLimiter
 
 CHANNEL_STALL_HEARTBEATS = 5  # entries wait this long with no progress: the node endpoints
 CHANNEL_STALL_MIN_MS = 500  # but never sooner: a follower's fsync may stall that long
-assert CHANNEL_STALL_HEARTBEATS >= 2 and 0 < CHANNEL_STALL_MIN_MS <= 10_000
+# A node that wakes from a pause reads its backlog from both ways interleaved: messages
+# from before a peer's fallback name its socket, later ones do not, so the way flips a few
+# times. It is logged once a second at most.
+WAY_LOG_INTERVAL_MS = 1_000
+assert CHANNEL_STALL_HEARTBEATS >= 2 and 0 < CHANNEL_STALL_MIN_MS <= 10_000 and 0 < WAY_LOG_INTERVAL_MS <= 60_000
 
 
 class DLedgerChannel:
     """Mixin for DLedgerNode (needs agent, peers, self_id, core, clock_ms, own_sender,
     actor_inbox, listen_port, channel_types, stall_ms)."""
+
+    way_log: LogLimiter
 
     inbox: str | None = None  # our socket's endpoint, once open
     ways: dict[str, ChannelWay]
@@ -57,6 +64,7 @@ class DLedgerChannel:
         """In acquire: bind the socket. Raises when it cannot (the start fails)."""
         self.ways = {p: ChannelWay() for p in self.peers if p != self.self_id}
         self.watch = {}
+        self.way_log = LogLimiter(WAY_LOG_INTERVAL_MS)
         port = self.listen_port
         host = endpoint_host(self.peers[self.self_id])
         try:
@@ -79,13 +87,20 @@ class DLedgerChannel:
         if not inbox:
             self._switch(peer, way)
             way.forget()
+            self._log_way(peer, "its node (it names no channel)")
         elif way.may_learn(inbox):
             if not same_host(inbox, self.peers[peer]):
                 self.actor_inbox.stats["refused"] += 1
                 return
-            logger.info("dledger {}: Apps and acks to {} go to its channel {}", self.self_id, peer, inbox)
             self._switch(peer, way)
             way.learn(inbox)
+            self._log_way(peer, f"its channel {inbox}")
+
+    def _log_way(self, peer: str, way: str) -> None:
+        skipped = self.way_log.allow(peer, self.clock_ms())
+        if skipped is not None:
+            logger.info("dledger {}: Apps and acks to {} go to {}{}", self.self_id, peer, way,
+                        f" ({skipped} changes of way not logged)" if skipped else "")
 
     def channel_route(self, peer: str) -> tuple[str | None, str | None, str]:
         """(the peer's socket or None, the header dst there, our socket as named to it)."""

@@ -39,6 +39,18 @@ def test_dledger_peers_must_include_this_node_at_its_own_address():
         conf("enableDLegerCommitLog=true\ndLegerPeers=n0-127.0.0.1:10911\ndLegerSelfId=n0\nlistenPort=10999\n")
 
 
+DLEDGER_N0 = "enableDLegerCommitLog=true\ndLegerPeers=n0-127.0.0.1:10911\ndLegerSelfId=n0\nlistenPort=10911\n"
+
+
+def test_the_dledger_channel_port_is_any_free_one_unless_set_and_never_a_port_of_the_node():
+    assert conf(DLEDGER_N0).dledger_listen_port == 0
+    assert conf(DLEDGER_N0 + "dledgerListenPort=40911\n").dledger_listen_port == 40911
+    for bad in ("dledgerListenPort=10911\n", "haListenPort=10912\ndledgerListenPort=10912\n",
+                "dledgerListenPort=70000\n"):
+        with pytest.raises(ConfigError, match="dledgerListenPort"):
+            conf(DLEDGER_N0 + bad)
+
+
 def test_binding_every_interface_needs_an_advertised_address():
     c = conf("listenHost=0.0.0.0\nbrokerIP1=broker-a-0\nlistenPort=10911\n")
     assert c.address == "broker-a-0:10911"  # what NameServers, clients and peers are told
