@@ -100,3 +100,16 @@ def make_client() -> Iterator[Callable[..., RpcClient]]:
     yield factory
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def curve_keys(tmp_path):
+    """(keys folder, allow-list folder): server, cluster and two client keypairs; "app" is
+    allow-listed, "intruder" has a real keypair but is not on the list."""
+    from rmqz.transport import curve as cv
+
+    cv.generate_keys(str(tmp_path / "keys"), ["app", "intruder"])
+    root = tmp_path / "keys"
+    (tmp_path / "allowed").mkdir()
+    (tmp_path / "allowed" / "app.key").write_bytes((root / "clients" / "app.key").read_bytes())
+    return root, tmp_path / "allowed"

@@ -29,13 +29,8 @@ class Echo:
 
 
 @pytest.fixture
-def keys(tmp_path):
-    cv.generate_keys(str(tmp_path / "keys"), ["app", "intruder"])
-    root = tmp_path / "keys"
-    # "intruder" has a real keypair but is not on the allow-list the node loads.
-    (tmp_path / "allowed").mkdir()
-    (tmp_path / "allowed" / "app.key").write_bytes((root / "clients" / "app.key").read_bytes())
-    return root, tmp_path / "allowed"
+def keys(curve_keys):
+    return curve_keys  # "intruder" has a real keypair but is not on the allow-list the node loads
 
 
 def security(root, allowed, **kw) -> cv.TransportSecurity:

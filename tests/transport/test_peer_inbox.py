@@ -309,13 +309,10 @@ def test_no_keys_means_no_listening_beyond_loopback():
 
 
 @pytest.fixture
-def keys(tmp_path):
-    cv.generate_keys(str(tmp_path / "keys"), ["app", "intruder"])
-    root = tmp_path / "keys"
-    (tmp_path / "allowed").mkdir()
-    (tmp_path / "allowed" / "app.key").write_bytes((root / "clients" / "app.key").read_bytes())
+def keys(curve_keys):
+    root, allowed = curve_keys
     curve = cv.ServerCurve.load(str(root / "server.key_secret"), str(root / "cluster.key_secret"), None,
-                                str(tmp_path / "allowed"))
+                                str(allowed))
     security = cv.TransportSecurity(curve=curve, cluster_only_types=TYPES)
     return root, security
 
