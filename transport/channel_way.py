@@ -14,6 +14,7 @@ caller passes the time, and does what a switch of way needs (close the old socke
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # After a fallback to the node endpoints the sockets are tried again, 30 s later, then at
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 CHANNEL_RETRY_MIN_MS = 30_000
 CHANNEL_RETRY_MAX_MS = 600_000
 assert 0 < CHANNEL_RETRY_MIN_MS <= CHANNEL_RETRY_MAX_MS <= 3_600_000
+# What a PeerInbox names itself (transport/peer_inbox.py): tcp://host:port/actor-name.
+INBOX_PATTERN = re.compile(r"tcp://[A-Za-z0-9._\-]{1,253}:[0-9]{1,5}/[A-Za-z0-9_.\-]{1,64}")
 
 
 def endpoint_host(endpoint: str) -> str:
@@ -49,8 +52,10 @@ class ChannelWay:
     retry_backoff_ms: int = 0
 
     def may_learn(self, inbox: str | None) -> bool:
-        """The peer named a socket we do not use yet and did not go silent through."""
-        return inbox is not None and inbox != self.inbox and inbox != self.failed_inbox
+        """The peer named a socket we do not use yet and did not go silent through (and it
+        reads as a socket's address: anything else is ignored)."""
+        return inbox is not None and inbox != self.inbox and inbox != self.failed_inbox \
+            and INBOX_PATTERN.fullmatch(inbox) is not None
 
     def learn(self, inbox: str) -> None:
         """Use the peer's socket (call after may_learn and the host check)."""

@@ -175,6 +175,7 @@ class DLedgerNode(DLedgerChannel, RmqzActor):
         self.undriven = False  # stepped or proposed since the last drive
         self.own_sender: Any = None  # the hot path's sockets, opened on the actor's thread
         self.listen_port = listen_port  # dledgerListenPort: the channel's (0: any free port)
+        self.tick_ms = tick_ms
         self.stall_ms = max(CHANNEL_STALL_HEARTBEATS * config.heartbeat_ticks * tick_ms, CHANNEL_STALL_MIN_MS)
 
     def acquire(self) -> None:
@@ -344,6 +345,7 @@ class DLedgerNode(DLedgerChannel, RmqzActor):
 
     def _on_soft_state(self, ss: Any) -> None:
         logger.info("dledger {}: role {} at term {}, leader {}", self.self_id, ss.role, self.core.term, ss.leader)
+        self.watch.clear()  # a leader's progress watch starts afresh with each term it leads
         if ss.role != LEADER and self.pending:
             # Our proposals may or may not commit under the next leader: the client is told
             # it failed and may retry (at-least-once, as RocketMQ).

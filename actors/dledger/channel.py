@@ -34,6 +34,7 @@ from loguru import logger
 
 from rmqz.actors.dledger.core import LEADER
 from rmqz.transport.channel_way import ChannelWay, endpoint_host, same_host
+from rmqz.transport.envelope import MAX_NAME_CHARS
 from rmqz.transport.peer_inbox import PeerInbox, inbox_route
 from rmqz.transport.ratelimit import LogLimiter
 
@@ -48,13 +49,15 @@ assert CHANNEL_STALL_HEARTBEATS >= 2 and 0 < CHANNEL_STALL_MIN_MS <= 10_000 and 
 
 class DLedgerChannel:
     """Mixin for DLedgerNode (needs agent, peers, self_id, core, clock_ms, own_sender,
-    actor_inbox, listen_port, channel_types, stall_ms)."""
+    actor_inbox, listen_port, channel_types, stall_ms, tick_ms)."""
 
     way_log: LogLimiter
 
     inbox: str | None = None  # our socket's endpoint, once open
     ways: dict[str, ChannelWay]
     watch: dict[str, tuple[int, int]]  # leader: follower -> (match, since when it stands)
+    last_tick_ms: int | None = None
+    names_refused = 0  # sockets peers named on another host than their node's
 
     @staticmethod
     def _create_actor_inbox() -> Any:
@@ -71,6 +74,13 @@ class DLedgerChannel:
             self.inbox = self.agent.open_peer_inbox(self.actor_inbox, port, dst, self.channel_types, host)
         except zmq.ZMQError as exc:
             raise RuntimeError(f"dledgerListenPort {port or '(any free port)'}: cannot listen: {exc}") from None
+        if self.inbox is not None and len(self.inbox) > MAX_NAME_CHARS:
+            # Named in every Raft header, whose names are bounded: a host name that long
+            # would make every message unsendable. The node endpoints carry everything.
+            logger.warning("dledger {}: channel address {}... is longer than {} chars; not used", self.self_id,
+                           self.inbox[:40], MAX_NAME_CHARS)
+            self.inbox = None
+            self.actor_inbox.close()
         if self.inbox is not None:
             logger.info("dledger {}: peer channel on {}", self.self_id, self.inbox)
 
@@ -90,7 +100,10 @@ class DLedgerChannel:
             self._log_way(peer, "its node (it names no channel)")
         elif way.may_learn(inbox):
             if not same_host(inbox, self.peers[peer]):
-                self.actor_inbox.stats["refused"] += 1
+                self.names_refused += 1
+                if way.inbox is not None:  # what it named before is not trusted either
+                    self._switch(peer, way)
+                    way.forget()
                 return
             self._switch(peer, way)
             way.learn(inbox)
@@ -113,7 +126,11 @@ class DLedgerChannel:
 
     def channel_on_tick(self, now_ms: int) -> None:
         """Leader: fall back for a follower that makes no progress while entries wait."""
-        if self.core.role != LEADER:
+        late = self.last_tick_ms is not None and now_ms - self.last_tick_ms > 2 * self.tick_ms
+        self.last_tick_ms = now_ms
+        if self.core.role != LEADER or late:
+            # Not leading; or this thread was busy (an fsync, say) while acks waited in its
+            # socket behind the tick: the stall was ours, not the follower's.
             self.watch.clear()
         else:
             last = self.core.last_index
@@ -123,8 +140,7 @@ class DLedgerChannel:
             if way.retry_due(now_ms):
                 logger.info("dledger {}: trying the channels to {} again ({} s after the fallback)", self.self_id,
                             peer, way.retry_backoff_ms // 1000)
-                if way.failed_inbox:
-                    self._switch(peer, way)
+                self._switch(peer, way)
                 way.retry()
 
     def _watch(self, peer: str, match: int, last: int, now_ms: int) -> None:
@@ -143,13 +159,14 @@ class DLedgerChannel:
                            "Apps and acks take the node endpoints", self.self_id, peer, stalled_ms)
             self._switch(peer, way)
             way.fail(now_ms)
-            self.watch[peer] = (match, now_ms)
 
     def _switch(self, peer: str, way: ChannelWay) -> None:
-        """What waits in the old way's socket goes with it (Raft resends what is lost)."""
+        """What waits in the old way's socket goes with it (Raft resends what is lost), and
+        the new way's stall clock starts afresh."""
+        self.watch.pop(peer, None)
         if way.inbox and self.own_sender is not None:
             self.own_sender.close_endpoint(inbox_route(way.inbox)[0])
 
     def channel_status(self) -> dict:
-        return {"endpoint": self.inbox, **self.actor_inbox.stats,
+        return {"endpoint": self.inbox, **self.actor_inbox.stats, "names_refused": self.names_refused,
                 "peers": {p: w.status(self.inbox, "channel") for p, w in self.ways.items()}}

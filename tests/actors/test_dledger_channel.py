@@ -12,7 +12,7 @@ from rmqz.actors.base import Ping, start_failure_reason
 from rmqz.actors.dledger.actor import RAFT, DLedgerNode, Propose
 from rmqz.actors.dledger.channel import CHANNEL_STALL_MIN_MS
 from rmqz.actors.dledger.core import RaftConfig
-from rmqz.actors.dledger.messages import Message
+from rmqz.actors.dledger.messages import Entry, Message
 from rmqz.actors.ticker import Tick
 from rmqz.storage.fs import OsFileSystem
 from rmqz.transport.channel_way import CHANNEL_RETRY_MIN_MS
@@ -120,7 +120,7 @@ def test_a_channel_on_another_host_than_the_peers_node_is_refused(node):
     propose_and_wait(ref, journal, 2)
     assert last_app(journal, "n1")[6] is None
     status = ref.proxy().status().get()["channel"]
-    assert status["refused"] >= 1 and status["peers"]["n1"]["via"] == "node"
+    assert status["names_refused"] >= 1 and status["peers"]["n1"]["via"] == "node"
 
 
 def test_a_peer_that_stops_naming_its_channel_is_sent_through_its_node(node):
@@ -137,7 +137,9 @@ def test_a_follower_stalled_on_the_channels_is_sent_through_its_node_both_ways(n
     lead(ref, journal)
     propose_and_wait(ref, journal, 2)
     feed(ref, type="AppResp", src="n2", dst="n0", term=1, index=2)  # n2 keeps up; n1 hears nothing
-    tick_for(ref, clock, CHANNEL_STALL_MIN_MS + 2 * TICK_MS)
+    tick_for(ref, clock, CHANNEL_STALL_MIN_MS - 2 * TICK_MS)
+    assert ref.proxy().status().get()["channel"]["peers"]["n1"]["via"] == N1_CHANNEL  # lagging, not stalled yet
+    tick_for(ref, clock, 4 * TICK_MS)
     n1 = ref.proxy().status().get()["channel"]["peers"]["n1"]
     assert n1 == {"via": "node, channel silent", "acks_via": "node"}
     assert ("own-socket-closed", "tcp://127.0.0.1:7001") in journal.events
@@ -177,6 +179,8 @@ def test_a_restarted_followers_new_channel_is_tried_at_once(node):
     propose_and_wait(ref, journal, 3)
     app = last_app(journal, "n1")
     assert app[6] == "tcp://127.0.0.1:7101" and app[8] == "dledger-22cc" and app[7] == OWN
+    tick_for(ref, clock, CHANNEL_STALL_MIN_MS - 2 * TICK_MS, n1_names=restarted)  # it catches up slowly
+    assert ref.proxy().status().get()["channel"]["peers"]["n1"]["via"] == restarted  # a fresh stall clock
 
 
 def test_a_follower_that_keeps_up_or_an_idle_group_never_falls_back(node):
@@ -185,9 +189,11 @@ def test_a_follower_that_keeps_up_or_an_idle_group_never_falls_back(node):
     for index in range(2, 6):
         propose_and_wait(ref, journal, index)
         feed(ref, N1_CHANNEL, type="AppResp", src="n1", dst="n0", term=1, index=index)
+        feed(ref, type="AppResp", src="n2", dst="n0", term=1, index=index)
         tick_for(ref, clock, CHANNEL_STALL_MIN_MS // 2)  # each ack comes well within the stall bound
     tick_for(ref, clock, 10 * CHANNEL_STALL_MIN_MS)  # then nothing waits: idle is not silent
-    assert ref.proxy().status().get()["channel"]["peers"]["n1"] == {"via": N1_CHANNEL, "acks_via": OWN}
+    peers = ref.proxy().status().get()["channel"]["peers"]
+    assert peers == {"n1": {"via": N1_CHANNEL, "acks_via": OWN}, "n2": {"via": "node", "acks_via": OWN}}
 
 
 def test_a_taken_dledger_listen_port_fails_the_nodes_start(tmp_path):
@@ -200,3 +206,48 @@ def test_a_taken_dledger_listen_port_fails_the_nodes_start(tmp_path):
     with pytest.raises(pykka.ActorDeadError):
         ref.ask(Ping())
     assert "dledgerListenPort 7777: cannot listen" in (start_failure_reason(ref.actor_urn) or "")
+
+
+def test_a_leaders_own_busy_spell_is_not_taken_for_a_stalled_follower(node):
+    """The leader's thread was busy (an fsync, say) past the stall bound while the acks
+    waited in its socket behind the tick: the follower did nothing wrong."""
+    ref, journal, clock = node
+    lead(ref, journal)
+    propose_and_wait(ref, journal, 2)
+    tick_for(ref, clock, TICK_MS)
+    clock.now_ms += 10 * CHANNEL_STALL_MIN_MS
+    tick_for(ref, clock, TICK_MS)
+    assert ref.proxy().status().get()["channel"]["peers"]["n1"]["via"] == N1_CHANNEL
+
+
+def test_a_follower_acks_to_the_leaders_channel_and_through_its_node_once_it_names_none(node):
+    ref, journal, _ = node
+    feed(ref, N1_CHANNEL, type="App", src="n1", dst="n0", term=1, index=0, log_term=0,
+         entries=[Entry(1, 1, b"")], commit=0)
+    journal.wait(lambda e: e[:2] == ("send", "AppResp") and e[5] == "n1")
+    ack = sends(journal, "AppResp", "n1")[-1]
+    assert ack[4] == "own" and ack[6] == "tcp://127.0.0.1:7001" and ack[8] == "dledger-11bb" and ack[7] == OWN
+    feed(ref, "", type="App", src="n1", dst="n0", term=1, index=1, log_term=1, entries=[Entry(1, 2, b"x")], commit=1)
+    journal.wait(lambda e: e[:3] == ("send", "AppResp", 2))
+    ack = sends(journal, "AppResp", "n1")[-1]
+    assert ack[6] is None and ack[8] == "dledger"  # the leader fell back: our acks take its node
+
+
+def test_a_channel_address_too_long_for_a_header_is_not_named(tmp_path):
+    """A host name of 230+ chars would make every Raft header too long to send: the node
+    names no socket and talks through the node endpoints."""
+    journal = Journal()
+    log = JournaledLog(OsFileSystem(), str(tmp_path / "raft"))
+    log.journal = journal
+    log.open()
+    long_inbox = "tcp://" + "h" * 240 + ".example:7000/dledger-00aa"
+    ref = DLedgerNode.start("n0", PEERS, log, Agent(journal, long_inbox), Broker(journal), 0, False,
+                            RaftConfig(election_ticks=3, heartbeat_ticks=1), Clock(), seed=7)
+    try:
+        for _ in range(10):
+            ref.tell(Tick(0))
+        journal.wait(lambda e: e[:2] == ("send", "PreVote"))
+        assert {e[7] for e in sends(journal)} == {""}
+        assert ref.proxy().status().get()["channel"]["endpoint"] is None
+    finally:
+        ref.stop()

@@ -20,6 +20,13 @@ def test_a_socket_is_used_only_on_the_peer_nodes_host():
     assert same_host(PEER, "127.0.0.1:10911") and not same_host(PEER, "10.0.0.5:10911")
 
 
+def test_only_what_reads_as_a_sockets_address_is_learned():
+    for bad in ("tcp://h/x:1", "tcp://127.0.0.1:7001", "127.0.0.1:7001/dledger-bb", "ipc:///tmp/x/dledger-bb",
+                "tcp://127.0.0.1:7001/dledger-bb/../x", "tcp://127.0.0.1:notaport/dledger-bb"):
+        assert not ChannelWay().may_learn(bad), bad
+    assert ChannelWay().may_learn("tcp://broker-a-0.example:40911/broker-0a1b2c3d")
+
+
 def test_a_failed_way_goes_to_the_node_both_ways_until_the_retry():
     way = ChannelWay()
     assert way.may_learn(PEER)
