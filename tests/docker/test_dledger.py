@@ -33,6 +33,10 @@ def test_killed_leader_container_is_replaced_within_seconds_and_no_acknowledged_
     old = c.wait_dledger_healthy()
     load = c.client.load(TOPIC)
     load.wait_acked_more_than(WARMUP_ACKS)
+    # Across containers too, Raft's appends take the peers' own DLedger sockets, learned
+    # from the Raft headers (actors/dledger/channel.py).
+    logs = old.container.logs().decode(errors="replace")
+    assert "go to its channel tcp://" in logs, f"{old.name} never sent to a peer's DLedger channel"
     killed_at = time.monotonic()
     old.kill()
     new = c.leader(not_at=old.address)
