@@ -17,12 +17,16 @@ import click
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.acl import ADMIN_TYPES, Acl, AclError
 from rmqz.actors.broker.config import BrokerConfig
+from rmqz.actors.dledger.actor import DLEDGER, RAFT
 from rmqz.cli.process import UserError
 from rmqz.transport.curve import ENV_INSECURE, CurveError, ServerCurve, TransportSecurity, check_bind, insecure_from_env
 
 # Actors and request types only cluster keys may reach (replication, Raft, registration).
-BROKER_CLUSTER_ONLY_TARGETS = frozenset({proto.HA_SERVICE, proto.HA_CLIENT, "dledger"})
-BROKER_CLUSTER_ONLY_TYPES = frozenset({proto.HA_REPORT, proto.HA_TRANSFER, proto.GET_METADATA})
+BROKER_CLUSTER_ONLY_TARGETS = frozenset({proto.HA_SERVICE, proto.HA_CLIENT, DLEDGER})
+# By type too: the HA and DLedger channels' sockets answer to a name of their own (dst
+# "dledger-<hex>"), which no target list can hold; their ZAP admits cluster keys only, and
+# this is the second lock.
+BROKER_CLUSTER_ONLY_TYPES = frozenset({proto.HA_REPORT, proto.HA_TRANSFER, proto.GET_METADATA, RAFT})
 NAMESRV_CLUSTER_ONLY_TYPES = frozenset({"RegisterBroker", "UnregisterBroker"})
 MAX_ACL_FILE_BYTES = 4 * 1024 * 1024
 

@@ -168,3 +168,17 @@ def test_client_keys_from_the_environment(keys, monkeypatch, make_agent, make_cl
     monkeypatch.delenv(cv.ENV_CLIENT_KEY)
     with pytest.raises(cv.CurveError, match="set both"):
         make_client(agent.endpoint)
+
+
+def test_a_client_key_may_not_send_raft_or_ha_tells_to_a_peer_channels_own_name(keys):
+    """The HA and DLedger channels answer to names of their own ("dledger-<hex>"), which no
+    target list holds: a broker's policy refuses their types to client keys by type."""
+    from rmqz.cli.node_security import BROKER_CLUSTER_ONLY_TARGETS, BROKER_CLUSTER_ONLY_TYPES
+
+    root, allowed = keys
+    sec = security(root, allowed, cluster_only_targets=BROKER_CLUSTER_ONLY_TARGETS,
+                   cluster_only_types=BROKER_CLUSTER_ONLY_TYPES)
+    for dst, type_ in (("dledger-1a2b3c4d", "Raft"), ("broker-1a2b3c4d", "HATransfer"),
+                       ("broker-1a2b3c4d", "HAReport")):
+        assert not sec.allows("client:app", dst, type_), (dst, type_)
+        assert sec.allows("cluster:cluster", dst, type_)
