@@ -126,11 +126,14 @@ class DLedgerChannel:
 
     def channel_on_tick(self, now_ms: int) -> None:
         """Leader: fall back for a follower that makes no progress while entries wait."""
-        late = self.last_tick_ms is not None and now_ms - self.last_tick_ms > 2 * self.tick_ms
+        if self.last_tick_ms is not None and now_ms - self.last_tick_ms > self.tick_ms:
+            # This thread was busy (an fsync, a flood of requests) while acks may have waited
+            # in its socket behind the tick: a stall counts one tick per tick, never the busy
+            # spell itself. Under a steady overload the fallback still comes, only later.
+            excess_ms = now_ms - self.last_tick_ms - self.tick_ms
+            self.watch = {p: (match, since + excess_ms) for p, (match, since) in self.watch.items()}
         self.last_tick_ms = now_ms
-        if self.core.role != LEADER or late:
-            # Not leading; or this thread was busy (an fsync, say) while acks waited in its
-            # socket behind the tick: the stall was ours, not the follower's.
+        if self.core.role != LEADER:
             self.watch.clear()
         else:
             last = self.core.last_index

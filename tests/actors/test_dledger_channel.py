@@ -251,3 +251,18 @@ def test_a_channel_address_too_long_for_a_header_is_not_named(tmp_path):
         assert ref.proxy().status().get()["channel"]["endpoint"] is None
     finally:
         ref.stop()
+
+
+def test_a_stalled_follower_still_falls_back_when_every_tick_comes_late(node):
+    """A leader under a steady overload handles each tick late: the stall is counted a tick
+    per tick, so the fallback comes after as many ticks as it would on time."""
+    ref, journal, clock = node
+    lead(ref, journal)
+    propose_and_wait(ref, journal, 2)
+    for _ in range(CHANNEL_STALL_MIN_MS // TICK_MS + 2):
+        clock.now_ms += 3 * TICK_MS  # every tick 300 ms after the last
+        ref.tell(Tick(0))
+        feed(ref, N1_CHANNEL, type="HeartbeatResp", src="n1", dst="n0", term=1)
+        feed(ref, type="HeartbeatResp", src="n2", dst="n0", term=1)
+        ref.ask(Ping())
+    assert ref.proxy().status().get()["channel"]["peers"]["n1"]["via"] == "node, channel silent"
