@@ -17,7 +17,7 @@ import click
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.acl import ADMIN_TYPES, Acl, AclError
 from rmqz.actors.broker.config import BrokerConfig
-from rmqz.actors.dledger.actor import DLEDGER, RAFT
+from rmqz.actors.dledger.messages import DLEDGER, RAFT
 from rmqz.cli.process import UserError
 from rmqz.transport.curve import ENV_INSECURE, CurveError, ServerCurve, TransportSecurity, check_bind, insecure_from_env
 

@@ -318,7 +318,9 @@ def check_unplaced_records(buf: bytes | memoryview, max_records: int) -> list[tu
     """check_record for every record of a Raft entry's payload (all unplaced: offsets 0):
     the same checks, with the CRC taken in two calls and a topic decoded and matched against
     the pattern once per run of records that repeat it (a send's batch). Returns (topic,
-    queue id, size, tag hash) per record; RecordError at the first bad one."""
+    queue id, size, tag hash) per record; RecordError at the first bad one.
+    The checks of _check_frame are inlined here on purpose: calling it per record measured
+    180 -> 218 us for 64 records of 1 KiB, on a follower's apply path (2026-12-07)."""
     view = memoryview(buf)
     out: list[tuple[str, int, int, int]] = []
     pos, end = 0, len(view)

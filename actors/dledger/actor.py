@@ -21,12 +21,10 @@ from loguru import logger
 from rmqz.actors.base import RmqzActor, tell_quietly
 from rmqz.actors.dledger.channel import CHANNEL_STALL_HEARTBEATS, CHANNEL_STALL_MIN_MS, DLedgerChannel
 from rmqz.actors.dledger.core import LEADER, NotLeader, ProposalTooLarge, RaftConfig, RaftCore
-from rmqz.actors.dledger.messages import APP, APP_RESP, Entry, HardState, Message, RaftMessageError
+from rmqz.actors.dledger.messages import APP, APP_RESP, DLEDGER, RAFT, Entry, HardState, Message, RaftMessageError
 from rmqz.actors.ticker import Tick
 from rmqz.transport.envelope import EnvelopeError, Header, Inbound, pack_body, unpack_body
 
-DLEDGER = "dledger"  # actor name on the node's transport
-RAFT = "Raft"  # envelope type of a Raft message
 GET_RAFT_STATUS = "GetRaftStatus"  # admin request (kind="request") -> status()
 TRANSFER_LEADER = "TransferLeader"  # admin request {"to": peer id}
 MAX_RAFT_FRAME_BYTES = 80 * 1024 * 1024
@@ -333,12 +331,13 @@ class DLedgerNode(DLedgerChannel, RmqzActor):
         # Appends and their acks carry every acknowledged send: they leave from this thread,
         # to the peer node's own socket when it named one. The rest goes through the agent,
         # whose peer sockets watch for a leader's crash. Each names our socket (or not).
+        hot = m.type in HOT_PATH_TYPES and self.own_sender is not None
+        header = Header(kind="tell", src=self.self_id, dst=(via_dst if hot and via_dst else DLEDGER), type=RAFT,
+                        reply_to=own)
         try:
-            if m.type in HOT_PATH_TYPES and self.own_sender is not None:
-                header = Header(kind="tell", src=self.self_id, dst=via_dst or DLEDGER, type=RAFT, reply_to=own)
+            if hot:
                 self.own_sender.send(f"tcp://{addr}", header, pack_body(m.to_dict()), via=via)
             else:
-                header = Header(kind="tell", src=self.self_id, dst=DLEDGER, type=RAFT, reply_to=own)
                 self.agent.send(f"tcp://{addr}", header, pack_body(m.to_dict()))
         except Exception as exc:  # Raft tolerates lost messages; the next tick resends
             logger.debug("dledger {}: send to {} failed: {}", self.self_id, m.dst, exc)

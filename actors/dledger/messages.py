@@ -59,6 +59,8 @@ __all__ = [
     "check_node_id",
 ]
 
+DLEDGER = "dledger"  # the node's actor name on the node's transport
+RAFT = "Raft"  # envelope type of a Raft message (what security policy names, cli/node_security.py)
 PRE_VOTE = "PreVote"
 PRE_VOTE_RESP = "PreVoteResp"
 VOTE = "Vote"
