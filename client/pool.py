@@ -62,8 +62,9 @@ class _Entry:
 class ClientPool:
     """Thread-safe map address -> RpcClient with request helpers that speak maps."""
 
-    def __init__(self, role: str, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> None:
+    def __init__(self, role: str, timeout_ms: int = DEFAULT_TIMEOUT_MS, *, fast_channel: bool = False) -> None:
         self.timeout_ms = check_timeout_ms(timeout_ms)
+        self._fast_channel = fast_channel  # blocking requests may take a broker's fast channel
         self._id_prefix = f"{role}-{uuid.uuid4().hex[:10]}"
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
@@ -91,6 +92,12 @@ class ClientPool:
             raise self._map(exc, addr, entry, timeout_ms, what) from None
         entry.last_reply_ms = now_ms()
         return self._decode(raw, addr, what)
+
+    def fast_status(self) -> dict[str, dict | None]:
+        """Per address: the fast channel's way and counters (for benchmarks and operators)."""
+        with self._lock:
+            entries = dict(self._entries)
+        return {addr: entry.client.fast_status() for addr, entry in entries.items()}
 
     def request_async(self, addr: str, dst: str, type_: str, body: dict[str, Any],
                       timeout_ms: int | None = None, what: str = "broker") -> Future:
@@ -178,7 +185,8 @@ class ClientPool:
                 raise MQClientError(f"more than {MAX_CLIENTS} remote addresses in use")
             try:
                 client = RpcClient(endpoint_of(addr), timeout_ms=self.timeout_ms, retries=0,
-                                   client_id=f"{self._id_prefix}-{len(self._entries)}")
+                                   client_id=f"{self._id_prefix}-{len(self._entries)}",
+                                   fast_channel=self._fast_channel)
             except ValueError as exc:
                 raise InvalidAddress(f"cannot connect to {addr!r}: {exc}") from None
             # A new connection counts as "answering" until it has had a chance to.

@@ -137,8 +137,12 @@ class Producer:
                  route_refresh_ms: int = DEFAULT_ROUTE_REFRESH_MS, *,
                  auto_create_queues: int = DEFAULT_AUTO_CREATE_QUEUES,
                  coalesce_messages: int = MAX_COALESCE_MESSAGES,
+                 vip_channel_enabled: bool = True,
                  clock_ms: Callable[[], int] = now_ms) -> None:
         self.group = group
+        # Blocking sends go to a broker's fast channel once it names one (RocketMQ's
+        # vipChannelEnabled; transport/fast_path.py). False: always the node port.
+        self.vip_channel_enabled = bool(vip_channel_enabled)
         self.send_timeout_ms = check_timeout_ms(send_timeout_ms, "send_timeout_ms")
         if type(retry_times) is not int or not 0 <= retry_times <= MAX_RETRY_TIMES:
             raise ValueError(f"retry_times must be an int in 0..{MAX_RETRY_TIMES}")
@@ -168,13 +172,17 @@ class Producer:
             if self._state != "created":
                 raise MQClientError(f"producer is {self._state}; create a new one")
             self._routes = RouteCache(self._namesrv, self._route_refresh_ms, self._clock_ms)
-            self._pool = ClientPool("producer", self.send_timeout_ms)
+            self._pool = ClientPool("producer", self.send_timeout_ms, fast_channel=self.vip_channel_enabled)
             self._executor = ThreadPoolExecutor(RETRY_WORKERS, thread_name_prefix="rmqz-producer")
             if self._coalesce_messages > 1:
                 self._coalescer = SendCoalescer(self._submit_batch, self._coalesce_messages)
             self._state = "running"
         logger.debug("producer {} started (NameServer {})", self.group, ";".join(self._namesrv.addrs))
         return self
+
+    def fast_status(self) -> dict[str, dict | None]:
+        """Per broker address: the fast channel's way and counters (transport/fast_path.py)."""
+        return {} if self._pool is None else self._pool.fast_status()
 
     def shutdown(self) -> None:
         """Idempotent. Sends still in flight fail with MQClientError."""

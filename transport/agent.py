@@ -38,6 +38,7 @@ from .envelope import (
     pack_body,
 )
 from . import faults as link_faults  # chaos: deterministic partitions (off unless env set)
+from .envelope import BAD_REQUEST, NO_PERMISSION, SYSTEM_BUSY, TARGET_UNAVAILABLE, UNKNOWN_TARGET  # error codes
 from .handoff import Handoff
 from .own_sender import OwnSender  # an actor's own sockets for hot-path tells
 from .peer_inbox import PeerInbox  # an actor's own socket for hot-path tells to it
@@ -102,12 +103,6 @@ assert 0 < ZMTP_HEARTBEAT_IVL_MS < ZMTP_HEARTBEAT_TIMEOUT_MS <= 60_000
 assert 0 < RECV_BATCH <= 100_000
 assert 0 < HOUSEKEEPING_MS <= IDLE_POLL_MS <= 10_000
 
-# Error codes in the body of an ``error`` envelope: pack_body({"code", "reason"}).
-BAD_REQUEST = "BAD_REQUEST"  # the envelope was malformed
-UNKNOWN_TARGET = "UNKNOWN_TARGET"  # no actor registered under header.dst
-TARGET_UNAVAILABLE = "TARGET_UNAVAILABLE"  # its tell raised (actor stopped or dead)
-SYSTEM_BUSY = "SYSTEM_BUSY"  # refused by admission control (transport/admission.py); retry later
-NO_PERMISSION = "NO_PERMISSION"  # a client key reached a cluster-only actor or request type
 ADMISSION_EXPIRE_MS = 5_000  # how often forgotten in-flight counts are swept
 ROUTER_HANDSHAKE_IVL_MS = 5_000  # handshake deadline for inbound connections (libzmq: 30 s)
 assert 0 < ROUTER_HANDSHAKE_IVL_MS <= 60_000
@@ -318,6 +313,17 @@ class TransportAgent:
             return None
         host = self._bind_endpoint[len("tcp://"):].rsplit(":", 1)[0]
         return inbox.open(host, advertise_host, port, dst, types, self._security, self._max_frame_bytes)
+
+    def open_fast_inbox(self, inbox: PeerInbox, port: int, dst: str, types: frozenset[str],
+                        advertise_host: str, busy_backlog: int) -> str | None:
+        """Bind an actor's fast channel for clients' blocking requests (PeerInbox.open_fast)
+        with this node's keys, frame limit and connection limit; None when not on TCP. Call
+        it from the actor's thread."""
+        if not self._bind_endpoint.startswith("tcp://"):
+            return None
+        host = self._bind_endpoint[len("tcp://"):].rsplit(":", 1)[0]
+        return inbox.open_fast(host, advertise_host, port, dst, types, self._security, self._max_frame_bytes,
+                               self._max_connections, busy_backlog)
 
     def reply(self, reply_token: bytes, header: Header, body: bytes) -> None:
         """Answer a message that arrived on our ROUTER. Never raises for delivery

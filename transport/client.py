@@ -32,6 +32,7 @@ from loguru import logger
 from .agent import CONNECT_TIMEOUT_MS, DEFAULT_HWM, DEFAULT_MAX_FRAME_BYTES, RECONNECT_IVL_MAX_MS, RECONNECT_IVL_MS
 from .curve import ClientCurve, client_curve_from_env
 from .direct import DirectBusy, DirectClosed, DirectSockets, DirectTimeout
+from .fast_path import FastPath, FastUnavailable
 from .envelope import MAX_NAME_CHARS, EnvelopeError, Header, decode, encode, unpack_body
 from .handoff import Handoff
 from .ratelimit import LogLimiter
@@ -124,6 +125,7 @@ class RpcClient:
         max_in_flight: int = MAX_IN_FLIGHT,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         curve: ClientCurve | None = None,
+        fast_channel: bool = False,
     ) -> None:
         if not isinstance(endpoint, str) or "://" not in endpoint:
             raise ValueError(f"bad endpoint {endpoint!r}")
@@ -165,6 +167,8 @@ class RpcClient:
         self._deadlines: list[tuple[int, int]] = []  # heap of (deadline_ms, cid)
         self._log_limiter = LogLimiter()
         self._direct = DirectSockets(self._configure_direct, max_frame_bytes)
+        # A broker's fast channel for blocking requests, once a reply names one (fast_path.py).
+        self._fast = FastPath(endpoint, self._configure_fast, max_frame_bytes) if fast_channel else None
         self._thread = threading.Thread(
             target=self._run, name=f"rmqz-client-{self.client_id}", daemon=True
         )
@@ -207,13 +211,29 @@ class RpcClient:
     def request_here(self, dst: str, type: str, body: bytes,
                      timeout_ms: int | None = None) -> tuple[Header, bytes]:
         """Blocking request sent and answered on the CALLING thread, on a socket of its
-        own (transport/direct.py): two thread wake-ups less than :meth:`request`. When
+        own (transport/direct.py): two thread wake-ups less than :meth:`request`; to the
+        node's fast channel once a reply named one (transport/fast_path.py). When
         every direct socket is busy (more blocking callers than MAX_OPEN_SOCKETS) the call
         goes through the I/O thread instead. One attempt, no retries. Raises
         RequestTimeout, RemoteError, ClientBusy, ClientClosed, RequestTooLarge."""
         timeout_ms = self._timeout_ms if timeout_ms is None else _check_timeout(timeout_ms)
         if self._closed:
             raise ClientClosed("client is closed")
+        started_ns = time.monotonic_ns()
+        if self._fast is not None:
+            try:
+                header, reply = self._fast.request(dst, type, lambda name: self._encode("request", name, type, body),
+                                                   timeout_ms)
+            except FastUnavailable:  # the broker never saw it: the node port takes it
+                timeout_ms = max(1, timeout_ms - (time.monotonic_ns() - started_ns) // 1_000_000)
+            except DirectTimeout as exc:
+                self._count_off_thread("timeouts")
+                raise RequestTimeout(str(exc)) from None
+            except DirectClosed as exc:
+                raise ClientClosed(str(exc)) from None
+            else:
+                self._count_off_thread("errors" if header.kind == "error" else "replies")
+                return _result_of(header, reply)
         cid, frames = self._encode("request", dst, type, body)
         try:
             header, reply = self._direct.request(cid, frames, timeout_ms)
@@ -225,7 +245,13 @@ class RpcClient:
         except DirectClosed as exc:
             raise ClientClosed(str(exc)) from None
         self._count_off_thread("errors" if header.kind == "error" else "replies")
+        if self._fast is not None:
+            self._fast.learn(dst, type, header)
         return _result_of(header, reply)
+
+    def fast_status(self) -> dict | None:
+        """The fast channel's way and counters (None when turned off)."""
+        return None if self._fast is None else self._fast.status()
 
     def ping(self, timeout_ms: int | None = None) -> Header:
         """Transport-level liveness check answered by the node's agent itself."""
@@ -239,6 +265,8 @@ class RpcClient:
                 return
             self._closed = True
         self._direct.close()
+        if self._fast is not None:
+            self._fast.close()
         self._stop_requested.set()
         self._handoff.wake()
         if self._thread is not threading.current_thread():
@@ -336,7 +364,10 @@ class RpcClient:
     def _configure_direct(self, sock: zmq.Socket) -> None:
         self._configure(sock, f"{self.client_id}#direct-{uuid.uuid4().hex[:8]}")
 
-    def _configure(self, sock: zmq.Socket, identity: str) -> None:
+    def _configure_fast(self, sock: zmq.Socket, endpoint: str) -> None:
+        self._configure(sock, f"{self.client_id}#fast-{uuid.uuid4().hex[:8]}", endpoint)
+
+    def _configure(self, sock: zmq.Socket, identity: str, endpoint: str | None = None) -> None:
         """Options, CURVE keys and connect: the same for the I/O thread's socket and the
         callers' own (transport/direct.py)."""
         for option, value in (
@@ -352,7 +383,7 @@ class RpcClient:
             sock.setsockopt(option, value)
         if self._curve is not None:
             self._curve.apply(sock)  # before connect: the handshake is CURVE from the start
-        sock.connect(self.endpoint)
+        sock.connect(endpoint or self.endpoint)
 
     def _loop(self) -> None:
         handoff_fd = self._handoff.fileno()

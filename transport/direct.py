@@ -42,9 +42,18 @@ class DirectTimeout(Exception):
     """No reply with the request's id within the timeout."""
 
 
+class DirectUnreachable(Exception):
+    """Nothing was sent: the socket has no completed connection (ZMQ_IMMEDIATE; see
+    transport/fast_path.py). The socket is kept: its connection may complete later."""
+
+
 class DirectSockets:
-    def __init__(self, configure: Callable[[zmq.Socket], None], max_frame_bytes: int) -> None:
+    def __init__(self, configure: Callable[[zmq.Socket], None], max_frame_bytes: int,
+                 *, immediate: bool = False) -> None:
         self._configure = configure  # sets options, CURVE keys and connects a new DEALER
+        # The sockets queue only to completed connections: a send that finds none raises
+        # DirectUnreachable at once (the caller has another way) instead of waiting.
+        self._immediate = immediate
         self._max_frame_bytes = max_frame_bytes
         self._lock = threading.Lock()
         self._ctx: zmq.Context | None = None
@@ -62,6 +71,9 @@ class DirectSockets:
             reply = self._exchange(sock, cid, frames, timeout_ms)
             healthy = True
             return reply
+        except DirectUnreachable:
+            healthy = True  # nothing sent, nothing to read back: the socket is as it was
+            raise
         finally:
             self._give_back(sock, healthy)
 
@@ -82,6 +94,8 @@ class DirectSockets:
         try:
             sock.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:
+            if self._immediate:
+                raise DirectUnreachable("no completed connection") from None
             raise DirectBusy("socket send queue full") from None
         strays = 0
         while True:
@@ -118,6 +132,8 @@ class DirectSockets:
                 self._ctx = zmq.Context()
             sock = self._ctx.socket(zmq.DEALER)
             try:
+                if self._immediate:
+                    sock.setsockopt(zmq.IMMEDIATE, 1)
                 self._configure(sock)
             except zmq.ZMQError:
                 sock.close(linger=0)

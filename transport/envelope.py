@@ -43,6 +43,13 @@ class EnvelopeError(ValueError):
         self.cid = cid
 
 
+# Error codes in the body of an ``error`` envelope: pack_body({"code", "reason"}).
+BAD_REQUEST = "BAD_REQUEST"  # the envelope was malformed
+UNKNOWN_TARGET = "UNKNOWN_TARGET"  # no actor registered under header.dst
+TARGET_UNAVAILABLE = "TARGET_UNAVAILABLE"  # its tell raised (actor stopped or dead)
+SYSTEM_BUSY = "SYSTEM_BUSY"  # refused by admission control (transport/admission.py); retry later
+NO_PERMISSION = "NO_PERMISSION"  # a client key reached a cluster-only actor or request type
+
 @dataclass(slots=True)
 class Header:
     kind: str  # one of KINDS

@@ -31,6 +31,7 @@ from rmqz.storage.errors import CorruptStoreError, MessageTooLargeError, OffsetE
 from rmqz.storage.metadata import PERM_READ, ConsumerOffsetStore, DelayOffsetStore, TopicConfigStore, SubscriptionGroupStore
 from rmqz.storage.record import Message, RecordError, StoredMessage
 from rmqz.transport.envelope import EnvelopeError, Header, Inbound, pack_body, unpack_body
+from rmqz.transport.peer_inbox import FastReply
 
 MAX_REQUEST_BYTES = 72 * 1024 * 1024
 SCHEDULE_SCAN_BATCH = 32  # messages read per delay level per scan
@@ -41,7 +42,7 @@ assert 1 <= SCHEDULE_SCAN_BATCH <= 1024
 
 @dataclass(frozen=True, slots=True)
 class ReplyTo:
-    token: bytes | None
+    token: bytes | FastReply | None  # the node socket's identity, or our fast channel's token
     header: Header
 
 
@@ -211,8 +212,14 @@ class BrokerBase(RmqzActor):
 
     def _reply(self, reply: ReplyTo, body: dict) -> None:
         h = reply.header
-        header = Header(kind="reply", src=self.node_id, dst=h.reply_to, type=h.type, cid=h.cid)
+        header = Header(kind="reply", src=self.node_id, dst=h.reply_to, type=h.type, cid=h.cid,
+                        reply_to=self.fast_name(h.type))
         self._answer(reply, header, pack_body(body))
+
+    def fast_name(self, type_: str) -> str:
+        """Our fast channel, named in replies to the requests it takes (actors/broker/
+        fast_channel.py); "" for a broker without one."""
+        return ""
 
     def _error(self, reply: ReplyTo, code: str, reason: str) -> None:
         h = reply.header
@@ -220,7 +227,9 @@ class BrokerBase(RmqzActor):
         self._answer(reply, header, pack_body({"code": code, "reason": reason[:1000]}))
 
     def _answer(self, reply: ReplyTo, header: Header, body: bytes) -> None:
-        if reply.token is not None:
+        if type(reply.token) is FastReply:  # read on our fast channel: answered on it (this thread)
+            self.actor_inbox.reply(reply.token, header, body)
+        elif reply.token is not None:
             self.agent.reply(reply.token, header, body)
 
     # ---- pull ----------------------------------------------------------------------------

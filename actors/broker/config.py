@@ -59,6 +59,11 @@ class BrokerConfig:
     # The broker actor's own socket for the replication stream and its acks (actors/broker/
     # ha_channel.py). 0: any free port, which peers learn from the stream itself.
     ha_listen_port: int = 0
+    # Clients' blocking sends read by the broker actor's own socket (actors/broker/
+    # fast_channel.py; RocketMQ's fastListenPort). 0: any free port, which clients learn from
+    # the replies to their sends.
+    fast_channel_enable: bool = True
+    fast_listen_port: int = 0
     ha_send_heartbeat_interval_ms: int = 1_000
     ha_housekeeping_interval_ms: int = 20_000
     ha_transfer_batch_size: int = 256 * 1024
@@ -123,7 +128,7 @@ ALIASES = {
     "haHousekeepingInterval": "ha_housekeeping_interval_ms",
 }
 INT_LIMITS = {
-    "broker_id": (0, 1023), "listen_port": (1, 65535), "ha_listen_port": (0, 65535), "dledger_listen_port": (0, 65535), "default_topic_queue_nums": (1, 1024),
+    "broker_id": (0, 1023), "listen_port": (1, 65535), "ha_listen_port": (0, 65535), "fast_listen_port": (0, 65535), "dledger_listen_port": (0, 65535), "default_topic_queue_nums": (1, 1024),
     "mapped_file_size_commit_log": (MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES),
     "max_message_size": (1, 64 * 1024 * 1024), "register_broker_interval_ms": (100, 600_000),
     "flush_interval_commit_log_ms": (1, 60_000), "sync_flush_timeout_ms": (1, 600_000),
@@ -204,6 +209,9 @@ def _check(cfg: BrokerConfig) -> None:
         raise ConfigError(f"brokerIP1: expected a host name or IP, got {cfg.broker_ip1!r}")
     if cfg.ha_listen_port == cfg.listen_port:
         raise ConfigError(f"haListenPort: {cfg.ha_listen_port} is listenPort already; choose another, or 0 for any free port")
+    if cfg.fast_listen_port and cfg.fast_listen_port in (cfg.listen_port, cfg.ha_listen_port):
+        raise ConfigError(f"fastListenPort: {cfg.fast_listen_port} is listenPort or haListenPort already; "
+                          "choose another, or 0 for any free port")
     if cfg.ha_master_address and not ADDR_PATTERN.fullmatch(cfg.ha_master_address):
         raise ConfigError(f"haMasterAddress: expected host:port, got {cfg.ha_master_address!r}")
     try:
@@ -232,9 +240,9 @@ def _check_dledger(cfg: BrokerConfig) -> None:
     if peers[cfg.dledger_self_id] != cfg.address:
         raise ConfigError(f"dLegerPeers gives {cfg.dledger_self_id} the address {peers[cfg.dledger_self_id]} "
                           f"but this node listens on {cfg.address}")
-    if cfg.dledger_listen_port and cfg.dledger_listen_port in (cfg.listen_port, cfg.ha_listen_port):
-        raise ConfigError(f"dledgerListenPort: {cfg.dledger_listen_port} is listenPort or haListenPort already; "
-                          "choose another, or 0 for any free port")
+    if cfg.dledger_listen_port and cfg.dledger_listen_port in (cfg.listen_port, cfg.ha_listen_port, cfg.fast_listen_port):
+        raise ConfigError(f"dledgerListenPort: {cfg.dledger_listen_port} is listenPort, haListenPort or "
+                          "fastListenPort already; choose another, or 0 for any free port")
     if cfg.dledger_heartbeat_ticks >= cfg.dledger_election_ticks:
         raise ConfigError("dledgerHeartbeatTicks must be smaller than dledgerElectionTicks")
     if not cfg.dledger_group:

@@ -24,6 +24,7 @@ from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker import retry_core
 from rmqz.actors.broker.master import in_memory_max_bytes
 from rmqz.actors.broker.base import BrokerBase, BrokerDeps, Refusal, ReplyTo
+from rmqz.actors.broker.fast_channel import FastChannel
 from rmqz.actors.broker.dledger_roles import LeaderTick
 from rmqz.actors.dledger.actor import Apply, Propose, ProposeFailed, RoleChanged
 from rmqz.actors.dledger.core import LEADER
@@ -80,7 +81,7 @@ def load_applied(fs: Any, dledger_dir: str) -> AppliedPoint:
     return AppliedPoint(raw["index"], raw["end"], delay, ends)
 
 
-class BrokerDLedger(BrokerBase):
+class BrokerDLedger(FastChannel, BrokerBase):
     ROLE = "DLEDGER"
 
     def __init__(self, deps: BrokerDeps, applied: AppliedPoint, dledger_dir: str, *, name: str = "broker",
@@ -122,7 +123,12 @@ class BrokerDLedger(BrokerBase):
 
     def status_extra(self) -> dict:
         return {"dledger": {"self": self.config.dledger_self_id, "leader": self.leader, "term": self.term,
-                            "applied": self.applied_index, "group": self.config.dledger_group}}
+                            "applied": self.applied_index, "group": self.config.dledger_group},
+                "fast_channel": self.fast_channel_status()}
+
+    def acquire(self) -> None:
+        super().acquire()
+        self.open_fast_channel()
 
     # ---- writes: propose -----------------------------------------------------------------
 
@@ -413,7 +419,10 @@ class BrokerDLedger(BrokerBase):
             self.dledger.tell(Propose(de.encode_offsets(table), None))
 
     def release(self) -> None:
-        super().release()
+        try:
+            self.close_fast_channel()  # a fixed fastListenPort must be free for the next actor
+        finally:
+            super().release()
         try:
             self.save_applied()
         except Exception as exc:  # the store may be failed; recovery re-applies from the log

@@ -17,6 +17,7 @@ from rmqz.actors.base import tell_quietly
 from rmqz.actors.broker import ha_core, retry_core
 from rmqz.actors.broker.ha_core import HAWriters, SlaveAck, SlaveGone, SlaveReport
 from rmqz.actors.broker.ha_decode import decode_report
+from rmqz.actors.broker.fast_channel import FastChannel
 from rmqz.actors.broker.ha_channel import HAChannel
 from rmqz.actors.broker.ha_stream import HAStreams, InStep
 from rmqz.actors.broker.ha_write import Ack
@@ -48,7 +49,7 @@ def in_memory_max_bytes(ratio_percent: int, explicit_bytes: int) -> int:
     return total * ratio_percent // 100
 
 
-class BrokerMaster(TailFill, HAStreams, HAChannel, BrokerBase):
+class BrokerMaster(TailFill, HAStreams, HAChannel, FastChannel, BrokerBase):
     ROLE = "MASTER"
     HA_TELL_TYPES = frozenset({proto.HA_REPORT})  # a slave's ack after its append
 
@@ -194,12 +195,14 @@ class BrokerMaster(TailFill, HAStreams, HAChannel, BrokerBase):
     def acquire(self) -> None:
         super().acquire()
         self.open_ha_channel()
+        self.open_fast_channel()
 
     def release(self) -> None:
         try:
             self.release_ha_streams()  # first: nothing below may leave the socket open
         finally:
             self.close_ha_channel()  # a fixed haListenPort must be free for the next actor
+            self.close_fast_channel()  # and a fixed fastListenPort
         super().release()
         self._persist_delay_offsets()
 
@@ -385,6 +388,7 @@ class BrokerMaster(TailFill, HAStreams, HAChannel, BrokerBase):
     def status_extra(self) -> dict:
         return {"slaves": {str(sid): p.acked_offset for sid, p in self.group.slaves.items()},
                 "streams": self.streams_status(), "ha_channel": self.ha_channel_status(),
+                "fast_channel": self.fast_channel_status(),
                 "waiting_for_disk": len(self.flush_waiters), "waiting_for_slaves": len(self.group.waiters)}
 
     # ---- time ----------------------------------------------------------------------------

@@ -36,6 +36,10 @@ class Recorder:
     def send(self, endpoint, header, body, via=None):
         self.tell((endpoint, header, unpack_body(body, 1 << 26)))
 
+    def open_fast_inbox(self, inbox, port, dst, types, host, busy_backlog):
+        """No fast channel is bound; the broker names ``fast_endpoint`` in its send replies."""
+        return getattr(self, "fast_endpoint", None)
+
     def open_peer_inbox(self, inbox, port, dst, types, host):
         """No socket is bound: the actor's mailbox stays a plain one, but it believes its
         socket is at ``inbox_endpoint`` (and names it to peers)."""

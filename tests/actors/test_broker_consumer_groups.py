@@ -38,6 +38,10 @@ class Agent:
     def send(self, endpoint, header, body, via=None):
         pass
 
+    def open_fast_inbox(self, inbox, port, dst, types, host, busy_backlog):
+        """No fast channel is bound; the broker names ``fast_endpoint`` in its send replies."""
+        return getattr(self, "fast_endpoint", None)
+
     def open_peer_inbox(self, inbox, port, dst, types, host):
         return None  # no socket: the actor's mailbox stays a plain one
 

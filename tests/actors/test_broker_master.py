@@ -51,6 +51,12 @@ class RecordingAgent:
             self.sent.append((endpoint, header, unpack_body(body, 1 << 26)))
             self.cond.notify_all()
 
+    def open_fast_inbox(self, inbox, port, dst, types, host, busy_backlog):
+        """No fast channel is bound; the broker names ``fast_endpoint`` in its send replies."""
+        if port == IN_USE_PORT:
+            raise zmq.ZMQError(errno.EADDRINUSE)
+        return getattr(self, "fast_endpoint", None)
+
     def open_peer_inbox(self, inbox, port, dst, types, host):
         """No socket is bound (the mailbox stays a plain one); the actor names this one."""
         if port == IN_USE_PORT:

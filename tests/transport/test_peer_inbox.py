@@ -264,7 +264,7 @@ def test_a_fixed_port_in_use_fails_the_open_and_releases_everything():
     second = PeerInbox()
     with pytest.raises(zmq.ZMQError):
         second.open("127.0.0.1", "127.0.0.1", port, "broker", TYPES, cv.TransportSecurity(), 1 << 20)
-    assert second.endpoint is None and second._ctx is None
+    assert second.endpoint is None and second._listeners == [] and second._reader is None
     first.close()
 
 
