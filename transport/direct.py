@@ -77,6 +77,11 @@ class DirectSockets:
         finally:
             self._give_back(sock, healthy)
 
+    def prime(self) -> None:
+        """Open one idle socket now, so its connection is up by the first request (with
+        ``immediate`` a request finding none in progress would go elsewhere)."""
+        self._give_back(self._take(), True)
+
     def close(self) -> None:
         """Idempotent. Idle sockets close now; one in use closes when its caller is done."""
         with self._lock:

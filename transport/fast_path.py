@@ -31,7 +31,7 @@ from collections.abc import Callable
 import zmq
 
 from .channel_way import ChannelWay, same_host
-from .direct import DirectBusy, DirectSockets, DirectTimeout, DirectUnreachable
+from .direct import DirectBusy, DirectClosed, DirectSockets, DirectTimeout, DirectUnreachable
 from .envelope import Header
 from .peer_inbox import CHANNEL_SRC, inbox_route
 
@@ -75,6 +75,12 @@ class FastPath:
         except (DirectUnreachable, DirectBusy) as exc:  # nothing sent
             self._count("unreachable")
             raise FastUnavailable(f"fast channel: {exc}") from None
+        except zmq.ZMQError as exc:  # the socket could not be opened (connect refused the address)
+            with self._lock:
+                if self._way.inbox == address:
+                    self._way.fail(self._now_ms())
+                    self._drop_sockets()
+            raise FastUnavailable(f"fast channel: {exc}") from None
         except DirectTimeout:
             with self._lock:
                 self.stats["timeouts"] += 1
@@ -111,6 +117,7 @@ class FastPath:
             if self._way.may_learn(named) and same_host(named, self._node_endpoint):
                 self._way.learn(named)
                 self._drop_sockets()
+                self._open_sockets()
                 self.stats["learned"] += 1
             if named == self._way.inbox and len(self._routes) < MAX_FAST_ROUTES:
                 self._routes.add((dst, type_))
@@ -137,10 +144,19 @@ class FastPath:
         if way.inbox is None:
             return None, ""
         if self._sockets is None:
-            endpoint = inbox_route(way.inbox)[0]
-            self._sockets = DirectSockets(lambda sock: self._configure(sock, endpoint), self._max_frame_bytes,
-                                          immediate=True)
+            self._open_sockets()
         return self._sockets, way.inbox
+
+    def _open_sockets(self) -> None:
+        """Sockets to the way's channel, one connecting already: a request finding no
+        connection up goes to the node port, so the first should not have to start one."""
+        endpoint = inbox_route(self._way.inbox)[0]
+        self._sockets = DirectSockets(lambda sock: self._configure(sock, endpoint), self._max_frame_bytes,
+                                      immediate=True)
+        try:
+            self._sockets.prime()
+        except (zmq.ZMQError, DirectBusy, DirectClosed):
+            pass  # the first request meets it again, and takes the node port
 
     def _drop_sockets(self) -> None:
         sockets, self._sockets = self._sockets, None

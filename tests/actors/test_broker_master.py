@@ -135,7 +135,7 @@ class Clock:
 def broker(tmp_path):
     made = []
 
-    def _make(ha_ref=None, agent_inbox=None, **overrides):
+    def _make(ha_ref=None, agent_inbox=None, fast_endpoint=None, **overrides):
         config = BrokerConfig(**{"listen_port": 10911, "namesrv_addr": ["127.0.0.1:9876"], **overrides})
         store = MessageStore(StoreConfig(str(tmp_path / "store"), commit_log_segment_bytes=1 << 20,
                                          max_message_bytes=config.max_message_size if config.max_message_size < 1 << 19 else 1 << 19))
@@ -144,6 +144,7 @@ def broker(tmp_path):
         offsets = ConsumerOffsetStore(store.fs, str(tmp_path / "config"))
         agent, flush, watch, clock = RecordingAgent(), RecordingRef(), RecordingRef(), Clock()
         agent.inbox_endpoint = agent_inbox
+        agent.fast_endpoint = fast_endpoint
         ref = BrokerMaster.start(BrokerDeps(config, store, agent, topics, offsets, clock), flush, ha_ref, supervisor=watch)
         made.append(ref)
         return ref, agent, flush, watch, clock, store
@@ -606,6 +607,33 @@ def test_a_taken_ha_listen_port_fails_the_start_with_an_error_naming_it(broker):
     assert watch.event.wait(WAIT_S)
     failed, = watch.messages
     assert isinstance(failed, ChildFailed) and "haListenPort 10999: cannot listen" in failed.reason
+
+
+FAST = "tcp://127.0.0.1:20777/broker-0a1b2c3d"
+
+
+def test_a_send_reply_names_the_fast_channel_and_other_replies_do_not(broker):
+    """RocketMQ's fastListenPort: the producer learns it from its send replies, and only
+    sends take it (a pull on it would hold the broker actor's socket for a long poll)."""
+    ref, agent, *_ = broker(fast_endpoint=FAST)
+    header, body = agent.wait_reply(send(ref))
+    assert body["status"] == proto.SEND_OK and header.reply_to == FAST
+    header, _ = agent.wait_reply(pull(ref))
+    assert header.reply_to == ""
+
+
+def test_with_the_fast_channel_off_no_send_reply_names_one(broker):
+    ref, agent, *_ = broker(fast_endpoint=FAST, fast_channel_enable=False)
+    header, body = agent.wait_reply(send(ref))
+    assert body["status"] == proto.SEND_OK and header.reply_to == ""
+    assert ref.proxy().fast_channel_status().get()["endpoint"] is None
+
+
+def test_a_taken_fast_listen_port_fails_the_start_with_an_error_naming_it(broker):
+    _, _, _, watch, _, _ = broker(fast_listen_port=IN_USE_PORT)
+    assert watch.event.wait(WAIT_S)
+    failed, = watch.messages
+    assert isinstance(failed, ChildFailed) and "fastListenPort 10999: cannot listen" in failed.reason
 
 
 def test_an_idle_stream_is_not_taken_for_a_silent_one(broker):

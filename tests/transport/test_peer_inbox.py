@@ -29,8 +29,10 @@ def tell(to, type_: str = "HAReport", dst: str | None = None, kind: str = "tell"
 class Owner:
     """Runs a PeerInbox the way pykka's loop does: open on its thread, then get() forever."""
 
-    def __init__(self, security: cv.TransportSecurity | None = None, max_frame_bytes: int = 1 << 20) -> None:
+    def __init__(self, security: cv.TransportSecurity | None = None, max_frame_bytes: int = 1 << 20,
+                 fast: bool = False) -> None:
         self.inbox = PeerInbox()
+        self._fast = fast  # open the fast channel too (clients' SendMessage requests)
         self.got: list = []
         self.threads: set[int] = set()
         self.cond = threading.Condition()
@@ -48,6 +50,9 @@ class Owner:
     def _run(self) -> None:
         try:
             self.inbox.open("127.0.0.1", "127.0.0.1", 0, "broker", TYPES, self._security, self._max)
+            if self._fast:
+                self.inbox.open_fast("127.0.0.1", "127.0.0.1", 0, "broker", frozenset({"SendMessage"}),
+                                     self._security, self._max, 64, 1_000)
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             self.error = exc
             self.opened.set()
@@ -344,3 +349,55 @@ def test_with_curve_only_a_cluster_key_gets_in(ctx, keys):
             s.close()
     finally:
         owner.stop()
+
+
+def test_with_curve_the_fast_channel_takes_allowed_client_keys_and_only_client_requests(ctx, keys):
+    """The fast channel is the client-facing socket: an allow-listed client key gets in (and
+    the actor sees its user, for the ACL), an unknown key does not; the peers' socket beside
+    it still refuses the client key, and the channel refuses anything but its request types."""
+    from rmqz.transport.envelope import decode, unpack_body
+    from rmqz.transport.peer_inbox import CHANNEL_SRC, FastReply
+
+    root, security = keys
+    owner = Owner(security, fast=True)
+    try:
+        fast = owner.inbox.fast_endpoint
+        app_keys = cv.ClientCurve.load(str(root / "server.key"), str(root / "clients" / "app.key_secret"))
+        app = dealer(ctx, fast, app_keys)
+        app.send_multipart(tell(fast, type_="SendMessage", kind="request", body=b"send"))
+        app.send_multipart(tell(fast, type_="HAReport", kind="request", body=b"ha by a client"))
+        intruder = dealer(ctx, fast, cv.ClientCurve.load(str(root / "server.key"),
+                                                          str(root / "clients" / "intruder.key_secret")))
+        intruder.send_multipart(tell(fast, type_="SendMessage", kind="request", body=b"intruder"))
+        app_on_peers = dealer(ctx, owner.inbox.endpoint, app_keys)
+        app_on_peers.send_multipart(tell(owner, body=b"client on the peers' socket"))
+        got = owner.wait_for(1)[0].message
+        assert (got.body, got.user, type(got.reply_token)) == (b"send", "client:app", FastReply)
+        assert app.poll(int(WAIT_S * 1000))
+        header, body = decode(app.recv_multipart(), 1 << 20)
+        assert (header.kind, header.src, unpack_body(body, 1 << 20)["code"]) == ("error", CHANNEL_SRC, "UNKNOWN_TARGET")
+        deadline = time.monotonic() + WAIT_S
+        while (owner.inbox.fast_stats["zap_denied"] < 1 or owner.inbox.stats["zap_denied"] < 1) \
+                and time.monotonic() < deadline:
+            owner.inbox.put("tick")  # the owner answers ZAP between items too
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert [g.message.body for g in owner.got if isinstance(g, InboxTell)] == [b"send"]
+        assert owner.inbox.fast_stats["zap_denied"] == 1 and owner.inbox.stats["zap_denied"] == 1
+        assert owner.inbox.fast_stats["refused"] == 1
+        for s in (app, intruder, app_on_peers):
+            s.close()
+    finally:
+        owner.stop()
+
+
+def test_a_reply_to_a_closed_channel_is_dropped_and_counted():
+    from rmqz.transport.envelope import Header
+    from rmqz.transport.peer_inbox import FastReply
+
+    inbox = PeerInbox()
+    inbox.open_fast("127.0.0.1", "127.0.0.1", 0, "broker", frozenset({"SendMessage"}), cv.TransportSecurity(),
+                    1 << 20, 64, 1_000)
+    inbox.close()
+    inbox.reply(FastReply(b"someone", 1), Header(kind="reply", src="n", dst="", type="SendMessage"), b"")
+    assert inbox.fast_stats["reply_dropped"] == 1 and inbox.fast_endpoint is None

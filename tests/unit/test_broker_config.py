@@ -51,6 +51,19 @@ def test_the_dledger_channel_port_is_any_free_one_unless_set_and_never_a_port_of
             conf(DLEDGER_N0 + bad)
 
 
+def test_the_fast_channel_is_on_at_any_free_port_unless_set_and_never_a_port_of_the_node():
+    c = conf("listenPort=10911\n")
+    assert (c.fast_channel_enable, c.fast_listen_port) == (True, 0)
+    c = conf("listenPort=10911\nfastListenPort=10909\nfastChannelEnable=false\n")
+    assert (c.fast_channel_enable, c.fast_listen_port) == (False, 10909)
+    for bad in ("fastListenPort=10911\n", "haListenPort=10912\nfastListenPort=10912\n", "fastListenPort=70000\n",
+                "fastChannelEnable=maybe\n"):
+        with pytest.raises(ConfigError, match="fastListenPort|fastChannelEnable"):
+            conf("listenPort=10911\n" + bad)
+    with pytest.raises(ConfigError, match="dledgerListenPort"):
+        conf(DLEDGER_N0 + "fastListenPort=40911\ndledgerListenPort=40911\n")
+
+
 def test_binding_every_interface_needs_an_advertised_address():
     c = conf("listenHost=0.0.0.0\nbrokerIP1=broker-a-0\nlistenPort=10911\n")
     assert c.address == "broker-a-0:10911"  # what NameServers, clients and peers are told

@@ -1,0 +1,235 @@
+"""The fast channel end to end in the transport: a broker-like actor whose thread reads a
+PeerInbox with a fast channel (and its node port through the agent), and an RpcClient with
+fast_channel=True. Each test is a user's promise: the channel is used once a reply names it;
+whatever the channel did not take reaches the broker exactly once by the node port, at once;
+a silent channel costs one timeout and then the node port until the retry."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from rmqz.transport.channel_way import CHANNEL_RETRY_MIN_MS
+from rmqz.transport.client import RequestTimeout
+from rmqz.transport.envelope import Header, Inbound
+from rmqz.transport.peer_inbox import FastReply, InboxTell, PeerInbox
+
+TYPES = frozenset({"SendMessage"})
+WAIT_S = 5.0
+
+
+class FastBroker:
+    """One thread serves both ways, as a broker actor does: requests from the node port
+    (the agent puts them in the mailbox) and from its fast channel. It answers each with the
+    body, naming ``names`` (default: its channel) in the reply header, and records the way
+    each request came."""
+
+    def __init__(self, agent, busy_backlog: int = 1_000, port: int = 0) -> None:
+        self.agent = agent
+        self.inbox = PeerInbox()
+        self.ways: list[tuple[str, bytes]] = []  # ("fast" | "node", body) per request served
+        self.silent = False  # hold requests unanswered (a paused broker)
+        self.held: list[Inbound] = []
+        self.names: str | None = None  # what replies name instead of the channel
+        self.cond = threading.Condition()
+        self.opened = threading.Event()
+        self._port = port
+        self._busy = busy_backlog
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self.opened.wait(WAIT_S)
+        agent.register("broker", self)
+
+    def tell(self, inbound: Inbound) -> None:  # the agent's delivery from the node port
+        self.inbox.put(inbound)
+
+    def _run(self) -> None:
+        self.agent.open_fast_inbox(self.inbox, self._port, "broker", TYPES, "127.0.0.1", self._busy)
+        self.opened.set()
+        while True:
+            item = self.inbox.get()
+            if item == "stop":
+                break
+            inbound = item.message if isinstance(item, InboxTell) else item
+            way = "fast" if isinstance(inbound.reply_token, FastReply) else "node"
+            with self.cond:
+                self.ways.append((way, inbound.body))
+                self.cond.notify_all()
+                if self.silent:
+                    self.held.append(inbound)
+                    continue
+            self._answer(inbound)
+        self.inbox.close()
+
+    def _answer(self, inbound: Inbound) -> None:
+        h = inbound.header
+        named = self.inbox.fast_endpoint if self.names is None else self.names
+        reply = Header(kind="reply", src=self.agent.node_id, dst=h.reply_to, type=h.type, cid=h.cid,
+                       reply_to=named or "")
+        if isinstance(inbound.reply_token, FastReply):
+            self.inbox.reply(inbound.reply_token, reply, inbound.body)
+        else:
+            self.agent.reply(inbound.reply_token, reply, inbound.body)
+
+    def wait_ways(self, count: int) -> list[tuple[str, bytes]]:
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.ways) >= count, WAIT_S), self.ways
+            return list(self.ways)
+
+    def stop(self) -> None:
+        self.inbox.put("stop")
+        self.thread.join(WAIT_S)
+
+
+@pytest.fixture
+def brokers():
+    made: list[FastBroker] = []
+
+    def factory(agent, **kwargs) -> FastBroker:
+        broker = FastBroker(agent, **kwargs)
+        made.append(broker)
+        return broker
+
+    yield factory
+    for broker in made:
+        broker.stop()
+
+
+def send(client, body: bytes, timeout_ms: int = 3_000) -> bytes:
+    return client.request_here("broker", "SendMessage", body, timeout_ms)[1]
+
+
+def learn(client, broker) -> None:
+    """Send until a send took the channel: the first reply names it, and a send finding its
+    connection not up yet (a handshake takes a moment) takes the node port."""
+    for _ in range(100):
+        send(client, b"warm-up")
+        if broker.wait_ways(1)[-1][0] == "fast":
+            with broker.cond:
+                broker.ways.clear()
+            return
+        time.sleep(0.02)
+    raise AssertionError("the channel was never taken")
+
+
+def test_a_send_takes_the_fast_channel_once_a_reply_named_it(make_agent, make_client, brokers):
+    broker = brokers(make_agent("b0"))
+    client = make_client(broker.agent.endpoint, fast_channel=True)
+    send(client, b"first")
+    assert broker.wait_ways(1) == [("node", b"first")]  # its reply names the channel
+    time.sleep(0.2)  # the client opened its connection on learning it
+    assert [send(client, f"m{i}".encode()) for i in range(5)] == [f"m{i}".encode() for i in range(5)]
+    assert [way for way, _ in broker.wait_ways(6)] == ["node"] + ["fast"] * 5
+    assert broker.inbox.fast_stats["replies"] == 5 and client.fast_status()["via"] == broker.inbox.fast_endpoint
+
+
+def test_without_the_switch_every_send_takes_the_node_port(make_agent, make_client, brokers):
+    broker = brokers(make_agent("b0"))
+    client = make_client(broker.agent.endpoint)  # fast_channel defaults to off in RpcClient
+    for i in range(3):
+        send(client, b"x")
+    assert [way for way, _ in broker.wait_ways(3)] == ["node"] * 3 and client.fast_status() is None
+
+
+def test_a_channel_named_on_another_host_is_never_used(make_agent, make_client, brokers):
+    broker = brokers(make_agent("b0"))
+    broker.names = broker.inbox.fast_endpoint.replace("127.0.0.1", "10.9.9.9")
+    client = make_client(broker.agent.endpoint, fast_channel=True)
+    for i in range(3):
+        send(client, b"x")
+    assert [way for way, _ in broker.wait_ways(3)] == ["node"] * 3
+    assert client.fast_status()["learned"] == 0
+
+
+def test_a_send_to_an_old_name_reaches_the_broker_once_by_the_node_port(make_agent, make_client, brokers, wait):
+    """The broker restarted on the same port: its channel answers the old name UNKNOWN_TARGET
+    without handing it on, and the client resends by the node port (and learns the new name)."""
+    agent = make_agent("b0")
+    broker = brokers(agent)
+    client = make_client(agent.endpoint, fast_channel=True)
+    learn(client, broker)
+    port = int(broker.inbox.fast_endpoint.rsplit(":", 1)[1].split("/")[0])
+    broker.stop()
+    agent.unregister("broker")
+    reborn = brokers(agent, port=port)  # same port, a new name
+    assert wait(lambda: reborn.inbox._fast.zap.stats["admitted"] >= 1)  # the client's channel reconnected
+    assert send(client, b"after restart") == b"after restart"
+    assert reborn.wait_ways(1) == [("node", b"after restart")]  # once, and by the node port
+    assert reborn.inbox.fast_stats["refused"] == 1 and client.fast_status()["refused"] == 1
+    learn(client, reborn)  # the new name, from that reply
+
+
+def test_a_closed_channel_sends_by_the_node_port_at_once(make_agent, make_client, brokers):
+    """No connection up (the port closed, or blocked): ZMQ_IMMEDIATE refuses the send at
+    once, so the caller does not wait for a timeout."""
+    agent = make_agent("b0")
+    broker = brokers(agent)
+    client = make_client(agent.endpoint, fast_channel=True)
+    learn(client, broker)
+    broker.names = ""  # replies from the new broker below name nothing...
+    broker.stop()
+    agent.unregister("broker")
+    plain = brokers(agent)
+    plain.names = ""  # ...so this test sees only the closed channel, then the node port
+    time.sleep(0.5)  # the client's connection has seen the close (a send racing it is lost, as on any port)
+    started = time.monotonic()
+    assert send(client, b"by node", timeout_ms=10_000) == b"by node"
+    assert time.monotonic() - started < 5.0  # the 10 s timeout was not waited out
+    assert plain.wait_ways(1) == [("node", b"by node")]
+
+
+def test_a_reply_that_names_no_channel_stops_its_use(make_agent, make_client, brokers):
+    broker = brokers(make_agent("b0"))
+    client = make_client(broker.agent.endpoint, fast_channel=True)
+    learn(client, broker)
+    broker.names = ""  # the operator turned the channel off (fastChannelEnable=false)
+    send(client, b"fast, names none")
+    send(client, b"node")
+    assert [way for way, _ in broker.wait_ways(2)] == ["fast", "node"]
+
+
+def test_a_second_request_of_one_connection_is_busy_until_the_first_is_answered(make_agent, raw_dealer, brokers):
+    from rmqz.transport.envelope import decode, encode, unpack_body
+    from rmqz.transport.peer_inbox import CHANNEL_SRC, inbox_route
+
+    broker = brokers(make_agent("b0"))
+    broker.silent = True
+    endpoint, name = inbox_route(broker.inbox.fast_endpoint)
+    sock = raw_dealer(endpoint)
+    for cid in (1, 2):
+        sock.send_multipart(encode(Header(kind="request", src="c", dst=name, type="SendMessage", cid=cid), b"x"))
+    assert sock.poll(int(WAIT_S * 1000))
+    header, body = decode(sock.recv_multipart(), 1 << 20)
+    assert (header.cid, header.kind, header.src) == (2, "error", CHANNEL_SRC)
+    assert unpack_body(body, 1 << 20)["code"] == "SYSTEM_BUSY"
+    assert broker.wait_ways(1) == [("fast", b"x")] and broker.inbox.fast_stats["busy"] == 1
+    broker.silent = False
+    broker.inbox.put(broker.held.pop())  # answered now (through the owner thread, as an actor would)
+    assert sock.poll(int(WAIT_S * 1000))
+    assert decode(sock.recv_multipart(), 1 << 20)[0].cid == 1
+    sock.send_multipart(encode(Header(kind="request", src="c", dst=name, type="SendMessage", cid=3), b"y"))
+    assert sock.poll(int(WAIT_S * 1000))
+    assert decode(sock.recv_multipart(), 1 << 20)[0].kind == "reply"
+
+
+def test_a_silent_channel_costs_one_timeout_then_the_node_port_until_the_retry(make_agent, make_client, brokers):
+    agent = make_agent("b0")
+    broker = brokers(agent)
+    client = make_client(agent.endpoint, fast_channel=True)
+    clock = [1_000_000]
+    client._fast._now_ms = lambda: clock[0]
+    learn(client, broker)
+    broker.silent = True  # paused: the channel's connection stays up, nothing answers
+    with pytest.raises(RequestTimeout):
+        send(client, b"lost in the pause", timeout_ms=300)
+    broker.silent = False
+    assert send(client, b"by node") == b"by node"
+    assert broker.wait_ways(2) == [("fast", b"lost in the pause"), ("node", b"by node")]
+    clock[0] += CHANNEL_RETRY_MIN_MS - 1
+    send(client, b"not yet")
+    assert broker.wait_ways(3)[-1] == ("node", b"not yet")
+    clock[0] += 1  # the retry is due: the channel again
+    learn(client, broker)
+    assert client.fast_status()["timeouts"] == 1
