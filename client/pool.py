@@ -23,6 +23,7 @@ from rmqz.transport.client import (
     ClientBusy,
     ClientClosed,
     ClientError,
+    FastChannelTimeout,
     RemoteError,
     RequestTimeout,
     RpcClient,
@@ -159,7 +160,9 @@ class ClientPool:
             entry.last_reply_ms = now_ms()
             return BrokerError(exc.code, exc.reason, addr)
         if isinstance(exc, RequestTimeout):
-            if now_ms() - entry.last_reply_ms >= timeout_ms:
+            # A connection silent for a whole timeout is reset (Lazy Pirate); the fast
+            # channel's was closed already, and the client keeps what it learned of it.
+            if not isinstance(exc, FastChannelTimeout) and now_ms() - entry.last_reply_ms >= timeout_ms:
                 self._discard(addr, entry)
             return ClientTimeout(f"no reply from {what} {addr} within {timeout_ms} ms")
         if isinstance(exc, ClientClosed):

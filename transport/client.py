@@ -37,7 +37,7 @@ from .envelope import MAX_NAME_CHARS, EnvelopeError, Header, decode, encode, unp
 from .handoff import Handoff
 from .ratelimit import LogLimiter
 
-__all__ = ["ClientBusy", "ClientClosed", "ClientError", "RemoteError", "RequestTimeout",
+__all__ = ["ClientBusy", "ClientClosed", "ClientError", "FastChannelTimeout", "RemoteError", "RequestTimeout",
            "RequestTooLarge", "RpcClient"]
 
 DEFAULT_TIMEOUT_MS = 3_000
@@ -80,6 +80,11 @@ class RequestTimeout(ClientError, TimeoutError):
     def __init__(self, message: str, generation: int = -1) -> None:
         super().__init__(message)
         self.generation = generation  # which socket the request went out on
+
+
+class FastChannelTimeout(RequestTimeout):
+    """No reply on the node's fast channel (transport/fast_path.py) within the timeout. The
+    node port's connection was not used: there is nothing wedged to reset there."""
 
 
 class RemoteError(ClientError):
@@ -228,7 +233,7 @@ class RpcClient:
                 timeout_ms = max(1, timeout_ms - (time.monotonic_ns() - started_ns) // 1_000_000)
             except DirectTimeout as exc:
                 self._count_off_thread("timeouts")
-                raise RequestTimeout(str(exc)) from None
+                raise FastChannelTimeout(f"fast channel: {exc}") from None
             except DirectClosed as exc:
                 raise ClientClosed(str(exc)) from None
             else:

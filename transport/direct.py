@@ -60,6 +60,7 @@ class DirectSockets:
         self._idle: list[zmq.Socket] = []
         self._open = 0  # idle + in use
         self._closed = False
+        self._retired = False  # no new requests; those in progress finish (retire())
         self.stats = {"opened": 0, "dropped": 0, "strays": 0, "malformed": 0}
 
     def request(self, cid: int, frames: list[bytes], timeout_ms: int) -> tuple[Header, bytes]:
@@ -81,6 +82,19 @@ class DirectSockets:
         """Open one idle socket now, so its connection is up by the first request (with
         ``immediate`` a request finding none in progress would go elsewhere)."""
         self._give_back(self._take(), True)
+
+    def retire(self) -> None:
+        """Idempotent. Take no new requests (they raise DirectUnreachable: nothing was sent),
+        but let those in progress finish and read their replies: their callers must learn
+        what became of a request the server may hold. Idle sockets close now, the others
+        when their callers are done."""
+        with self._lock:
+            self._retired = True
+            idle, self._idle = self._idle, []
+            self._open -= len(idle)
+            for sock in idle:
+                sock.close(linger=0)
+            self._term_if_unused()
 
     def close(self) -> None:
         """Idempotent. Idle sockets close now; one in use closes when its caller is done."""
@@ -129,6 +143,8 @@ class DirectSockets:
         with self._lock:
             if self._closed:
                 raise DirectClosed("client is closed")
+            if self._retired:
+                raise DirectUnreachable("these sockets were retired")
             if self._idle:
                 return self._idle.pop()
             if self._open >= MAX_OPEN_SOCKETS:
@@ -140,8 +156,10 @@ class DirectSockets:
                 if self._immediate:
                     sock.setsockopt(zmq.IMMEDIATE, 1)
                 self._configure(sock)
-            except zmq.ZMQError:
+            except zmq.ZMQError as exc:
                 sock.close(linger=0)
+                if self._immediate:  # the caller has another way: say nothing was sent
+                    raise DirectUnreachable(f"cannot open a socket: {exc}") from None
                 raise
             self._open += 1
             self.stats["opened"] += 1
@@ -149,7 +167,7 @@ class DirectSockets:
 
     def _give_back(self, sock: zmq.Socket, healthy: bool) -> None:
         with self._lock:
-            if healthy and not self._closed and len(self._idle) < MAX_IDLE_SOCKETS:
+            if healthy and not self._closed and not self._retired and len(self._idle) < MAX_IDLE_SOCKETS:
                 self._idle.append(sock)
                 return
             if not healthy:
@@ -159,6 +177,6 @@ class DirectSockets:
             self._term_if_unused()
 
     def _term_if_unused(self) -> None:
-        if self._closed and self._open == 0 and self._ctx is not None:
+        if (self._closed or self._retired) and self._open == 0 and self._ctx is not None:
             self._ctx.term()
             self._ctx = None

@@ -11,7 +11,10 @@ next requests of that (dst, type) there, on the calling thread's own socket
   port is blocked, the broker stopped) a request goes to the node port at once.
 - An error from the channel itself (``CHANNEL_SRC``: an old name after the broker restarted,
   SYSTEM_BUSY, a type it does not take) means the broker never saw the request: it goes to
-  the node port. An old name is forgotten.
+  the node port. An old name is forgotten; a busy channel is not.
+- Whatever happens to the way, a caller already waiting on the channel keeps waiting for its
+  reply: the broker may hold its request (its sockets are retired, never closed under it).
+- The sockets send ZMTP heartbeats, so a connection that goes silent is dropped within 3 s.
 - A timeout on the channel is the caller's, as on the node port (the broker may have stored
   the message: the producer's retry policy decides). The channel is not used for 30 s, then
   at doubling intervals up to 10 min (transport/channel_way.py), unless the broker names
@@ -31,14 +34,19 @@ from collections.abc import Callable
 import zmq
 
 from .channel_way import ChannelWay, same_host
-from .direct import DirectBusy, DirectClosed, DirectSockets, DirectTimeout, DirectUnreachable
-from .envelope import Header
+from .direct import DirectBusy, DirectSockets, DirectTimeout, DirectUnreachable
+from .envelope import UNKNOWN_TARGET, EnvelopeError, Header, unpack_body
 from .peer_inbox import CHANNEL_SRC, inbox_route
 
 __all__ = ["FastPath", "FastUnavailable"]
 
 MAX_FAST_ROUTES = 16  # (dst, type) pairs a node's channel serves: one or two in practice
-assert 0 < MAX_FAST_ROUTES <= 1_024
+MAX_ERROR_BODY_BYTES = 4_096  # the channel's own errors are a code and a short reason
+# Sockets to the channel send ZMTP heartbeats: a connection that goes silent (a firewall
+# drops the port after it was up) is closed within the timeout, and sends take the node port.
+HEARTBEAT_IVL_MS = 1_000
+HEARTBEAT_TIMEOUT_MS = 3_000
+assert 0 < MAX_FAST_ROUTES <= 1_024 and 0 < HEARTBEAT_IVL_MS < HEARTBEAT_TIMEOUT_MS <= 60_000
 
 
 class FastUnavailable(Exception):
@@ -75,22 +83,15 @@ class FastPath:
         except (DirectUnreachable, DirectBusy) as exc:  # nothing sent
             self._count("unreachable")
             raise FastUnavailable(f"fast channel: {exc}") from None
-        except zmq.ZMQError as exc:  # the socket could not be opened (connect refused the address)
-            with self._lock:
-                if self._way.inbox == address:
-                    self._way.fail(self._now_ms())
-                    self._drop_sockets()
-            raise FastUnavailable(f"fast channel: {exc}") from None
         except DirectTimeout:
             with self._lock:
                 self.stats["timeouts"] += 1
                 if self._way.inbox == address:  # silent: the node port, until the retry
                     self._way.fail(self._now_ms())
-                    self._drop_sockets()
+                    self._retire_sockets()
             raise
         if header.kind == "error" and header.src == CHANNEL_SRC:
-            self._count("refused")
-            self.learn(dst, type_, header, refused=address)
+            self._refused(address, body)
             raise FastUnavailable("the fast channel did not take the request")
         with self._lock:
             self.stats["sent"] += 1
@@ -98,25 +99,21 @@ class FastPath:
         self.learn(dst, type_, header)
         return header, body
 
-    def learn(self, dst: str, type_: str, header: Header, refused: str | None = None) -> None:
+    def learn(self, dst: str, type_: str, header: Header) -> None:
         """A reply to a request of (dst, type_), from either way: use the socket it names,
-        or stop using one it no longer names. ``refused``: the channel at that address
-        answered that it does not serve this (an old name, a type it does not take)."""
-        if header.kind != "reply" and refused is None:
+        or stop using one it no longer names."""
+        if header.kind != "reply":
             return  # errors (NOT_MASTER, ...) name nothing either way
-        named = header.reply_to if refused is None else ""
+        named = header.reply_to
         with self._lock:
             if self._closed:
                 return
             if not named:
                 self._routes.discard((dst, type_))
-                if refused is not None and self._way.inbox == refused:
-                    self._way.forget()
-                    self._drop_sockets()
                 return
             if self._way.may_learn(named) and same_host(named, self._node_endpoint):
                 self._way.learn(named)
-                self._drop_sockets()
+                self._retire_sockets()
                 self._open_sockets()
                 self.stats["learned"] += 1
             if named == self._way.inbox and len(self._routes) < MAX_FAST_ROUTES:
@@ -128,10 +125,12 @@ class FastPath:
                     else None, **self.stats}
 
     def close(self) -> None:
-        """Idempotent. Callers waiting on the channel get DirectClosed."""
+        """Idempotent. Callers waiting on the channel get DirectClosed (the client closed)."""
         with self._lock:
             self._closed = True
-            self._drop_sockets()
+            sockets, self._sockets = self._sockets, None
+        if sockets is not None:
+            sockets.close()
 
     # ---- internals -----------------------------------------------------------------------
 
@@ -151,17 +150,38 @@ class FastPath:
         """Sockets to the way's channel, one connecting already: a request finding no
         connection up goes to the node port, so the first should not have to start one."""
         endpoint = inbox_route(self._way.inbox)[0]
-        self._sockets = DirectSockets(lambda sock: self._configure(sock, endpoint), self._max_frame_bytes,
-                                      immediate=True)
+
+        def configure(sock: zmq.Socket) -> None:
+            sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+            self._configure(sock, endpoint)
+
+        self._sockets = DirectSockets(configure, self._max_frame_bytes, immediate=True)
         try:
             self._sockets.prime()
-        except (zmq.ZMQError, DirectBusy, DirectClosed):
+        except (DirectUnreachable, DirectBusy):
             pass  # the first request meets it again, and takes the node port
 
-    def _drop_sockets(self) -> None:
+    def _refused(self, address: str, body: bytes) -> None:
+        """The channel answered for itself: the broker never saw the request. An unknown
+        name (the broker restarted, and its new channel has another) is forgotten; the node
+        port's reply names the new one. A busy channel stays in use."""
+        try:
+            code = unpack_body(body, MAX_ERROR_BODY_BYTES).get("code")
+        except (EnvelopeError, AttributeError):
+            code = None
+        with self._lock:
+            self.stats["refused"] += 1
+            if code == UNKNOWN_TARGET and self._way.inbox == address:
+                self._way.forget()
+                self._retire_sockets()
+
+    def _retire_sockets(self) -> None:
+        """Callers waiting on the old sockets still get their replies (or their timeouts):
+        the broker may hold their requests."""
         sockets, self._sockets = self._sockets, None
         if sockets is not None:
-            sockets.close()  # one in use closes when its caller is done
+            sockets.retire()
 
     def _count(self, key: str) -> None:
         with self._lock:

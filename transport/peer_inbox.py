@@ -37,6 +37,7 @@ Without a socket (never opened, or closed) it is a plain mailbox: a SimpleQueue.
 
 from __future__ import annotations
 
+import itertools
 import socket
 import queue
 import secrets
@@ -59,6 +60,7 @@ __all__ = ["CHANNEL_SRC", "FastReply", "PeerInbox", "InboxTell", "inbox_route"]
 MAX_INBOX_CONNECTIONS = 64  # the peers of one broker group or Raft group, with room to spare
 INBOX_RCVHWM = 256  # frames queued per peer connection inside libzmq
 READ_BATCH = 64  # frames moved off the socket at a time: what waits outside libzmq's bounds
+MAX_READ_BYTES = 16 * 1024 * 1024  # and at most about this many bytes (clients' sends are up to 4 MiB)
 SOCKET_EVERY_ITEMS = 8  # under a steady load the socket is read at least after this many mailbox items
 SERVICE_EVERY_READS = 8  # and ZAP requests and connection events are handled every this many reads
 HANDSHAKE_IVL_MS = 5_000
@@ -76,9 +78,14 @@ FAST_PENDING_TTL_MS = 600_000
 MAX_REASON_CHARS = 200
 CHANNEL_SRC = "rmqz-fast-channel"  # the sender of the fast channel's own errors (no node has this id)
 assert 0 < MAX_INBOX_CONNECTIONS <= 4_096 and 0 < INBOX_RCVHWM <= 100_000 and 0 < READ_BATCH <= INBOX_RCVHWM
-assert 0 < SOCKET_EVERY_ITEMS <= 1_000 and 0 < SERVICE_EVERY_READS <= 1_000
+assert 0 < SOCKET_EVERY_ITEMS <= 1_000 and 0 < SERVICE_EVERY_READS <= 1_000 and MAX_READ_BYTES >= 1024 * 1024
 assert 0 < ZMTP_HEARTBEAT_IVL_MS < ZMTP_HEARTBEAT_TIMEOUT_MS <= 60_000
 assert 0 < FAST_PENDING_PER_CONNECTION <= FAST_RCVHWM <= 64 and FAST_PENDING_TTL_MS >= 60_000
+
+
+# Numbers each opening of a socket in this process: a reply token of an earlier opening (an
+# actor restarted by its supervisor gets a new PeerInbox) never matches a later one.
+_OPENINGS = itertools.count(1)
 
 
 def inbox_route(address: str) -> tuple[str, str]:
@@ -118,6 +125,7 @@ class _Listener:
     sock: zmq.Socket
     monitor: zmq.Socket
     dst: str  # the name this opening answers to
+    actor: str  # the actor's name, for the security policy (its cluster-only targets)
     types: frozenset[str]
     endpoint: str
     stats: dict
@@ -138,7 +146,7 @@ class _Listener:
 
 
 def _stats() -> dict:
-    return {"received": 0, "malformed": 0, "refused": 0, "zap_denied": 0}
+    return {"received": 0, "malformed": 0, "refused": 0, "zap_denied": 0, "reply_dropped": 0}
 
 
 class PeerInbox:
@@ -156,7 +164,6 @@ class PeerInbox:
         self._listeners: list[_Listener] = []
         self._peer: _Listener | None = None
         self._fast: _Listener | None = None
-        self._openings = 0
         self._poller: zmq.Poller | None = None
         self._security = TransportSecurity()
         self._max_frame_bytes = 0
@@ -164,7 +171,7 @@ class PeerInbox:
         self.endpoint: str | None = None  # the address peers send to, once open (see inbox_route)
         self.fast_endpoint: str | None = None  # the address clients send requests to (open_fast)
         self.stats = _stats()
-        self.fast_stats = {**_stats(), "busy": 0, "replies": 0, "reply_dropped": 0}
+        self.fast_stats = {**_stats(), "busy": 0, "replies": 0}
 
     # ---- pykka's side (any thread) ------------------------------------------------------
 
@@ -323,9 +330,8 @@ class PeerInbox:
             raise
         name = f"{dst}-{secrets.token_hex(4)}"
         bound_port = sock.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1]
-        self._openings += 1
-        return _Listener(ctx, zap, sock, monitor, name, types, f"tcp://{advertise_host}:{bound_port}/{name}",
-                         self.fast_stats if requests else self.stats, requests, opening=self._openings)
+        return _Listener(ctx, zap, sock, monitor, name, dst, types, f"tcp://{advertise_host}:{bound_port}/{name}",
+                         self.fast_stats if requests else self.stats, requests, opening=next(_OPENINGS))
 
     def _next(self) -> Any:
         """A socket tell or a mailbox item, taking turns; None when the mailbox is empty (the
@@ -346,7 +352,10 @@ class PeerInbox:
             return item
         self._since_socket = 0
         self._reads += 1
-        for listener in self._listeners:
+        # Each turn another socket is read first: one that always has frames must not
+        # starve the other (the HA acks and the clients' sends of a busy master).
+        for i in range(len(self._listeners)):
+            listener = self._listeners[(self._reads + i) % len(self._listeners)]
             if self._reads % SERVICE_EVERY_READS == 0:
                 self._service(listener)  # a new peer's handshake waits for our ZAP answer
             if not self._tells:  # read tells wait here at most one batch (ZeroMQ bounds the rest)
@@ -389,34 +398,39 @@ class PeerInbox:
                 self._read_socket(listener, readable=True)
 
     def _read_socket(self, listener: _Listener, readable: bool = False) -> None:
-        """Move up to READ_BATCH frames off a socket (``readable``: the poll just said a frame
-        waits); refused ones are counted and skipped."""
+        """Move up to READ_BATCH frames (and about MAX_READ_BYTES) off a socket (``readable``:
+        the poll just said a frame waits); refused ones are counted and skipped."""
         curve = self._security.curve is not None
+        read_bytes = 0
         for _ in range(READ_BATCH):
-            if not readable and not _readable(listener.sock):
+            if read_bytes >= MAX_READ_BYTES or (not readable and not _readable(listener.sock)):
                 return
             readable = False
             try:
                 frames, user = recv_with_user(listener.sock, curve)
             except zmq.Again:
                 return
+            read_bytes += sum(len(f) for f in frames)
             listener.stats["received"] += 1
             if listener.requests:
                 inbound = self._accept_request(listener, frames[0], frames[1:], user)
             else:
-                inbound = self._accept(listener, frames[1:], user)
+                inbound = self._accept(listener, frames[0], frames[1:], user)
             if inbound is not None:
                 self._tells.append(InboxTell(inbound))
 
-    def _accept(self, listener: _Listener, frames: list[bytes], user: str) -> Inbound | None:
-        header = self._decode(listener, frames)
-        if header is None:
+    def _accept(self, listener: _Listener, identity: bytes, frames: list[bytes], user: str) -> Inbound | None:
+        decoded = self._decode(listener, frames)
+        if decoded is None:
             return None
-        if (header[0].kind != "tell" or header[0].dst != listener.dst or header[0].type not in listener.types
-                or not self._security.allows(user, header[0].dst, header[0].type)):
-            self._refused(listener, header[0], user)
+        header, body = decoded
+        if (header.kind != "tell" or header.dst != listener.dst or header.type not in listener.types
+                or not self._security.allows(user, header.dst, header.type)):
+            self._refused(listener, header, user)
+            if header.kind == "request":  # a client's, to a port reused since: it goes elsewhere at once
+                self._answer_error(listener, identity, header, UNKNOWN_TARGET, "not served on this socket")
             return None
-        return Inbound(header[0], header[1], None, None, user=user)
+        return Inbound(header, body, None, None, user=user)
 
     def _accept_request(self, listener: _Listener, identity: bytes, frames: list[bytes],
                         user: str) -> Inbound | None:
@@ -434,7 +448,7 @@ class PeerInbox:
             self._answer_error(listener, identity, header, UNKNOWN_TARGET,
                                f"{header.dst}/{header.type} is not served on this channel")
             return None
-        if not self._security.allows(user, header.dst, header.type):
+        if not self._security.allows(user, listener.actor, header.type):
             self._refused(listener, header, user)
             self._answer_error(listener, identity, header, NO_PERMISSION,
                                f"{header.dst} {header.type} is for cluster nodes only")

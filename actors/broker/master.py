@@ -233,7 +233,11 @@ class BrokerMaster(TailFill, HAStreams, HAChannel, FastChannel, BrokerBase):
 
     def _await_flush(self, offset: int, reply: ReplyTo, body: dict) -> None:
         if len(self.flush_waiters) >= MAX_FLUSH_WAITERS:
-            raise Refusal(proto.SYSTEM_BUSY, "too many sends waiting for the disk")
+            # The message is written already: it must be answered, and not as refused (a
+            # producer would send it again). RocketMQ's answer for an fsync it cannot wait for.
+            self.stats["flush_timeouts"] += 1
+            self._reply(reply, {**body, "status": proto.FLUSH_DISK_TIMEOUT})
+            return
         deadline = self.clock_ms() + self.config.sync_flush_timeout_ms
         self.flush_waiters.append((offset, deadline, reply, body))
         self._request_flush()

@@ -212,6 +212,24 @@ def test_sync_flush_timeout_answers_flush_disk_timeout(broker):
     assert agent.wait_reply(cid)[1]["status"] == proto.FLUSH_DISK_TIMEOUT
 
 
+def test_a_send_past_the_flush_waiter_bound_is_answered_flush_disk_timeout_and_the_broker_lives(broker, monkeypatch):
+    """The message is written before it waits for the disk: it must be answered, and not as
+    refused (a producer would send it again); the broker keeps serving (found in review:
+    the refusal escaped the burst's end and killed the actor)."""
+    from rmqz.actors.broker import master
+
+    monkeypatch.setattr(master, "MAX_FLUSH_WAITERS", 2)
+    ref, agent, flush, *_ = broker(flush_disk_type="SYNC_FLUSH")
+    cids = [send(ref, bodies=(f"m{i}".encode(),)) for i in range(3)]
+    assert flush.event.wait(WAIT_S)
+    statuses = [agent.wait_reply(c)[1]["status"] for c in cids[2:]]
+    assert statuses == [proto.FLUSH_DISK_TIMEOUT] and ref.is_alive()
+    ref.tell(Flushed(flush.messages[-1].offset))
+    assert [agent.wait_reply(c)[1]["status"] for c in cids[:2]] == [proto.SEND_OK] * 2
+    _, pulled = agent.wait_reply(pull(ref))
+    assert [m["body"] for m in pulled["messages"]] == [b"m0", b"m1", b"m2"]  # all three stored once
+
+
 def test_fsync_failure_stops_the_broker_and_reports_to_its_supervisor(broker):
     ref, agent, flush, watch, *_ = broker(flush_disk_type="SYNC_FLUSH")
     cid = send(ref)

@@ -107,3 +107,27 @@ def test_after_a_leader_kill_sends_find_the_new_leaders_fast_channel(rmqz_up):
             served = admin.broker_status(successor["address"])["fast_channel"]["replies"]
         assert served > 100, f"the new leader's channel answered {served} sends"
     check(cluster.namesrv, load)
+
+
+def test_a_fast_port_blocked_while_in_use_costs_one_timeout_and_no_send(rmqz_up, tmp_path, drop_port):
+    """The firewall starts dropping the fast port while a producer uses it. The send in
+    flight there times out (it never reached the broker: the packets were dropped) and the
+    producer's retry takes the node port; the channel is left alone until its retry, and
+    every send is acknowledged and stored once."""
+    from .conftest import find_free_port
+
+    port = find_free_port()
+    cluster = rmqz_up(single_with(tmp_path, f"fastListenPort = {port}"))
+    acked: list[str] = []
+    with Producer(cluster.namesrv, send_timeout_ms=6_000, retry_times=2) as producer:
+        for i in range(SENDS):
+            if i == 50:
+                assert next(iter(producer.fast_status().values()))["sent"] > 0  # the channel was in use
+                drop_port(port)
+            value = f"b-{i:05d}"
+            assert producer.send(TOPIC, value.encode()).status == "SEND_OK"
+            acked.append(value)
+        (way,) = producer.fast_status().values()
+    assert way["timeouts"] == 1 and way["via"] is None  # one timeout, then the node port
+    seen = drain(cluster.namesrv, set(acked), topic=TOPIC, timeout_s=60.0)
+    assert set(acked) <= set(seen) and all(seen[v] == 1 for v in acked)

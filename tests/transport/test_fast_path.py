@@ -33,6 +33,7 @@ class FastBroker:
         self.silent = False  # hold requests unanswered (a paused broker)
         self.held: list[Inbound] = []
         self.names: str | None = None  # what replies name instead of the channel
+        self.hold: set[bytes] = set()  # bodies held unanswered until release()
         self.cond = threading.Condition()
         self.opened = threading.Event()
         self._port = port
@@ -57,7 +58,7 @@ class FastBroker:
             with self.cond:
                 self.ways.append((way, inbound.body))
                 self.cond.notify_all()
-                if self.silent:
+                if self.silent or inbound.body in self.hold:
                     self.held.append(inbound)
                     continue
             self._answer(inbound)
@@ -72,6 +73,14 @@ class FastBroker:
             self.inbox.reply(inbound.reply_token, reply, inbound.body)
         else:
             self.agent.reply(inbound.reply_token, reply, inbound.body)
+
+    def release(self) -> None:
+        """Answer what was held (on the owner thread, as an actor would)."""
+        with self.cond:
+            self.hold.clear()
+            held, self.held = self.held, []
+        for inbound in held:
+            self.inbox.put(inbound)
 
     def wait_ways(self, count: int) -> list[tuple[str, bytes]]:
         with self.cond:
@@ -233,3 +242,25 @@ def test_a_silent_channel_costs_one_timeout_then_the_node_port_until_the_retry(m
     clock[0] += 1  # the retry is due: the channel again
     learn(client, broker)
     assert client.fast_status()["timeouts"] == 1
+
+
+def test_a_send_waiting_on_the_channel_gets_its_reply_whatever_another_send_changes(make_agent, make_client,
+                                                                                  brokers):
+    """The broker holds a send (a SYNC_MASTER waiting for its slave, say) while another
+    caller's reply names a new channel: the waiting send is the broker's, so its caller must
+    get its answer, never a reset that a producer would resend elsewhere (found in review)."""
+    broker = brokers(make_agent("b0"))
+    client = make_client(broker.agent.endpoint, fast_channel=True)
+    learn(client, broker)
+    broker.hold.add(b"slow")
+    outcome: list = []
+    waiter = threading.Thread(target=lambda: outcome.append(send(client, b"slow", timeout_ms=10_000)))
+    waiter.start()
+    assert broker.wait_ways(1) == [("fast", b"slow")]
+    broker.names = broker.inbox.fast_endpoint.rsplit("/", 1)[0] + "/broker-0000beef"  # a new name
+    assert send(client, b"renames") == b"renames"
+    assert client.fast_status()["via"].endswith("/broker-0000beef")  # the way moved on
+    time.sleep(0.3)  # past the old sockets' close check (100 ms)
+    broker.release()
+    waiter.join(WAIT_S)
+    assert outcome == [b"slow"]

@@ -401,3 +401,47 @@ def test_a_reply_to_a_closed_channel_is_dropped_and_counted():
     inbox.close()
     inbox.reply(FastReply(b"someone", 1), Header(kind="reply", src="n", dst="", type="SendMessage"), b"")
     assert inbox.fast_stats["reply_dropped"] == 1 and inbox.fast_endpoint is None
+
+
+def test_a_clients_send_is_read_soon_while_the_peers_socket_and_the_mailbox_never_run_dry(ctx):
+    """A busy master: its mailbox always holds items and its slaves' acks always wait on the
+    HA socket. A send on the fast channel is still handed out within a few socket turns,
+    not after the whole HA backlog (found in review)."""
+    from rmqz.transport.envelope import Header as H
+    from rmqz.transport.peer_inbox import FastReply
+
+    inbox = PeerInbox()
+    security = cv.TransportSecurity()
+    inbox.open("127.0.0.1", "127.0.0.1", 0, "broker", TYPES, security, 1 << 20)
+    fast = inbox.open_fast("127.0.0.1", "127.0.0.1", 0, "broker", frozenset({"SendMessage"}), security, 1 << 20,
+                           64, 1_000_000)
+    def request(cid: int) -> list[bytes]:
+        return encode(H(kind="request", src="c", dst=inbox_route(fast)[1], type="SendMessage", cid=cid), b"send")
+
+    try:
+        peers = [dealer(ctx, inbox.endpoint) for _ in range(4)]
+        client = dealer(ctx, fast)
+        for peer in peers:  # every connection made first (the owner answers their handshakes)
+            peer.send_multipart(tell(inbox.endpoint, body=b"hello"))
+        client.send_multipart(request(0))
+        first = [inbox.get() for _ in range(5)]
+        token = next(i.message.reply_token for i in first if isinstance(i.message.reply_token, FastReply))
+        inbox.reply(token, H(kind="reply", src="b", dst="", type="SendMessage", cid=0), b"")
+        for peer in peers:
+            for _ in range(200):
+                peer.send_multipart(tell(inbox.endpoint, body=b"ack"))
+        time.sleep(0.5)  # the acks wait in the HA socket
+        client.send_multipart(request(1))
+        time.sleep(0.3)  # and the send in the fast one
+        for _ in range(2_000):
+            inbox.put("mailbox item")
+        items = 0
+        while True:
+            item = inbox.get()
+            items += 1
+            if isinstance(item, InboxTell) and isinstance(item.message.reply_token, FastReply):
+                break
+            assert items < 2_000, "the fast channel was never read"
+        assert items < 600, f"the send waited behind {items} items (800 acks wait on the HA socket)"
+    finally:
+        inbox.close()
