@@ -149,16 +149,19 @@ class DirectSockets:
                 return self._idle.pop()
             if self._open >= MAX_OPEN_SOCKETS:
                 raise DirectBusy(f"{MAX_OPEN_SOCKETS} blocking requests already in flight")
-            if self._ctx is None:
-                self._ctx = zmq.Context()
-            sock = self._ctx.socket(zmq.DEALER)
+            sock = None
             try:
+                if self._ctx is None:
+                    self._ctx = zmq.Context()
+                sock = self._ctx.socket(zmq.DEALER)
                 if self._immediate:
                     sock.setsockopt(zmq.IMMEDIATE, 1)
                 self._configure(sock)
-            except zmq.ZMQError as exc:
-                sock.close(linger=0)
-                if self._immediate:  # the caller has another way: say nothing was sent
+            except BaseException as exc:  # out of descriptors, a bad address, a bug in configure
+                if sock is not None:
+                    sock.close(linger=0)  # an uncounted open socket would block term() forever
+                self._term_if_unused()
+                if self._immediate and isinstance(exc, zmq.ZMQError):  # the caller has another way
                     raise DirectUnreachable(f"cannot open a socket: {exc}") from None
                 raise
             self._open += 1

@@ -42,11 +42,12 @@ __all__ = ["FastPath", "FastUnavailable"]
 
 MAX_FAST_ROUTES = 16  # (dst, type) pairs a node's channel serves: one or two in practice
 MAX_ERROR_BODY_BYTES = 4_096  # the channel's own errors are a code and a short reason
+MIN_JUDGED_TIMEOUT_MS = 200  # a timeout shorter than this does not turn the channel off
 # Sockets to the channel send ZMTP heartbeats: a connection that goes silent (a firewall
 # drops the port after it was up) is closed within the timeout, and sends take the node port.
 HEARTBEAT_IVL_MS = 1_000
 HEARTBEAT_TIMEOUT_MS = 3_000
-assert 0 < MAX_FAST_ROUTES <= 1_024 and 0 < HEARTBEAT_IVL_MS < HEARTBEAT_TIMEOUT_MS <= 60_000
+assert 0 < MAX_FAST_ROUTES <= 1_024 and 0 < MIN_JUDGED_TIMEOUT_MS <= 10_000 and 0 < HEARTBEAT_IVL_MS < HEARTBEAT_TIMEOUT_MS <= 60_000
 
 
 class FastUnavailable(Exception):
@@ -86,7 +87,9 @@ class FastPath:
         except DirectTimeout:
             with self._lock:
                 self.stats["timeouts"] += 1
-                if self._way.inbox == address:  # silent: the node port, until the retry
+                # Silent: the node port, until the retry. A budget too short to judge by (a
+                # producer's last attempt may have a few ms) says nothing of the channel.
+                if self._way.inbox == address and timeout_ms >= MIN_JUDGED_TIMEOUT_MS:
                     self._way.fail(self._now_ms())
                     self._retire_sockets()
             raise
@@ -125,12 +128,12 @@ class FastPath:
                     else None, **self.stats}
 
     def close(self) -> None:
-        """Idempotent. Callers waiting on the channel get DirectClosed (the client closed)."""
+        """Idempotent. No new requests; callers waiting on the channel still get their
+        replies or their timeouts (bounded), never a reset: the broker may hold their
+        requests (a pool closes a client whose node connection went silent)."""
         with self._lock:
             self._closed = True
-            sockets, self._sockets = self._sockets, None
-        if sockets is not None:
-            sockets.close()
+            self._retire_sockets()
 
     # ---- internals -----------------------------------------------------------------------
 
@@ -159,8 +162,8 @@ class FastPath:
         self._sockets = DirectSockets(configure, self._max_frame_bytes, immediate=True)
         try:
             self._sockets.prime()
-        except (DirectUnreachable, DirectBusy):
-            pass  # the first request meets it again, and takes the node port
+        except (DirectUnreachable, DirectBusy, zmq.ZMQError):
+            pass  # never raised to the caller, whose request is done: the next meets it again
 
     def _refused(self, address: str, body: bytes) -> None:
         """The channel answered for itself: the broker never saw the request. An unknown

@@ -161,6 +161,7 @@ class PeerInbox:
         self._socket_turn = False
         self._since_socket = 0  # mailbox items handed out since the sockets were last read
         self._reads = 0
+        self._first = 0  # the listener read first at the next reading turn
         self._listeners: list[_Listener] = []
         self._peer: _Listener | None = None
         self._fast: _Listener | None = None
@@ -352,14 +353,18 @@ class PeerInbox:
             return item
         self._since_socket = 0
         self._reads += 1
-        # Each turn another socket is read first: one that always has frames must not
-        # starve the other (the HA acks and the clients' sends of a busy master).
-        for i in range(len(self._listeners)):
-            listener = self._listeners[(self._reads + i) % len(self._listeners)]
+        reading = not self._tells  # read tells wait here at most one batch (ZeroMQ bounds the rest)
+        count = len(self._listeners)
+        for i in range(count):
+            listener = self._listeners[(self._first + i) % count]
             if self._reads % SERVICE_EVERY_READS == 0:
                 self._service(listener)  # a new peer's handshake waits for our ZAP answer
-            if not self._tells:  # read tells wait here at most one batch (ZeroMQ bounds the rest)
+            if not self._tells:
                 self._read_socket(listener)
+        if reading:
+            # Each reading turn another socket goes first: one that always has frames must
+            # not starve the other (the HA acks and the clients' sends of a busy master).
+            self._first = (self._first + 1) % count
         if self._tells:
             self._socket_turn = False
             return self._tells.popleft()

@@ -236,7 +236,7 @@ class BrokerMaster(TailFill, HAStreams, HAChannel, FastChannel, BrokerBase):
             # The message is written already: it must be answered, and not as refused (a
             # producer would send it again). RocketMQ's answer for an fsync it cannot wait for.
             self.stats["flush_timeouts"] += 1
-            self._reply(reply, {**body, "status": proto.FLUSH_DISK_TIMEOUT})
+            self._await_slaves(offset, reply, {**body, "status": proto.FLUSH_DISK_TIMEOUT})
             return
         deadline = self.clock_ms() + self.config.sync_flush_timeout_ms
         self.flush_waiters.append((offset, deadline, reply, body))
@@ -274,9 +274,11 @@ class BrokerMaster(TailFill, HAStreams, HAChannel, FastChannel, BrokerBase):
 
     def _expire_flush_waiters(self, now_ms: int) -> None:
         while self.flush_waiters and self.flush_waiters[0][1] <= now_ms:
-            _, _, reply, body = self.flush_waiters.popleft()
+            offset, _, reply, body = self.flush_waiters.popleft()
             self.stats["flush_timeouts"] += 1
-            self._reply(reply, {**body, "status": proto.FLUSH_DISK_TIMEOUT})
+            # As RocketMQ: a SYNC_MASTER still waits for its slave, whose verdict (a slave
+            # timeout, no slave) replaces this one.
+            self._await_slaves(offset, reply, {**body, "status": proto.FLUSH_DISK_TIMEOUT})
 
     # ---- stage 2: the slaves (SYNC_MASTER) -----------------------------------------------
 

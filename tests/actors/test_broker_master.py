@@ -373,6 +373,25 @@ def test_sync_master_answers_a_send_when_the_slaves_report_reaches_its_broker_ac
     assert [m.report.offset for m in forwarded][0] == 0
 
 
+def test_a_sync_master_whose_fsync_timed_out_still_waits_for_its_slave(broker):
+    """As RocketMQ: FLUSH_DISK_TIMEOUT from a SYNC_MASTER still means the slave holds the
+    message; when no slave does, the answer says that instead (found in review)."""
+    ha = RecordingRef()
+    ref, agent, flush, _, clock, store = broker(ha_ref=ha, broker_role="SYNC_MASTER", broker_name="broker-a",
+                                                flush_disk_type="SYNC_FLUSH", sync_flush_timeout_ms=500)
+    ref.tell(slave_report(0))
+    ref.tell(HAWriters(((1, "127.0.0.1:10912", WriteHalf("urn:w")),)))
+    ref.tell(InStep(1, "urn:w", 0))
+    cid = send(ref, bodies=(b"slow disk",))
+    assert flush.event.wait(WAIT_S)
+    clock.now_ms += 600
+    ref.tell(Tick(clock.now_ms))  # the fsync timed out ...
+    ref.ask(Ping())
+    assert not agent.has_reply(cid)  # ... and the send waits for the slave
+    ref.tell(slave_report(store.commit_log.committed_offset))
+    assert agent.wait_reply(cid)[1]["status"] == proto.FLUSH_DISK_TIMEOUT
+
+
 def test_sync_master_counts_no_ack_from_a_slave_its_write_half_has_not_found_in_step(broker):
     """A slave's offset means something only once its log agrees with ours: one that joins
     with a log from elsewhere would otherwise release sends it does not hold."""

@@ -264,3 +264,46 @@ def test_a_send_waiting_on_the_channel_gets_its_reply_whatever_another_send_chan
     broker.release()
     waiter.join(WAIT_S)
     assert outcome == [b"slow"]
+
+
+def test_a_channel_socket_that_cannot_be_opened_sends_by_the_node_port(make_agent, make_client, brokers,
+                                                                       monkeypatch):
+    """Out of file descriptors, say: nothing was sent on the channel, so the node port takes
+    the send, and the caller whose reply named the channel is never failed (found in review)."""
+    import errno
+
+    import zmq
+
+    from rmqz.transport import direct
+
+    broker = brokers(make_agent("b0"))
+    client = make_client(broker.agent.endpoint, fast_channel=True)
+    learn(client, broker)
+
+    def out_of_descriptors(*_args):
+        raise zmq.ZMQError(errno.EMFILE)
+
+    monkeypatch.setattr(direct.zmq, "Context", out_of_descriptors)  # the node port's sockets exist already
+    broker.names = broker.inbox.fast_endpoint.rsplit("/", 1)[0] + "/broker-0000beef"  # a new name: new sockets
+    assert send(client, b"names it") == b"names it"  # its reply's new name cannot be connected: no matter
+    assert send(client, b"by node") == b"by node"
+    assert broker.wait_ways(2) == [("fast", b"names it"), ("node", b"by node")]
+    assert client.fast_status()["unreachable"] >= 1
+
+
+def test_closing_the_client_lets_a_send_waiting_on_the_channel_have_its_reply(make_agent, make_client, brokers):
+    """A pool closes a client whose node connection went silent; a send the broker holds on
+    the channel is the broker's, so it is not failed as a reset (found in review)."""
+    broker = brokers(make_agent("b0"))
+    client = make_client(broker.agent.endpoint, fast_channel=True)
+    learn(client, broker)
+    broker.hold.add(b"slow")
+    outcome: list = []
+    waiter = threading.Thread(target=lambda: outcome.append(send(client, b"slow", timeout_ms=10_000)))
+    waiter.start()
+    assert broker.wait_ways(1) == [("fast", b"slow")]
+    client._fast.close()  # as RpcClient.close does
+    time.sleep(0.3)
+    broker.release()
+    waiter.join(WAIT_S)
+    assert outcome == [b"slow"]
