@@ -50,7 +50,14 @@ def cmd_cluster(args: argparse.Namespace) -> None:
         out({"rows": [], "error": str(exc)})
         return
     keep = ("broker_name", "broker_id", "address", "role", "state", "slaves", "commit_log")
-    out({"rows": [{k: r.get(k) for k in keep} for r in rows]})
+    kept = [{k: r.get(k) for k in keep} for r in rows]
+    with Admin(args.namesrv) as admin:
+        for row in kept:  # sends its fast channel answered (None: unreachable, or no channel)
+            try:
+                row["fast_replies"] = (admin.broker_status(row["address"]).get("fast_channel") or {}).get("replies")
+            except MQClientError:
+                row["fast_replies"] = None
+    out({"rows": kept})
 
 
 def _send_one(producer: Producer, topic: str, value: str) -> bool:

@@ -42,6 +42,9 @@ def test_killed_leader_container_is_replaced_within_seconds_and_no_acknowledged_
     new = c.leader(not_at=old.address)
     print(f"new leader {new.name} seen {time.monotonic() - killed_at:.1f} s after docker kill of {old.name}")
     load.wait_acked_more_than(load.acked() + RESUMED_ACKS, why="after the leader's container was killed")
+    # The client container's sends found the new leader's fast channel (fastListenPort).
+    rows = [r for r in c.client.rows() if r["address"].rsplit(":", 1)[0] == new.address]
+    assert max((r.get("fast_replies") or 0) for r in rows) > 0, f"{new.name}'s fast channel answered no send: {rows}"
     old.start()  # the same container and volume: it recovers from disk and rejoins as a follower
     c.wait_dledger_healthy()
     load.wait_acked_more_than(load.acked() + RESUMED_ACKS, why="after the old leader rejoined")
