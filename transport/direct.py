@@ -88,18 +88,19 @@ class DirectSockets:
         but let those in progress finish and read their replies: their callers must learn
         what became of a request the server may hold. Idle sockets close now, the others
         when their callers are done."""
-        with self._lock:
-            self._retired = True
-            idle, self._idle = self._idle, []
-            self._open -= len(idle)
-            for sock in idle:
-                sock.close(linger=0)
-            self._term_if_unused()
+        self._stop(close=False)
 
     def close(self) -> None:
-        """Idempotent. Idle sockets close now; one in use closes when its caller is done."""
+        """Idempotent. Idle sockets close now; one in use closes when its caller is done
+        (who gets DirectClosed within CLOSE_CHECK_MS)."""
+        self._stop(close=True)
+
+    def _stop(self, close: bool) -> None:
         with self._lock:
-            self._closed = True
+            if close:
+                self._closed = True
+            else:
+                self._retired = True
             idle, self._idle = self._idle, []
             self._open -= len(idle)
             for sock in idle:

@@ -311,7 +311,8 @@ class PeerInbox:
         ctx = zmq.Context()  # its own: one ZAP handler per context, and each socket has its policy
         zap = sock = monitor = None
         try:
-            # The peers' socket: a client key is refused in the handshake and holds no slot.
+            # The peers' socket refuses client keys in the handshake (they hold no slot there);
+            # the fast channel admits them, and the actor's ACL judges their requests.
             zap = ZapHandler(ctx, curve, max_connections, cluster_only=not requests)
             sock = ctx.socket(zmq.ROUTER)
             monitor = guard_bound_socket(sock, curve, HANDSHAKE_IVL_MS)

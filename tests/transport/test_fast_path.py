@@ -110,6 +110,18 @@ def send(client, body: bytes, timeout_ms: int = 3_000) -> bytes:
     return client.request_here("broker", "SendMessage", body, timeout_ms)[1]
 
 
+def send_held_on_the_channel(client, broker) -> tuple[threading.Thread, list]:
+    """A send ("slow") that the broker read on its channel and holds unanswered; the list
+    gets what the sender's call returned once it is answered (broker.release())."""
+    learn(client, broker)
+    broker.hold.add(b"slow")
+    outcome: list = []
+    waiter = threading.Thread(target=lambda: outcome.append(send(client, b"slow", timeout_ms=10_000)))
+    waiter.start()
+    assert broker.wait_ways(1) == [("fast", b"slow")]
+    return waiter, outcome
+
+
 def learn(client, broker) -> None:
     """Send until a send took the channel: the first reply names it, and a send finding its
     connection not up yet (a handshake takes a moment) takes the node port."""
@@ -251,12 +263,7 @@ def test_a_send_waiting_on_the_channel_gets_its_reply_whatever_another_send_chan
     get its answer, never a reset that a producer would resend elsewhere (found in review)."""
     broker = brokers(make_agent("b0"))
     client = make_client(broker.agent.endpoint, fast_channel=True)
-    learn(client, broker)
-    broker.hold.add(b"slow")
-    outcome: list = []
-    waiter = threading.Thread(target=lambda: outcome.append(send(client, b"slow", timeout_ms=10_000)))
-    waiter.start()
-    assert broker.wait_ways(1) == [("fast", b"slow")]
+    waiter, outcome = send_held_on_the_channel(client, broker)
     broker.names = broker.inbox.fast_endpoint.rsplit("/", 1)[0] + "/broker-0000beef"  # a new name
     assert send(client, b"renames") == b"renames"
     assert client.fast_status()["via"].endswith("/broker-0000beef")  # the way moved on
@@ -296,12 +303,7 @@ def test_closing_the_client_lets_a_send_waiting_on_the_channel_have_its_reply(ma
     the channel is the broker's, so it is not failed as a reset (found in review)."""
     broker = brokers(make_agent("b0"))
     client = make_client(broker.agent.endpoint, fast_channel=True)
-    learn(client, broker)
-    broker.hold.add(b"slow")
-    outcome: list = []
-    waiter = threading.Thread(target=lambda: outcome.append(send(client, b"slow", timeout_ms=10_000)))
-    waiter.start()
-    assert broker.wait_ways(1) == [("fast", b"slow")]
+    waiter, outcome = send_held_on_the_channel(client, broker)
     client._fast.close()  # as RpcClient.close does
     time.sleep(0.3)
     broker.release()
