@@ -33,6 +33,7 @@ from .agent import CONNECT_TIMEOUT_MS, DEFAULT_HWM, DEFAULT_MAX_FRAME_BYTES, REC
 from .curve import ClientCurve, client_curve_from_env
 from .direct import DirectBusy, DirectClosed, DirectSockets, DirectTimeout
 from .fast_path import FastPath, FastUnavailable
+from .peer_inbox import FAST_PENDING_TTL_MS
 from .envelope import MAX_NAME_CHARS, EnvelopeError, Header, decode, encode, unpack_body
 from .handoff import Handoff
 from .ratelimit import LogLimiter
@@ -58,6 +59,7 @@ MAX_CLIENT_ID_CHARS = 200  # the id goes into the 255-byte ZMQ identity
 
 assert 0 < DEFAULT_TIMEOUT_MS <= MAX_TIMEOUT_MS <= 3_600_000
 assert 0 <= DEFAULT_RETRIES <= MAX_RETRIES <= 100
+assert MAX_TIMEOUT_MS <= FAST_PENDING_TTL_MS  # a fast channel never forgets a request a caller still waits for
 assert 0 < MAX_IN_FLIGHT <= DEFAULT_HWM  # replies to one client never hit the server HWM
 assert 0 < CONTROL_SLACK <= 10_000
 assert 0 < RECV_BATCH <= 100_000

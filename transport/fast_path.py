@@ -11,7 +11,8 @@ next requests of that (dst, type) there, on the calling thread's own socket
   port is blocked, the broker stopped) a request goes to the node port at once.
 - An error from the channel itself (``CHANNEL_SRC``: an old name after the broker restarted,
   SYSTEM_BUSY, a type it does not take) means the broker never saw the request: it goes to
-  the node port. An old name is forgotten; a busy channel is not.
+  the node port. A name the channel does not know is not used again until the retry; a busy
+  channel stays in use.
 - Whatever happens to the way, a caller already waiting on the channel keeps waiting for its
   reply: the broker may hold its request (its sockets are retired, never closed under it).
 - The sockets send ZMTP heartbeats, so a connection that goes silent is dropped within 3 s.
@@ -36,7 +37,7 @@ import zmq
 from .channel_way import ChannelWay, same_host
 from .direct import DirectBusy, DirectSockets, DirectTimeout, DirectUnreachable
 from .envelope import UNKNOWN_TARGET, EnvelopeError, Header, unpack_body
-from .peer_inbox import CHANNEL_SRC, inbox_route
+from .peer_inbox import CHANNEL_SRC, MAX_REASON_CHARS, inbox_route
 
 __all__ = ["FastPath", "FastUnavailable"]
 
@@ -48,6 +49,7 @@ MIN_JUDGED_TIMEOUT_MS = 200  # a timeout shorter than this does not turn the cha
 HEARTBEAT_IVL_MS = 1_000
 HEARTBEAT_TIMEOUT_MS = 3_000
 assert 0 < MAX_FAST_ROUTES <= 1_024 and 0 < MIN_JUDGED_TIMEOUT_MS <= 10_000
+assert 4 * MAX_REASON_CHARS + 256 <= MAX_ERROR_BODY_BYTES  # the channel's error bodies always decode here
 assert 0 < HEARTBEAT_IVL_MS < HEARTBEAT_TIMEOUT_MS <= 60_000
 
 
@@ -177,7 +179,10 @@ class FastPath:
         with self._lock:
             self.stats["refused"] += 1
             if code == UNKNOWN_TARGET and self._way.inbox == address:
-                self._way.forget()
+                # Failed, not just forgotten: the node port's next reply may name it again (a
+                # broker advertising a port that is another's, behind a NAT), and it must not
+                # be learned again until the retry. A restarted broker names a new one.
+                self._way.fail(self._now_ms())
                 self._retire_sockets()
 
     def _retire_sockets(self) -> None:

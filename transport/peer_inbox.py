@@ -74,7 +74,7 @@ FAST_RCVHWM = 4
 FAST_PENDING_PER_CONNECTION = 1
 # A request the actor never answered (it must answer every one; a bug or a stop) frees its
 # connection's slot after this long: no send waits longer (the SDK's bound is 600 s).
-FAST_PENDING_TTL_MS = 600_000
+FAST_PENDING_TTL_MS = 600_000  # transport/client.py asserts its MAX_TIMEOUT_MS is no longer
 MAX_REASON_CHARS = 200
 CHANNEL_SRC = "rmqz-fast-channel"  # the sender of the fast channel's own errors (no node has this id)
 assert 0 < MAX_INBOX_CONNECTIONS <= 4_096 and 0 < INBOX_RCVHWM <= 100_000 and 0 < READ_BATCH <= INBOX_RCVHWM
@@ -264,7 +264,14 @@ class PeerInbox:
         self.fast_stats["replies"] += 1
 
     def close(self) -> None:
-        """Idempotent; the owner's thread (or after it stopped). Frames not yet read are dropped."""
+        """Idempotent; the owner's thread (or after it stopped). Frames not yet read are
+        dropped; clients' requests read but not handed on are told so (they go elsewhere)."""
+        fast = self._fast
+        if fast is not None:
+            for tell in self._tells:
+                token = tell.message.reply_token
+                if isinstance(token, FastReply):
+                    self._answer_error(fast, token.identity, tell.message.header, UNKNOWN_TARGET, "the broker stopped")
         listeners, self._listeners = self._listeners, []
         self._peer = self._fast = None
         self.endpoint = self.fast_endpoint = None
@@ -485,6 +492,13 @@ class PeerInbox:
         slot[0] += 1
         slot[1] = now_ms
         return None
+
+    def fast_status(self) -> dict:
+        """The fast channel's counters, live connections and unanswered requests."""
+        fast = self._fast
+        live = {"connections": len(fast.zap.live), "unanswered": sum(c for c, _ in fast.pending.values())} \
+            if fast is not None else {"connections": 0, "unanswered": 0}
+        return {**self.fast_stats, **live}
 
     def _answered(self, listener: _Listener, identity: bytes) -> None:
         slot = listener.pending.get(identity)

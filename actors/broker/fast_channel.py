@@ -75,4 +75,5 @@ class FastChannel:
 
     def fast_channel_status(self) -> dict:
         """Where clients reach the channel, and what it read, refused and answered busy."""
-        return {"endpoint": self.fast_inbox, **self.actor_inbox.fast_stats}
+        return {"enabled": self.config.fast_channel_enable, "endpoint": self.fast_inbox,
+                **self.actor_inbox.fast_status()}

@@ -58,7 +58,8 @@ def test_a_producers_sends_take_the_brokers_fast_channel(rmqz_up):
     acked, fast = send_all(cluster.namesrv)
     (way,) = fast.values()
     status = broker_fast(cluster.namesrv)
-    assert way["via"] == status["endpoint"] and way["sent"] >= SENDS - 10  # a few while it connected
+    assert way["via"] == status["endpoint"] and way["sent"] > SENDS // 2
+    assert way["sent"] + way["unreachable"] >= SENDS - 1  # the rest went by the node port while it connected
     assert status["replies"] == way["sent"] and status["refused"] == status["busy"] == 0
     assert_all_stored(cluster.namesrv, acked)
 

@@ -13,7 +13,7 @@ import zmq
 
 from rmqz.transport import curve as cv
 from rmqz.transport.envelope import Header, Inbound, encode
-from rmqz.transport.peer_inbox import SOCKET_EVERY_ITEMS, InboxTell, PeerInbox, inbox_route
+from rmqz.transport.peer_inbox import READ_BATCH, SOCKET_EVERY_ITEMS, InboxTell, PeerInbox, inbox_route
 
 WAIT_S = 5.0
 TYPES = frozenset({"HAReport"})
@@ -391,6 +391,23 @@ def test_with_curve_the_fast_channel_takes_allowed_client_keys_and_only_client_r
         owner.stop()
 
 
+def test_a_reply_to_an_earlier_opening_of_the_channel_is_dropped_and_counted():
+    """An actor restarted by its supervisor opens a new channel; a reply token of the old one
+    (an Apply that was in flight, say) must not answer whoever holds that identity now."""
+    from rmqz.transport.envelope import Header
+    from rmqz.transport.peer_inbox import FastReply
+
+    inbox = PeerInbox()
+    inbox.open_fast("127.0.0.1", "127.0.0.1", 0, "broker", frozenset({"SendMessage"}), cv.TransportSecurity(),
+                    1 << 20, 64, 1_000)
+    try:
+        inbox.reply(FastReply(b"someone", inbox._fast.opening - 1), Header(kind="reply", src="n", dst="",
+                                                                           type="SendMessage"), b"")
+        assert inbox.fast_stats["reply_dropped"] == 1 and inbox.fast_stats["replies"] == 0
+    finally:
+        inbox.close()
+
+
 def test_a_reply_to_a_closed_channel_is_dropped_and_counted():
     from rmqz.transport.envelope import Header
     from rmqz.transport.peer_inbox import FastReply
@@ -434,18 +451,20 @@ def test_a_clients_send_is_read_soon_while_the_peers_socket_and_the_mailbox_neve
                 peer.send_multipart(tell(inbox.endpoint, body=b"ack"))
         time.sleep(0.5)  # the acks wait in the HA socket
         client.send_multipart(request(1))
-        time.sleep(0.3)  # and the send in the fast one
+        assert inbox._fast.sock.poll(int(WAIT_S * 1000))  # and the send in the fast one (this thread owns it)
         inbox._reads += earlier_turns  # whatever the actor's life so far (found in review: a phase starved it)
         inbox._first = first_socket
         for _ in range(2_000):
             inbox.put("mailbox item")
-        items = 0
+        items = acks = 0
         while True:
             item = inbox.get()
             items += 1
             if isinstance(item, InboxTell) and isinstance(item.message.reply_token, FastReply):
                 break
+            acks += isinstance(item, InboxTell)
             assert items < 2_000, "the fast channel was never read"
-        assert items < 600, f"the send waited behind {items} items (800 acks wait on the HA socket)"
+        # Before the fix it came after every ack (800); now after at most two batches of them.
+        assert acks <= 2 * READ_BATCH, f"the send waited behind {acks} acks ({items} items)"
     finally:
         inbox.close()
