@@ -12,7 +12,7 @@ next requests of that (dst, type) there, on the calling thread's own socket
 - An error from the channel itself (``CHANNEL_SRC``: an old name after the broker restarted,
   SYSTEM_BUSY, a type it does not take) means the broker never saw the request: it goes to
   the node port. A name the channel does not know is not used again until the retry; a busy
-  channel stays in use.
+  channel is left alone for 100 ms (the node port's admission answers for the broker then).
 - Whatever happens to the way, a caller already waiting on the channel keeps waiting for its
   reply: the broker may hold its request (its sockets are retired, never closed under it).
 - The sockets send ZMTP heartbeats, so a connection that goes silent is dropped within 3 s.
@@ -36,7 +36,7 @@ import zmq
 
 from .channel_way import ChannelWay, same_host
 from .direct import DirectBusy, DirectSockets, DirectTimeout, DirectUnreachable
-from .envelope import UNKNOWN_TARGET, EnvelopeError, Header, unpack_body
+from .envelope import SYSTEM_BUSY, UNKNOWN_TARGET, EnvelopeError, Header, unpack_body
 from .peer_inbox import CHANNEL_SRC, MAX_REASON_CHARS, inbox_route
 
 __all__ = ["FastPath", "FastUnavailable"]
@@ -44,11 +44,14 @@ __all__ = ["FastPath", "FastUnavailable"]
 MAX_FAST_ROUTES = 16  # (dst, type) pairs a node's channel serves: one or two in practice
 MAX_ERROR_BODY_BYTES = 4_096  # the channel's own errors are a code and a short reason
 MIN_JUDGED_TIMEOUT_MS = 200  # a timeout shorter than this does not turn the channel off
+# After the channel answered SYSTEM_BUSY, sends take the node port for this long: there the
+# transport thread refuses them (when the broker is still behind), not the busy actor's own.
+BUSY_BACKOFF_MS = 100
 # Sockets to the channel send ZMTP heartbeats: a connection that goes silent (a firewall
 # drops the port after it was up) is closed within the timeout, and sends take the node port.
 HEARTBEAT_IVL_MS = 1_000
 HEARTBEAT_TIMEOUT_MS = 3_000
-assert 0 < MAX_FAST_ROUTES <= 1_024 and 0 < MIN_JUDGED_TIMEOUT_MS <= 10_000
+assert 0 < MAX_FAST_ROUTES <= 1_024 and 0 < MIN_JUDGED_TIMEOUT_MS <= 10_000 and 0 < BUSY_BACKOFF_MS <= 10_000
 assert 4 * MAX_REASON_CHARS + 256 <= MAX_ERROR_BODY_BYTES  # the channel's error bodies always decode here
 assert 0 < HEARTBEAT_IVL_MS < HEARTBEAT_TIMEOUT_MS <= 60_000
 
@@ -68,6 +71,7 @@ class FastPath:
         self._way = ChannelWay()
         self._routes: set[tuple[str, str]] = set()  # (dst, type) the channel serves
         self._sockets: DirectSockets | None = None  # to the way's socket
+        self._busy_until_ms = 0  # the channel said SYSTEM_BUSY: the node port until then
         self._closed = False
         self.stats = {"sent": 0, "unreachable": 0, "refused": 0, "timeouts": 0, "learned": 0}
 
@@ -144,6 +148,8 @@ class FastPath:
         way = self._way
         if self._closed or (dst, type_) not in self._routes:
             return None, ""
+        if self._busy_until_ms and self._now_ms() < self._busy_until_ms:
+            return None, ""
         if way.inbox is None and way.retry_due(self._now_ms()):
             way.retry()  # the sockets again, after the back-off
         if way.inbox is None:
@@ -178,7 +184,9 @@ class FastPath:
             code = None
         with self._lock:
             self.stats["refused"] += 1
-            if code == UNKNOWN_TARGET and self._way.inbox == address:
+            if code == SYSTEM_BUSY:
+                self._busy_until_ms = self._now_ms() + BUSY_BACKOFF_MS
+            elif code == UNKNOWN_TARGET and self._way.inbox == address:
                 # Failed, not just forgotten: the node port's next reply may name it again (a
                 # broker advertising a port that is another's, behind a NAT), and it must not
                 # be learned again until the retry. A restarted broker names a new one.

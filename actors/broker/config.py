@@ -243,6 +243,13 @@ def _check_dledger(cfg: BrokerConfig) -> None:
     if cfg.dledger_listen_port and cfg.dledger_listen_port in (cfg.listen_port, cfg.ha_listen_port, cfg.fast_listen_port):
         raise ConfigError(f"dledgerListenPort: {cfg.dledger_listen_port} is listenPort, haListenPort or "
                           "fastListenPort already; choose another, or 0 for any free port")
+    host = cfg.address.rsplit(":", 1)[0]
+    peer_ports = {int(a.rsplit(":", 1)[1]) for a in peers.values() if a.rsplit(":", 1)[0] == host}
+    for key, port in (("haListenPort", cfg.ha_listen_port), ("fastListenPort", cfg.fast_listen_port),
+                      ("dledgerListenPort", cfg.dledger_listen_port)):
+        if port and port in peer_ports:  # a peer on this host listens there: one of us could not start
+            raise ConfigError(f"{key}: {port} is the node port of a dLegerPeers member on this host; "
+                              "choose another, or 0 for any free port")
     if cfg.dledger_heartbeat_ticks >= cfg.dledger_election_ticks:
         raise ConfigError("dledgerHeartbeatTicks must be smaller than dledgerElectionTicks")
     if not cfg.dledger_group:

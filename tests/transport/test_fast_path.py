@@ -53,6 +53,9 @@ class FastBroker:
             item = self.inbox.get()
             if item == "stop":
                 break
+            if item == "nap":  # mailbox work of 1 ms: a broker that is behind
+                time.sleep(0.001)
+                continue
             inbound = item.message if isinstance(item, InboxTell) else item
             way = "fast" if isinstance(inbound.reply_token, FastReply) else "node"
             with self.cond:
@@ -332,3 +335,22 @@ def test_a_name_the_channel_does_not_know_is_not_learned_again_until_the_retry(m
     status = client.fast_status()
     assert (status["learned"], status["refused"], status["via"]) == (1, 1, None)
     assert other.inbox.fast_stats["refused"] == 1 and other.ways == []
+
+
+def test_after_the_channel_says_busy_sends_take_the_node_port_for_a_moment(make_agent, make_client, brokers):
+    """The broker is behind: its channel answered SYSTEM_BUSY without handing the send on. The
+    node port takes that send and the next ones for 100 ms, where the transport thread refuses
+    them if need be, not the busy actor itself; then the channel again."""
+    broker = brokers(make_agent("b0"), busy_backlog=1)
+    client = make_client(broker.agent.endpoint, fast_channel=True)
+    clock = [1_000_000]
+    client._fast._now_ms = lambda: clock[0]
+    learn(client, broker)
+    for _ in range(300):
+        broker.inbox.put("nap")  # 300 ms of work waits in the mailbox
+    assert send(client, b"while busy") == b"while busy"  # refused by the channel, sent by the node port
+    assert send(client, b"within 100 ms") == b"within 100 ms"
+    assert broker.wait_ways(2) == [("node", b"while busy"), ("node", b"within 100 ms")]
+    assert client.fast_status()["refused"] == 1 and broker.inbox.fast_stats["busy"] == 1  # asked once
+    clock[0] += 100
+    learn(client, broker)  # the channel again

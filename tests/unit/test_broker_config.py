@@ -64,6 +64,15 @@ def test_the_fast_channel_is_on_at_any_free_port_unless_set_and_never_a_port_of_
         conf(DLEDGER_N0 + "fastListenPort=40911\ndledgerListenPort=40911\n")
 
 
+def test_a_fixed_port_may_not_be_a_dledger_peers_node_port_on_the_same_host():
+    three = ("enableDLegerCommitLog=true\ndLegerPeers=n0-127.0.0.1:10911;n1-127.0.0.1:10912;n2-10.0.0.3:10913\n"
+             "dLegerSelfId=n0\nlistenPort=10911\n")
+    for key in ("fastListenPort", "haListenPort", "dledgerListenPort"):
+        with pytest.raises(ConfigError, match=f"{key}: 10912 is the node port of a dLegerPeers member"):
+            conf(three + f"{key}=10912\n")
+    assert conf(three + "fastListenPort=10913\n").fast_listen_port == 10913  # n2 is on another host
+
+
 def test_binding_every_interface_needs_an_advertised_address():
     c = conf("listenHost=0.0.0.0\nbrokerIP1=broker-a-0\nlistenPort=10911\n")
     assert c.address == "broker-a-0:10911"  # what NameServers, clients and peers are told
