@@ -160,8 +160,9 @@ class ClientPool:
             entry.last_reply_ms = now_ms()
             return BrokerError(exc.code, exc.reason, addr)
         if isinstance(exc, RequestTimeout):
-            # A connection silent for a whole timeout is reset (Lazy Pirate); the fast
-            # channel's was closed already, and the client keeps what it learned of it.
+            # A connection silent for a whole timeout is reset (Lazy Pirate). A timeout on
+            # the fast channel says nothing of the node connection: its own socket was
+            # dropped already, and the client keeps the channel's back-off.
             if not isinstance(exc, FastChannelTimeout) and now_ms() - entry.last_reply_ms >= timeout_ms:
                 self._discard(addr, entry)
             return ClientTimeout(f"no reply from {what} {addr} within {timeout_ms} ms")
