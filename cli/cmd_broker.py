@@ -15,7 +15,7 @@ import click
 from loguru import logger
 
 from rmqz.actors.broker.base import AgentReady, BrokerDeps, PrepareStop
-from rmqz.actors.broker.config import BrokerConfig, ConfigError, from_properties, parse_properties
+from rmqz.actors.broker.config import BrokerConfig, ConfigError, config_warnings, from_properties, parse_properties
 from rmqz.actors.broker.dledger_broker import load_applied
 from rmqz.actors.dledger.actor import PeerDown
 from rmqz.storage import record as rec
@@ -49,6 +49,8 @@ def broker(config_path: str, repair: bool) -> None:
     """Run one broker node in the foreground until SIGINT/SIGTERM."""
     config = load_config(config_path)
     setup_logging(f"{config.broker_name}-{config.broker_id}")
+    for warning in config_warnings(config):
+        logger.warning("{}: {}", config_path, warning)
     broker_security(config)  # security: bad keys, ACL or an unsafe bind fail before the store opens
     raise SystemExit(run_broker(config, repair=repair))
 

@@ -224,6 +224,17 @@ def _check(cfg: BrokerConfig) -> None:
         raise ConfigError("mappedFileSizeCommitLog must exceed maxMessageSize by at least 4 KiB")
 
 
+def config_warnings(cfg: BrokerConfig) -> list[str]:
+    """Keys that are valid but will not do what their presence suggests (logged at start)."""
+    out = []
+    if cfg.fast_listen_port and not cfg.fast_channel_enable:
+        out.append(f"fastListenPort {cfg.fast_listen_port} is not opened: fastChannelEnable is false")
+    elif cfg.fast_listen_port and not cfg.enable_dledger and not cfg.is_master:
+        out.append(f"fastListenPort {cfg.fast_listen_port} is opened only once this slave is promoted: "
+                   "slaves take no sends")
+    return out
+
+
 PEER_ID_PATTERN = re.compile(r"[A-Za-z0-9_]{1,32}")
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from rmqz.actors.broker.config import ConfigError, from_properties, parse_properties
+from rmqz.actors.broker.config import ConfigError, config_warnings, from_properties, parse_properties
 
 
 def conf(text: str):
@@ -78,3 +78,12 @@ def test_binding_every_interface_needs_an_advertised_address():
     assert c.address == "broker-a-0:10911"  # what NameServers, clients and peers are told
     with pytest.raises(ConfigError, match="brokerIP1"):
         conf("listenHost=0.0.0.0\n")
+
+
+def test_a_fast_listen_port_that_will_not_be_opened_is_said_at_start():
+    assert config_warnings(conf("listenPort=10911\nfastListenPort=10909\n")) == []
+    off = config_warnings(conf("listenPort=10911\nfastListenPort=10909\nfastChannelEnable=false\n"))
+    assert off == ["fastListenPort 10909 is not opened: fastChannelEnable is false"]
+    slave = conf("listenPort=10911\nfastListenPort=10909\nbrokerId=1\nbrokerRole=SLAVE\n")
+    assert "opened only once this slave is promoted" in config_warnings(slave)[0]
+    assert config_warnings(conf(DLEDGER_N0 + "fastListenPort=40909\n")) == []  # any member may lead
