@@ -71,7 +71,6 @@ MAX_FRAME_BYTES_LIMIT = 64 * 1024 * 1024
 # in flight on its socket, so libzmq holds a few frames per connection at most, and a second
 # request while one is unanswered is answered SYSTEM_BUSY (the node port has the pipelines).
 FAST_RCVHWM = 4
-FAST_PENDING_PER_CONNECTION = 1
 # A request the actor never answered (it must answer every one; a bug or a stop) frees its
 # connection's slot after this long: no send waits longer (the SDK's bound is 600 s).
 FAST_PENDING_TTL_MS = 600_000  # transport/client.py asserts its MAX_TIMEOUT_MS is no longer
@@ -80,7 +79,7 @@ CHANNEL_SRC = "rmqz-fast-channel"  # the sender of the fast channel's own errors
 assert 0 < MAX_INBOX_CONNECTIONS <= 4_096 and 0 < INBOX_RCVHWM <= 100_000 and 0 < READ_BATCH <= INBOX_RCVHWM
 assert 0 < SOCKET_EVERY_ITEMS <= 1_000 and 0 < SERVICE_EVERY_READS <= 1_000 and MAX_READ_BYTES >= 1024 * 1024
 assert 0 < ZMTP_HEARTBEAT_IVL_MS < ZMTP_HEARTBEAT_TIMEOUT_MS <= 60_000
-assert 0 < FAST_PENDING_PER_CONNECTION <= FAST_RCVHWM <= 64 and FAST_PENDING_TTL_MS >= 60_000
+assert 0 < FAST_RCVHWM <= 64 and FAST_PENDING_TTL_MS >= 60_000
 
 
 # Numbers each opening of a socket in this process: a reply token of an earlier opening (an
@@ -132,7 +131,7 @@ class _Listener:
     requests: bool  # the fast channel: clients' requests, answered on this socket
     busy_backlog: int = 0  # requests: SYSTEM_BUSY while the mailbox holds this many
     opening: int = 0
-    pending: dict[bytes, list[int]] = field(default_factory=dict)  # identity -> [unanswered, since_ms]
+    pending: dict[bytes, int] = field(default_factory=dict)  # identity -> since_ms of its unanswered request
 
     def close(self) -> None:
         try:
@@ -255,7 +254,7 @@ class PeerInbox:
         if fast is None or token.opening != fast.opening:
             self.fast_stats["reply_dropped"] += 1
             return
-        self._answered(fast, token.identity)
+        fast.pending.pop(token.identity, None)  # answered: the connection may send again
         try:
             fast.sock.send_multipart([token.identity, *frames], zmq.NOBLOCK)
         except zmq.ZMQError:  # at the HWM: the client is not reading
@@ -457,59 +456,47 @@ class PeerInbox:
             self._refused(listener, header, user)
             return None  # a tell or a reply has no one waiting
         if header.dst != listener.dst or header.type not in listener.types:
-            self._refused(listener, header, user)
-            self._answer_error(listener, identity, header, UNKNOWN_TARGET,
-                               f"{header.dst}/{header.type} is not served on this channel")
-            return None
-        if not self._security.allows(user, listener.actor, header.type):
-            self._refused(listener, header, user)
-            self._answer_error(listener, identity, header, NO_PERMISSION,
-                               f"{header.dst} {header.type} is for cluster nodes only")
-            return None
-        why = self._busy(listener, identity)
-        if why is not None:
+            code, why = UNKNOWN_TARGET, f"{header.dst}/{header.type} is not served on this channel"
+        elif not self._security.allows(user, listener.actor, header.type):
+            code, why = NO_PERMISSION, f"{header.dst} {header.type} is for cluster nodes only"
+        else:
+            code, why = SYSTEM_BUSY, self._busy(listener, identity)
+            if why is None:
+                return Inbound(header, body, FastReply(identity, listener.opening), None, user=user)
+        if code == SYSTEM_BUSY:
             listener.stats["busy"] += 1
-            self._answer_error(listener, identity, header, SYSTEM_BUSY, why)
-            return None
-        return Inbound(header, body, FastReply(identity, listener.opening), None, user=user)
+        else:
+            self._refused(listener, header, user)
+        self._answer_error(listener, identity, header, code, why)
+        return None
 
     def _busy(self, listener: _Listener, identity: bytes) -> str | None:
         """None when the request may go to the actor (and is counted as unanswered)."""
         if self._q.qsize() >= listener.busy_backlog:
             return f"{self._q.qsize()} messages wait for the broker"
         now_ms = time.monotonic_ns() // 1_000_000
-        slot = listener.pending.get(identity)
-        if slot is not None and slot[0] >= FAST_PENDING_PER_CONNECTION:
-            if now_ms - slot[1] < FAST_PENDING_TTL_MS:
-                return "a request of this connection is still unanswered"
-            slot[0] = 0  # the actor never answered it: forget it
-        if slot is None:
+        since_ms = listener.pending.get(identity)
+        # A blocking caller has one request in flight; past the TTL the actor never answered
+        # it (a bug or a stop), and it is forgotten.
+        if since_ms is not None and now_ms - since_ms < FAST_PENDING_TTL_MS:
+            return "a request of this connection is still unanswered"
+        if since_ms is None and len(listener.pending) >= listener.zap.max_connections * 2:
+            self._expire(listener, now_ms)
             if len(listener.pending) >= listener.zap.max_connections * 2:
-                self._expire(listener, now_ms)
-                if len(listener.pending) >= listener.zap.max_connections * 2:
-                    return "too many unanswered requests"
-            slot = listener.pending[identity] = [0, now_ms]
-        slot[0] += 1
-        slot[1] = now_ms
+                return "too many unanswered requests"
+        listener.pending[identity] = now_ms
         return None
 
     def fast_status(self) -> dict:
         """The fast channel's counters, live connections and unanswered requests."""
         fast = self._fast
-        live = {"connections": len(fast.zap.live), "unanswered": sum(c for c, _ in fast.pending.values())} \
+        live = {"connections": len(fast.zap.live), "unanswered": len(fast.pending)} \
             if fast is not None else {"connections": 0, "unanswered": 0}
         return {**self.fast_stats, **live}
 
-    def _answered(self, listener: _Listener, identity: bytes) -> None:
-        slot = listener.pending.get(identity)
-        if slot is not None:
-            slot[0] -= 1
-            if slot[0] <= 0:
-                del listener.pending[identity]
-
     @staticmethod
     def _expire(listener: _Listener, now_ms: int) -> None:
-        for identity in [i for i, slot in listener.pending.items() if now_ms - slot[1] >= FAST_PENDING_TTL_MS]:
+        for identity in [i for i, since_ms in listener.pending.items() if now_ms - since_ms >= FAST_PENDING_TTL_MS]:
             del listener.pending[identity]
 
     def _answer_error(self, listener: _Listener, identity: bytes, header: Header, code: str, reason: str) -> None:
@@ -543,7 +530,8 @@ class PeerInbox:
 
     def _count(self, listener: _Listener, key: str, message: str, detail: str) -> None:
         listener.stats[key] += 1
-        suppressed = self._limiter.allow(f"{'fast' if listener.requests else 'peer'}-{key}", time.monotonic_ns() // 1_000_000)
+        which = "fast" if listener.requests else "peer"
+        suppressed = self._limiter.allow(f"{which}-{key}", time.monotonic_ns() // 1_000_000)
         if suppressed is not None:
             logger.warning(message + " ({} more since the last line)", listener.endpoint, detail, suppressed)
 

@@ -207,11 +207,7 @@ def _check(cfg: BrokerConfig) -> None:
         raise ConfigError("listenHost binds every interface: set brokerIP1 to the address others should use")
     if cfg.broker_ip1 and not ADDR_PATTERN.fullmatch(f"{cfg.broker_ip1}:1"):
         raise ConfigError(f"brokerIP1: expected a host name or IP, got {cfg.broker_ip1!r}")
-    if cfg.ha_listen_port == cfg.listen_port:
-        raise ConfigError(f"haListenPort: {cfg.ha_listen_port} is listenPort already; choose another, or 0 for any free port")
-    if cfg.fast_listen_port and cfg.fast_listen_port in (cfg.listen_port, cfg.ha_listen_port):
-        raise ConfigError(f"fastListenPort: {cfg.fast_listen_port} is listenPort or haListenPort already; "
-                          "choose another, or 0 for any free port")
+    _check_own_ports(cfg)
     if cfg.ha_master_address and not ADDR_PATTERN.fullmatch(cfg.ha_master_address):
         raise ConfigError(f"haMasterAddress: expected host:port, got {cfg.ha_master_address!r}")
     try:
@@ -222,6 +218,22 @@ def _check(cfg: BrokerConfig) -> None:
         _check_dledger(cfg)
     if cfg.max_message_size + 4096 > cfg.mapped_file_size_commit_log:
         raise ConfigError("mappedFileSizeCommitLog must exceed maxMessageSize by at least 4 KiB")
+
+
+def _own_ports(cfg: BrokerConfig) -> list[tuple[str, int]]:
+    """The ports this node binds, by key (0: any free one); the DLedger port only with DLedger."""
+    ports = [("listenPort", cfg.listen_port), ("haListenPort", cfg.ha_listen_port),
+             ("fastListenPort", cfg.fast_listen_port)]
+    return ports + [("dledgerListenPort", cfg.dledger_listen_port)] if cfg.enable_dledger else ports
+
+
+def _check_own_ports(cfg: BrokerConfig) -> None:
+    """No two of this node's fixed ports alike: the second bind would fail the start."""
+    seen: dict[int, str] = {}
+    for key, port in _own_ports(cfg):
+        if port and port in seen:
+            raise ConfigError(f"{key}: {port} is {seen[port]} already; choose another, or 0 for any free port")
+        seen.setdefault(port, key)
 
 
 def config_warnings(cfg: BrokerConfig) -> list[str]:
@@ -251,13 +263,9 @@ def _check_dledger(cfg: BrokerConfig) -> None:
     if peers[cfg.dledger_self_id] != cfg.address:
         raise ConfigError(f"dLegerPeers gives {cfg.dledger_self_id} the address {peers[cfg.dledger_self_id]} "
                           f"but this node listens on {cfg.address}")
-    if cfg.dledger_listen_port and cfg.dledger_listen_port in (cfg.listen_port, cfg.ha_listen_port, cfg.fast_listen_port):
-        raise ConfigError(f"dledgerListenPort: {cfg.dledger_listen_port} is listenPort, haListenPort or "
-                          "fastListenPort already; choose another, or 0 for any free port")
     host = cfg.address.rsplit(":", 1)[0]
     peer_ports = {int(a.rsplit(":", 1)[1]) for a in peers.values() if a.rsplit(":", 1)[0] == host}
-    for key, port in (("haListenPort", cfg.ha_listen_port), ("fastListenPort", cfg.fast_listen_port),
-                      ("dledgerListenPort", cfg.dledger_listen_port)):
+    for key, port in _own_ports(cfg)[1:]:
         if port and port in peer_ports:  # a peer on this host listens there: one of us could not start
             raise ConfigError(f"{key}: {port} is the node port of a dLegerPeers member on this host; "
                               "choose another, or 0 for any free port")
