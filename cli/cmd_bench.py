@@ -7,7 +7,7 @@ import click
 
 @click.group()
 def bench() -> None:
-    """Benchmarks (storage, produce, consume, failover, restart)."""
+    """Benchmarks (storage, produce, consume, failover, restart, machine)."""
 
 
 def _attach(module_name: str, attr: str) -> None:
@@ -24,3 +24,4 @@ _attach("rmqz.cli.bench_produce", "produce")
 _attach("rmqz.cli.bench_consume", "consume")
 _attach("rmqz.cli.bench_failover", "failover")
 _attach("rmqz.cli.bench_restart", "restart")
+_attach("rmqz.cli.bench_machine", "machine")
