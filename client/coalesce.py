@@ -72,16 +72,21 @@ class SendCoalescer:
         return waiting.future
 
     def _take(self, st: _Topic) -> list[_Waiting]:
-        """The next batch off the buffer (caller holds the lock); counts it in flight."""
-        batch, size, n = [], 0, 0
+        """The next batch off the buffer (caller holds the lock); counts it in flight. A send
+        whose future the caller cancelled while it waited is dropped here, unsent; the rest
+        can no longer be cancelled (set_running_or_notify_cancel), since they leave now."""
+        batch, size, n, taken = [], 0, 0, 0
         for w in st.buffer:
             if n >= self._max_messages or (n and size + len(w.message.body) > MAX_COALESCE_BYTES):
                 break
+            taken += 1
+            st.buffered_bytes -= len(w.message.body)
+            if not w.future.set_running_or_notify_cancel():
+                continue
             batch.append(w)
             size += len(w.message.body)
             n += 1
-        del st.buffer[:n]
-        st.buffered_bytes -= size
+        del st.buffer[:taken]
         if batch:
             st.in_flight += 1
         return batch
@@ -95,21 +100,23 @@ class SendCoalescer:
         future.add_done_callback(lambda f: self._finished(topic, batch, f, None))
 
     def _finished(self, topic: str, batch: list[_Waiting], future: Future | None, error: BaseException | None) -> None:
-        if error is None and future is not None:
-            error = future.exception()
-        if error is not None:
-            for w in batch:
-                w.future.set_exception(error)
-        else:
-            _split(future.result(), batch)
-        with self._lock:
-            st = self._topics[topic]
-            st.in_flight -= 1
-            following = self._take(st) if st.buffer else None
-            if not st.buffer and st.in_flight == 0:
-                del self._topics[topic]  # a topic sent to once holds no memory
-        if following:
-            self._launch(topic, following)
+        try:
+            if error is None and future is not None:
+                error = future.exception()
+            if error is not None:
+                for w in batch:
+                    w.future.set_exception(error)
+            else:
+                _split(future.result(), batch)
+        finally:  # whatever the callers' futures did, the topic's request slot comes back
+            with self._lock:
+                st = self._topics[topic]
+                st.in_flight -= 1
+                following = self._take(st) if st.buffer else None
+                if not st.buffer and st.in_flight == 0:
+                    del self._topics[topic]  # a topic sent to once holds no memory
+            if following:
+                self._launch(topic, following)
 
 
 def _split(result: SendResult, batch: list[_Waiting]) -> None:

@@ -84,3 +84,32 @@ def test_topics_are_coalesced_apart():
     c.send("A", msg(b"a"), 10_000)
     c.send("B", msg(b"b"), 10_000)  # another topic is not behind A's request
     assert len(broker.requests) == 2
+
+
+def test_a_send_cancelled_while_it_waits_is_not_sent_and_the_rest_complete():
+    broker = FakeBroker()
+    c = SendCoalescer(broker.submit, max_messages=64, max_in_flight=1)
+    on_wire = c.send("T", msg(b"a"), 10_000)
+    assert not on_wire.cancel()  # it left: too late to take back
+    waiting = [c.send("T", msg(bytes([65 + i])), 10_000) for i in range(3)]
+    assert waiting[1].cancel()
+    broker.answer(0, 0)
+    assert broker.requests[1][0] == [b"A", b"C"]  # B was never sent
+    broker.answer(1, 10)
+    assert [waiting[0].result().queue_offset, waiting[2].result().queue_offset] == [10, 11]
+    assert on_wire.result().queue_offset == 0
+    # The topic's request slot came back: the next send leaves at once.
+    c.send("T", msg(b"z"), 10_000)
+    assert broker.requests[2][0] == [b"z"]
+
+
+def test_every_waiting_send_cancelled_leaves_the_topic_free():
+    broker = FakeBroker()
+    c = SendCoalescer(broker.submit, max_messages=64, max_in_flight=1)
+    c.send("T", msg(b"a"), 10_000)
+    for f in [c.send("T", msg(b"x"), 10_000) for _ in range(2)]:
+        assert f.cancel()
+    broker.answer(0, 0)
+    assert len(broker.requests) == 1  # nothing left to send
+    c.send("T", msg(b"b"), 10_000)
+    assert broker.requests[1][0] == [b"b"]
