@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from rmqz.actors.broker.messages import OutMessage
 
+from .errors import MQClientError
 from .model import SendResult
 
 DEFAULT_MAX_IN_FLIGHT = 2  # requests per topic on the wire before sends start to wait
@@ -30,6 +31,11 @@ assert 1 <= DEFAULT_MAX_IN_FLIGHT <= 64 and 1 <= MAX_COALESCE_MESSAGES <= 1024
 
 # submit(topic, messages, deadline_ms) -> Future of the batch's SendResult
 SubmitBatch = Callable[[str, list[OutMessage], int], Future]
+# submit_now(topic, messages, deadline_ms) -> Future, or None when submitting could block
+# (on the I/O thread, that is the cue to defer)
+SubmitNow = Callable[[str, list[OutMessage], int], "Future | None"]
+# defer(fn): run fn soon on a thread that may block (raises RuntimeError once shut down)
+Defer = Callable[[Callable[[], None]], object]
 
 
 @dataclass(slots=True)
@@ -48,12 +54,20 @@ class _Topic:
 
 class SendCoalescer:
     def __init__(self, submit: SubmitBatch, max_messages: int = MAX_COALESCE_MESSAGES,
-                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, defer: Defer | None = None,
+                 submit_now: SubmitNow | None = None) -> None:
         if not 1 <= max_messages <= MAX_COALESCE_MESSAGES:
             raise ValueError(f"max_messages must be in 1..{MAX_COALESCE_MESSAGES}")
         self._submit = submit
         self._max_messages = max_messages
         self._max_in_flight = max_in_flight
+        # A reply completes a batch on the transport's I/O thread, which must never block:
+        # it reads every other reply. The sends that waited for it leave from there only
+        # through submit_now, which refuses when it could block (no fresh cached route);
+        # otherwise from defer's thread. Always deferring cost 5-24% of pipelined
+        # throughput (a thread wake-up per batch; BENCHMARKS.md, eighth session).
+        self._defer = defer
+        self._submit_now = submit_now
         self._lock = threading.Lock()
         self._topics: dict[str, _Topic] = {}
 
@@ -116,7 +130,24 @@ class SendCoalescer:
                 if not st.buffer and st.in_flight == 0:
                     del self._topics[topic]  # a topic sent to once holds no memory
             if following:
-                self._launch(topic, following)
+                self._launch_later(topic, following)
+
+    def _launch_later(self, topic: str, batch: list[_Waiting]) -> None:
+        if self._defer is None:
+            return self._launch(topic, batch)
+        if self._submit_now is not None:
+            try:
+                future = self._submit_now(topic, [w.message for w in batch], min(w.deadline_ms for w in batch))
+            except Exception as exc:  # noqa: BLE001 - every caller's future must complete
+                return self._finished(topic, batch, None, exc)
+            if future is not None:
+                future.add_done_callback(lambda f: self._finished(topic, batch, f, None))
+                return None
+        try:
+            self._defer(lambda: self._launch(topic, batch))
+        except RuntimeError as exc:  # the producer's executor is shut down
+            self._finished(topic, batch, None, MQClientError(f"producer shut down before the send left ({exc})"))
+        return None
 
 
 def _split(result: SendResult, batch: list[_Waiting]) -> None:

@@ -175,7 +175,8 @@ class Producer:
             self._pool = ClientPool("producer", self.send_timeout_ms, fast_channel=self.vip_channel_enabled)
             self._executor = ThreadPoolExecutor(RETRY_WORKERS, thread_name_prefix="rmqz-producer")
             if self._coalesce_messages > 1:
-                self._coalescer = SendCoalescer(self._submit_batch, self._coalesce_messages)
+                self._coalescer = SendCoalescer(self._submit_batch, self._coalesce_messages,
+                                                defer=self._executor.submit, submit_now=self._submit_batch_now)
             self._state = "running"
         logger.debug("producer {} started (NameServer {})", self.group, ";".join(self._namesrv.addrs))
         return self
@@ -279,6 +280,18 @@ class Producer:
     def _submit_batch(self, topic: str, messages: list[OutMessage], deadline_ms: int) -> Future:
         return self._submit(topic, messages, deadline_ms=deadline_ms)
 
+    def _submit_batch_now(self, topic: str, messages: list[OutMessage], deadline_ms: int) -> Future | None:
+        """A coalesced batch, on the I/O thread whose reply freed it: sent from here only when
+        the route is cached and fresh (no NameServer call, no wait for a master); None tells
+        the coalescer to hand it to the executor. (A connection with MAX_IN_FLIGHT requests
+        outstanding would still hold this thread up to the send's timeout.)"""
+        snapshot = self._routes.fresh(topic)
+        if snapshot is None or not snapshot.write_queues:
+            return None
+        job = self._job(topic, messages, None, deadline_ms)
+        self._attempt(job, snapshot)
+        return job.outer
+
     def _submit(self, topic: str, messages: list[OutMessage],
                 fixed: Callable[[RouteSnapshot], MessageQueue] | None = None, deadline_ms: int | None = None) -> Future:
         job = self._job(topic, messages, fixed, deadline_ms)
@@ -293,10 +306,11 @@ class Producer:
         deadline_ms = self._clock_ms() + self.send_timeout_ms if deadline_ms is None else deadline_ms
         return _SendJob(topic, messages, deadline_ms, attempts, Future(), fixed)
 
-    def _attempt(self, job: _SendJob) -> None:
-        """One attempt of an async send; the reply's callback settles or retries it."""
+    def _attempt(self, job: _SendJob, snapshot: RouteSnapshot | None = None) -> None:
+        """One attempt of an async send; the reply's callback settles or retries it.
+        ``snapshot``: a route the caller already holds (the lookup is skipped)."""
         try:
-            step = self._next_step(job)
+            step = self._next_step(job, snapshot)
             if step is None:
                 self._executor.submit(self._attempt, job)
                 return
@@ -325,13 +339,13 @@ class Producer:
                 job.outer.set_exception(exc)
         return job.outer.result()
 
-    def _next_step(self, job: _SendJob) -> tuple[MessageQueue, str, dict, int] | None:
+    def _next_step(self, job: _SendJob, snapshot: RouteSnapshot | None = None) -> tuple[MessageQueue, str, dict, int] | None:
         """(queue, broker address, request, timeout) of the job's next attempt; None after
         waiting a while for a master (try again). Raises when the send must fail."""
         if self._state != "running":
             raise MQClientError("producer was shut down before the send completed")
         try:
-            snapshot = self._publish_info(job.topic)
+            snapshot = snapshot or self._publish_info(job.topic)
         except NoRouteError:
             # No master right now (a DLedger group electing, a master restarting): wait
             # within the send timeout instead of failing at once.

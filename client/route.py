@@ -125,6 +125,11 @@ class RouteCache:
             done.wait(REFRESH_WAIT_MS / 1000)
         return self._entries[topic].snapshot
 
+    def fresh(self, topic: str) -> RouteSnapshot | None:
+        """The cached route if it is not due for a refresh; never asks the NameServer."""
+        entry = self._entries.get(topic)
+        return entry.snapshot if entry is not None and self._clock_ms() < entry.next_refresh_ms else None
+
     def refresh(self, topic: str) -> RouteSnapshot | None:
         """Fetch now (the auto-create flow waits for a new route this way)."""
         return self._refresh(topic, force=True)

@@ -9,7 +9,7 @@ import pytest
 
 from rmqz.actors.broker.messages import OutMessage
 from rmqz.client.coalesce import SendCoalescer
-from rmqz.client.errors import BrokerError
+from rmqz.client.errors import BrokerError, MQClientError
 from rmqz.client.model import SendResult
 
 
@@ -113,3 +113,33 @@ def test_every_waiting_send_cancelled_leaves_the_topic_free():
     assert len(broker.requests) == 1  # nothing left to send
     c.send("T", msg(b"b"), 10_000)
     assert broker.requests[1][0] == [b"b"]
+
+
+def test_sends_freed_by_a_reply_leave_from_the_deferred_thread_not_the_replying_one():
+    broker = FakeBroker()
+    deferred = []
+    c = SendCoalescer(broker.submit, max_messages=64, max_in_flight=1, defer=deferred.append)
+    c.send("T", msg(b"a"), 10_000)
+    waiting = [c.send("T", msg(b), 10_000) for b in (b"b", b"c")]
+    broker.answer(0, 0)  # on the transport's I/O thread, in a producer
+    assert len(broker.requests) == 1 and len(deferred) == 1  # nothing submitted from here
+    deferred.pop()()
+    assert broker.requests[1][0] == [b"b", b"c"]
+    broker.answer(1, 5)
+    assert [w.result().queue_offset for w in waiting] == [5, 6]
+
+
+def test_waiting_sends_fail_cleanly_when_the_deferring_executor_is_shut_down():
+    broker = FakeBroker()
+
+    def shut(fn):
+        raise RuntimeError("cannot schedule new futures after shutdown")
+
+    c = SendCoalescer(broker.submit, max_messages=64, max_in_flight=1, defer=shut)
+    c.send("T", msg(b"a"), 10_000)
+    waiting = [c.send("T", msg(b"x%d" % i), 10_000) for i in range(3)]
+    broker.answer(0, 0)
+    assert len(broker.requests) == 1  # nothing more was sent
+    for w in waiting:
+        with pytest.raises(MQClientError, match="shut down"):
+            w.result(timeout=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 
@@ -69,6 +70,33 @@ def test_sync_sends_travel_on_the_callers_own_socket_async_ones_on_the_io_thread
         assert sum(c.stats["sent"] for c in clients) == 0  # the I/O thread sent nothing
         producer.send_async("TopicA", "a").result()
         assert sum(c.stats["sent"] for c in clients) == 1
+
+
+def test_pipelined_sends_that_waited_leave_from_the_io_thread_only_when_nothing_can_block_it(two_brokers):
+    """A reply completes a batch on the transport's I/O thread. The sends that waited behind
+    it leave from there while the route is cached and fresh (no thread hop), and from the
+    producer's executor while a route refresh is due (it could wait for the NameServer,
+    and the I/O thread must go on reading replies)."""
+    clock = [1_000_000]
+    attempts: list[str] = []
+    with Producer(two_brokers.namesrv_addr, route_refresh_ms=30_000, clock_ms=lambda: clock[0]) as producer:
+        producer.send("TopicA", "warm")
+        attempt = producer._attempt
+        producer._attempt = lambda *a: (attempts.append(threading.current_thread().name), attempt(*a))[1]
+        futures = [producer.send_async("TopicA", f"a{i}") for i in range(50)]
+        assert all(f.result(timeout=10).status == bm.SEND_OK for f in futures)
+        fresh = [name for name in attempts if name != "MainThread"]
+        assert fresh and all(name.startswith("rmqz-client") for name in fresh)
+        # The route falls due and the NameServer stops answering: a refresh hangs.
+        ns = two_brokers.namesrv
+        tell = ns.tell
+        ns.tell = lambda inbound: (time.sleep(3), tell(inbound))
+        clock[0] += 31_000
+        attempts.clear()
+        futures = [producer.send_async("TopicA", f"b{i}") for i in range(50)]
+        assert all(f.result(timeout=10).status == bm.SEND_OK for f in futures)
+        due = [name for name in attempts if name != "MainThread"]
+        assert due and all(name.startswith("rmqz-producer") for name in due)
 
 
 def test_send_async_futures_all_complete(two_brokers):
