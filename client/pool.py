@@ -40,7 +40,13 @@ MAX_TIMEOUT_MS = 600_000  # RpcClient's own bound
 MAX_REPLY_BYTES = 64 * 1024 * 1024  # a pull of 1024 messages of 4 MiB is refused anyway
 MAX_CLIENTS = 256  # distinct addresses; a cluster has tens of brokers
 CLOSE_JOIN_TIMEOUT_S = 10.0
+# A connection is reset after a timeout only if it has been silent at least this long: a
+# send's last attempt may have a few milliseconds left, and its timeout says nothing of a
+# connection that answers others in 300 ms (resetting it fails their requests, which are
+# then resent: duplicates).
+MIN_SILENCE_RESET_MS = 1_000
 assert 0 < DEFAULT_TIMEOUT_MS <= MAX_TIMEOUT_MS
+assert 0 < MIN_SILENCE_RESET_MS <= DEFAULT_TIMEOUT_MS
 assert 0 < MAX_CLIENTS <= 10_000
 
 
@@ -163,7 +169,8 @@ class ClientPool:
             # A connection silent for a whole timeout is reset (Lazy Pirate). A timeout on
             # the fast channel says nothing of the node connection: its own socket was
             # dropped already, and the client keeps the channel's back-off.
-            if not isinstance(exc, FastChannelTimeout) and now_ms() - entry.last_reply_ms >= timeout_ms:
+            silent_ms = now_ms() - entry.last_reply_ms
+            if not isinstance(exc, FastChannelTimeout) and silent_ms >= max(timeout_ms, MIN_SILENCE_RESET_MS):
                 self._discard(addr, entry)
             return ClientTimeout(f"no reply from {what} {addr} within {timeout_ms} ms")
         if isinstance(exc, ClientClosed):

@@ -20,6 +20,7 @@ from rmqz.client import (
     Producer,
 )
 from rmqz.client.model import MAX_MESSAGE_BYTES
+from rmqz.client.pool import ClientPool
 from rmqz.client.route import MIN_REFRESH_GAP_MS
 
 SHORT_MS = 600  # per-send budget where a dead broker is involved: 3 attempts of 200 ms
@@ -261,3 +262,24 @@ def test_send_oneway_returns_at_once_and_the_message_is_stored(two_brokers, wait
     with Producer(two_brokers.namesrv_addr) as producer:
         assert producer.send_oneway("TopicA", b"fire-and-forget") is None
         assert wait(lambda: sum(sum(stored(b).values()) for b in two_brokers.brokers) == 1)
+
+
+def test_a_short_attempt_timeout_does_not_reset_a_connection_that_is_answering(make_cluster):
+    """A last attempt with little time left times out; the shared connection, answering
+    others in 300 ms, stays up: resetting it would fail their requests (and they would be
+    sent again)."""
+    cluster = make_cluster({"broker-a": {"TopicA": 4}})
+    broker = cluster.broker("broker-a")
+    tell = broker.tell
+    broker.tell = lambda inbound: (time.sleep(0.3), tell(inbound))  # slow but healthy
+    pool = ClientPool("producer", 3_000)
+    try:
+        generous = pool.request_async(broker.addr, bm.BROKER, "GetTopicStatus", {"topic": "TopicA"}, 3_000)
+        time.sleep(0.1)
+        sliver = pool.request_async(broker.addr, bm.BROKER, "GetTopicStatus", {"topic": "TopicA"}, 50)
+        assert isinstance(sliver.exception(5), ClientTimeout)
+        assert generous.exception(5) is None
+        time.sleep(0.5)
+        assert broker.requests["GetTopicStatus"] == 2  # nothing was sent twice
+    finally:
+        pool.close()
