@@ -126,6 +126,10 @@ class _SendJob:
     attempts: int = 0
     last_error: BaseException | None = None
     records: bytes | None = None
+    # The deadline came with the send (a coalesced batch: its earliest send's, counted from
+    # send_async); only an auto-create may restart it. Otherwise it starts at the route.
+    caller_deadline: bool = False
+    auto_created: bool = False
 
 
 class Producer:
@@ -303,8 +307,9 @@ class Producer:
         if self._state != "running":
             raise MQClientError("producer is not running (use `with Producer(...)` or call start())")
         attempts = 1 if fixed is not None else 1 + self.retry_times
+        caller_deadline = deadline_ms is not None
         deadline_ms = self._clock_ms() + self.send_timeout_ms if deadline_ms is None else deadline_ms
-        return _SendJob(topic, messages, deadline_ms, attempts, Future(), fixed)
+        return _SendJob(topic, messages, deadline_ms, attempts, Future(), fixed, caller_deadline=caller_deadline)
 
     def _attempt(self, job: _SendJob, snapshot: RouteSnapshot | None = None) -> None:
         """One attempt of an async send; the reply's callback settles or retries it.
@@ -345,7 +350,7 @@ class Producer:
         if self._state != "running":
             raise MQClientError("producer was shut down before the send completed")
         try:
-            snapshot = snapshot or self._publish_info(job.topic)
+            snapshot = snapshot or self._publish_info(job.topic, job)
         except NoRouteError:
             # No master right now (a DLedger group electing, a master restarting): wait
             # within the send timeout instead of failing at once.
@@ -354,8 +359,8 @@ class Producer:
             time.sleep(NO_MASTER_POLL_MS / 1000)
             self._routes.invalidate(job.topic)
             return None
-        if job.attempts == 0:  # the budget starts once the route is known (auto-create)
-            job.deadline_ms = self._clock_ms() + self.send_timeout_ms
+        if job.attempts == 0 and (job.auto_created or not job.caller_deadline):
+            job.deadline_ms = self._clock_ms() + self.send_timeout_ms  # from the route known
         mq = job.fixed(snapshot) if job.fixed is not None else self._select(snapshot, job.tried)
         addr = snapshot.master_addr(mq.broker_name)
         remaining = job.deadline_ms - self._clock_ms()
@@ -427,12 +432,14 @@ class Producer:
 
     # ------------------------------------------------------------------ routes and queues
 
-    def _publish_info(self, topic: str) -> RouteSnapshot:
+    def _publish_info(self, topic: str, job: _SendJob | None = None) -> RouteSnapshot:
         snapshot = self._routes.get(topic)
         if snapshot is not None and snapshot.write_queues:
             return snapshot
         if snapshot is not None:
             raise NoRouteError(f"topic {topic!r} has no writable queue: no broker group serving it has a master")
+        if job is not None:
+            job.auto_created = True
         return self._auto_create(topic)
 
     def _select(self, snapshot: RouteSnapshot, tried: set[str]) -> MessageQueue:

@@ -283,3 +283,17 @@ def test_a_short_attempt_timeout_does_not_reset_a_connection_that_is_answering(m
         assert broker.requests["GetTopicStatus"] == 2  # nothing was sent twice
     finally:
         pool.close()
+
+
+def test_a_pipelined_send_that_waited_for_its_batch_still_fails_within_its_own_send_timeout(make_cluster):
+    """send_timeout_ms counts from send_async, also for a send that waited in the coalescer
+    behind requests on the wire (it used to get a fresh budget when its batch left: twice)."""
+    cluster = make_cluster({"broker-a": {"TopicA": 4}})
+    with Producer(cluster.namesrv_addr, send_timeout_ms=2_000) as producer:
+        producer.send("TopicA", "warm")
+        cluster.broker("broker-a").silent = True  # hung: no send is ever answered
+        started = time.monotonic()
+        futures = [producer.send_async("TopicA", body) for body in "abc"]  # c waits for a's reply
+        for f in futures:
+            assert isinstance(f.exception(timeout=20), ClientTimeout)
+        assert time.monotonic() - started < 3.0  # 2 s budget; the old double budget took 4 s
