@@ -8,6 +8,7 @@ anything goes on the wire, so a user never waits for a broker to tell them.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -167,7 +168,14 @@ def _text(what: str, value: object, limit: int) -> str:
 
 def _keys(key: str | Iterable[str]) -> str:
     """RocketMQ joins several keys with spaces (MessageConst.KEY_SEPARATOR)."""
-    keys = [key] if isinstance(key, str) else list(key)
+    if isinstance(key, str):
+        keys = [key]
+    else:
+        try:  # at most as many keys as could fit: a bad iterable cannot grow a list forever
+            keys = list(itertools.islice(iter(key), MAX_KEYS_CHARS + 1))
+        except TypeError:
+            raise InvalidMessage(f"message key must be a string or an iterable of strings, not "
+                                 f"{type(key).__name__}") from None
     if not keys:
         raise InvalidMessage("key list is empty")
     return _text("message key", " ".join(_text("message key", k, MAX_KEYS_CHARS) for k in keys), MAX_KEYS_CHARS)
@@ -211,13 +219,20 @@ def build_batch(bodies: Iterable[bytes | str], key: str | Iterable[str] | None =
                 born_ms: int | None = None) -> list[OutMessage]:
     """build_message for messages that share key, tags and properties: those are checked
     once and the messages share one properties map (read-only). Raises InvalidMessage."""
-    it = iter(bodies)
+    if isinstance(bodies, (str, bytes, bytearray, memoryview)):
+        raise InvalidMessage("a batch takes an iterable of bodies, not one body (a string would "
+                             "become one message per character)")
+    try:
+        it = iter(bodies)
+    except TypeError:
+        raise InvalidMessage(f"a batch takes an iterable of bodies, not {type(bodies).__name__}") from None
     first = next(it, None)
     if first is None:
         raise InvalidMessage(f"a batch holds 1..{MAX_BATCH_MESSAGES} messages, got 0")
     head = build_message(first, key, tags, properties, born_ms)
     props, stamp = head.properties, head.born_timestamp_ms
-    return check_batch([head] + [OutMessage(_body_bytes(b), props, 0, stamp) for b in it])
+    rest = [OutMessage(_body_bytes(b), props, 0, stamp) for b in itertools.islice(it, MAX_BATCH_MESSAGES)]
+    return check_batch([head] + rest)  # one over the limit is refused there
 
 
 def check_batch(messages: list[OutMessage]) -> list[OutMessage]:

@@ -210,11 +210,20 @@ def test_no_broker_registered_is_a_no_route_error(make_cluster):
     {"topic": "TopicA", "body": "x", "properties": {"k": 1}},
     {"topic": "TopicA", "body": "x", "properties": {"a": "b\x02"}},
     {"topic": "TopicA", "body": "x", "key": "k", "properties": {"KEYS": "other"}},
+    {"topic": "TopicA", "body": "x", "key": 123},
 ])
 def test_invalid_messages_are_rejected_before_anything_is_sent(two_brokers, kwargs):
     with Producer(two_brokers.namesrv_addr) as producer, pytest.raises(InvalidMessage):
         producer.send(**kwargs)
     assert sum(two_brokers.namesrv.requests.values()) == 0
+    assert all(not b.requests for b in two_brokers.brokers)
+
+
+@pytest.mark.parametrize("bodies", [5, "abc", b"abc", (b"x" for _ in range(10**9))],
+                         ids=["an-int", "one-str", "one-bytes", "endless"])
+def test_a_batch_that_is_not_a_list_of_bodies_is_rejected_before_sending(two_brokers, bodies):
+    with Producer(two_brokers.namesrv_addr) as producer, pytest.raises(InvalidMessage):
+        producer.send_batch("TopicA", bodies)
     assert all(not b.requests for b in two_brokers.brokers)
 
 
