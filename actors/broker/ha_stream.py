@@ -177,7 +177,8 @@ class HAStreams:
 
     def _switch_way(self, stream: Stream) -> None:
         """What waits in the old way's socket is dropped with it: resend from the last ack
-        at once (the slave drops what it holds already), not after the silence timer."""
+        at once, not after the silence timer. The slave takes a resend from its log's end
+        even while it holds part of a record past it (slave.py handle_ReplicaData)."""
         self._close_socket(stream)
         stream.window.rewind()
         stream.direct_wait_since_ms = None  # the new way's clock starts with its first bytes

@@ -112,6 +112,13 @@ class BrokerSlave(HAChannel, BrokerBase):
         if t.diverged_at is not None:
             return self._cut_to(t.diverged_at)
         expected = log.wrote_offset + len(self.pending)
+        if log.wrote_offset <= t.offset < expected:
+            # A resend from inside the partial record we hold: our acks name our log's end,
+            # not what we hold past it, so every rewind of the master's window starts there.
+            # Keep what comes before it; the same bytes follow (a log does not change under
+            # an offset: a master that cut its log says diverged_at instead).
+            del self.pending[t.offset - log.wrote_offset:]
+            expected = t.offset
         if t.offset != expected:
             if t.data:
                 self.stats["out_of_order"] += 1

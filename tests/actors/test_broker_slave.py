@@ -77,6 +77,31 @@ def test_out_of_order_transfer_is_dropped_and_the_slave_reports_where_it_is(slav
     assert ack.offset == 0 and store.commit_log.wrote_offset == 0
 
 
+def test_a_resend_from_the_acked_offset_is_taken_while_the_slave_holds_half_a_record(slave):
+    """The slave acks its log's end, not the partial record it holds past it, so a master
+    that rewinds (a resend after silence, a switch of socket) resends from there. That resend
+    must be taken: dropping it as out of order stalled replication for good."""
+    ref, master, store, _, ha = slave
+    end = master.commit_log.committed_offset
+    ref.tell(transfer(master, 0, 1000))  # ends inside a record
+    acked = ha.wait_for(lambda m: isinstance(m, Appended)).offset
+    assert 0 < acked < 1000
+    ref.tell(transfer(master, acked, end - acked))  # the rewind: from the acked offset
+    ha.wait_for(lambda m: isinstance(m, Appended) and m.offset == end)
+    assert store.commit_log.read_raw(0, end) == master.commit_log.read_raw(0, end)
+    assert ref.proxy().stats.get()["out_of_order"] == 0
+
+
+def test_a_resend_from_inside_the_held_partial_record_keeps_what_came_before_it(slave):
+    ref, master, store, _, ha = slave
+    end = master.commit_log.committed_offset
+    ref.tell(transfer(master, 0, 1000))
+    acked = ha.wait_for(lambda m: isinstance(m, Appended)).offset
+    ref.tell(transfer(master, acked + 10, end - acked - 10))  # resend starting 10 bytes into what we hold
+    ha.wait_for(lambda m: isinstance(m, Appended) and m.offset == end)
+    assert store.commit_log.read_raw(0, end) == master.commit_log.read_raw(0, end)
+
+
 def test_lagging_slave_sends_consumers_back_to_the_master(slave):
     ref, master, _, agent, _ = slave
     end = master.commit_log.committed_offset
