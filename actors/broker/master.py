@@ -299,10 +299,15 @@ class BrokerMaster(TailFill, HAStreams, HAChannel, FastChannel, BrokerBase):
         # A slave's report straight after its append: the ack SYNC_MASTER sends wait for,
         # acted on here (waiters, our stream to it); HAService hears of it now and then.
         report = decode_report(inbound, self.config.broker_name, self._count_bad_report)
-        if report is not None:
+        if report is None:
+            return
+        known = self.ha_writer_of.get(report.slave_id)
+        if known is not None and known[0] == report.address:
             self._on_slave_ack(report.slave_id, report.offset, direct=True)
             self.stream_learns_inbox(report.slave_id, report.inbox)
-            self._pass_report_on(report)
+        # Else a slave id from another address: another process whose log no write half has
+        # checked. Its offset counts for nothing until HAService has it checked.
+        self._pass_report_on(report)
 
     def _pass_report_on(self, report: proto.HAReport) -> None:
         """Our stream to the slave took the ack already (handle_SlaveAck); a write half still

@@ -409,6 +409,21 @@ def test_sync_master_counts_no_ack_from_a_slave_its_write_half_has_not_found_in_
     assert agent.wait_reply(cid)[1]["status"] == proto.SEND_OK
 
 
+def test_sync_master_counts_no_ack_from_its_slaves_id_at_another_address(broker):
+    """Another process claiming the slave's id from another address (restarted elsewhere,
+    with a log no write half has checked) releases nothing: HAService checks it first."""
+    (ref, agent, _, _, _, store), ha, _ = streaming_master(broker, slave_ack_timeout_ms=60_000)
+    cid = send(ref, bodies=(b"must be on a checked slave",))
+    pykka_wait(lambda: store.commit_log.committed_offset > 0)
+    ref.tell(slave_report(1 << 20, address="127.0.0.1:20912"))
+    ref.ask(Ping())
+    assert not agent.has_reply(cid)
+    passed = [m.report.address for m in ha.messages if isinstance(m, SlaveReport)]
+    assert "127.0.0.1:20912" in passed  # HAService opens (and checks) a connection to it
+    ref.tell(slave_report(store.commit_log.committed_offset))  # the slave in step, at its address
+    assert agent.wait_reply(cid)[1]["status"] == proto.SEND_OK
+
+
 def test_master_ignores_a_malformed_or_foreign_slave_report_and_keeps_serving(broker):
     ha = RecordingRef()
     ref, agent, *_ = broker(ha_ref=ha, broker_role="SYNC_MASTER", broker_name="broker-a")
