@@ -16,16 +16,22 @@ from rmqz.actors.broker.base import BrokerBase, BrokerDeps
 from rmqz.actors.broker.ha_channel import HAChannel
 from rmqz.actors.broker.ha_client import Appended, MasterAddress, MasterSilent, ReplicaData, send_report
 from rmqz.actors.broker.ha_decode import decode_transfer
+from rmqz.storage import record as rec
 from rmqz.storage.errors import CorruptStoreError
 from rmqz.transport.channel_way import same_host
 from rmqz.transport.envelope import EnvelopeError, Inbound, unpack_body
 from rmqz.transport.peer_inbox import inbox_route
 
-MAX_PENDING_REPLICA_BYTES = 2 * proto.MAX_HA_DATA_BYTES
 FIND_MASTER_INTERVAL_MS = 1_000
+
+
+def largest_record_bytes(max_message_bytes: int) -> int:
+    """The largest record a store that takes bodies of max_message_bytes writes."""
+    return rec.HEADER_BYTES + rec.MAX_TOPIC_BYTES + rec.MAX_PROPERTIES_BYTES + max_message_bytes
+
+
 TOPIC_SYNC_GAP_MS = 1_000  # a topic new to the slave: its config is copied at most this often
 assert TOPIC_SYNC_GAP_MS > 0
-assert MAX_PENDING_REPLICA_BYTES >= proto.MAX_HA_DATA_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +133,6 @@ class BrokerSlave(HAChannel, BrokerBase):
         if not t.data:
             return
         self.pending += t.data
-        if len(self.pending) > MAX_PENDING_REPLICA_BYTES:
-            raise CorruptStoreError("replicated data", log.wrote_offset, "partial entry larger than any record")
         # One verification pass: the whole entries at the front are checked and appended
         # together (checking first, then again while appending, doubled the work before the ack).
         whole, metas = self.store.append_replicated(bytes(self.pending), log.wrote_offset, dispatch=False)
@@ -148,6 +152,11 @@ class BrokerSlave(HAChannel, BrokerBase):
             if any(self.topics.get(t) is None for t, _ in keys):
                 self.topic_unknown = True  # copy its config now, not at the 10 s sync
                 self._sync_unknown_topics()
+        # What is left is part of one record: never more than the largest record. (Checked
+        # after the whole ones are out: a transfer may bring a record near the limit and
+        # the start of the next together; checked before, that killed the slave each time.)
+        if len(self.pending) >= largest_record_bytes(self.store.config.max_message_bytes):
+            raise CorruptStoreError("replicated data", log.wrote_offset, "partial entry larger than any record")
 
     def _sync_unknown_topics(self) -> None:
         """At most once a second while records of a topic we have no config for arrive (the

@@ -4,9 +4,11 @@ when it lags."""
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
-from rmqz.actors.base import Ping
+from rmqz.actors.base import ChildFailed, Ping
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.base import BrokerDeps
 from rmqz.actors.broker.config import BrokerConfig
@@ -15,6 +17,7 @@ from rmqz.actors.broker.slave import AttachHAClient, BrokerSlave
 from rmqz.actors.ticker import Tick
 from rmqz.storage.message_store import MessageStore, StoreConfig
 from rmqz.storage.metadata import ConsumerOffsetStore, TopicConfig, TopicConfigStore
+from rmqz.storage import record as rec
 from rmqz.storage.record import Message
 from rmqz.transport.envelope import Header, Inbound, pack_body
 
@@ -297,3 +300,62 @@ def test_slave_names_its_own_ha_channel_in_its_acks(tmp_path):
         assert ref.proxy().status_extra().get()["ha_channel"]["endpoint"] == "tcp://127.0.0.1:20912/broker-s1"
     finally:
         ref.stop()
+
+
+def big_slave(tmp_path, max_message_size):
+    """A slave (with a supervisor that hears its failure) whose store takes bodies this big."""
+    store = MessageStore(StoreConfig(str(tmp_path / "slave"), commit_log_segment_bytes=16 << 20,
+                                     max_message_bytes=max_message_size))
+    store.open()
+    config = BrokerConfig(broker_id=1, broker_role="SLAVE", listen_port=10912, max_message_size=max_message_size,
+                          mapped_file_size_commit_log=16 << 20)
+    agent, ha, supervisor = Recorder(), Recorder(), Recorder()
+    topics = TopicConfigStore(store.fs, str(tmp_path / "cfg"))
+    topics.put(TopicConfig("Orders", 1, 1))
+    ref = BrokerSlave.start(BrokerDeps(config, store, agent, topics, ConsumerOffsetStore(store.fs, str(tmp_path / "cfg")),
+                                       lambda: 0), supervisor=supervisor)
+    ref.tell(AttachHAClient(ha))
+    return ref, store, ha, supervisor
+
+
+def test_a_transfer_holding_a_record_near_8_mib_and_the_next_ones_start_is_taken(tmp_path):
+    """maxMessageSize may exceed 4 MiB: a transfer can then hold a record close to the limit
+    and the start of the next. Only a partial record longer than any record is damage (a
+    bound checked before the whole records were out killed the slave, again after each
+    restart)."""
+    limit = 8 << 20
+    ref, store, ha, supervisor = big_slave(tmp_path, limit)
+    master = MessageStore(StoreConfig(str(tmp_path / "master"), commit_log_segment_bytes=16 << 20,
+                                      max_message_bytes=limit))
+    master.open()
+    master.put_messages([Message("Orders", b"p" * 100_000, queue_id=0), Message("Orders", b"x" * (limit - 4096), queue_id=0)]
+                        + [Message("Orders", b"n" * 4000, queue_id=0) for _ in range(80)])
+    master.commit()
+    end = master.commit_log.committed_offset
+    try:
+        for start in range(0, end, 256 * 1024):  # haTransferBatchSize
+            ref.tell(transfer(master, start, min(256 * 1024, end - start), end))
+        ha.wait_for(lambda m: isinstance(m, Appended) and m.offset == end)
+        assert ref.is_alive() and not supervisor.items
+        assert store.commit_log.read_raw(0, end) == master.commit_log.read_raw(0, end)
+    finally:
+        ref.stop()
+        master.close()
+        store.close()
+
+
+def test_a_partial_record_longer_than_any_record_stops_the_slave(tmp_path):
+    ref, store, ha, supervisor = big_slave(tmp_path, 1 << 16)
+    master = make_store(tmp_path / "master")
+    master.put_messages([Message("Orders", b"m" * 1000, queue_id=0)])
+    master.commit()
+    head = bytearray(master.commit_log.read_raw(0, rec.HEADER_BYTES))
+    struct.pack_into(">I", head, 0, 900_000)  # claims a record far beyond maxMessageSize
+    try:
+        ref.tell(ReplicaData(proto.HATransfer(0, bytes(head) + b"\0" * 200_000, 10 << 20)))
+        failure = supervisor.wait_for(lambda m: isinstance(m, ChildFailed))
+        assert "larger than any record" in failure.reason
+    finally:
+        ref.stop()
+        master.close()
+        store.close()
