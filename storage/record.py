@@ -105,6 +105,11 @@ class RecordMeta:
     store_timestamp_ms: int
 
 
+def largest_record_bytes(max_message_bytes: int) -> int:
+    """The largest record a store that takes bodies of max_message_bytes writes."""
+    return HEADER_BYTES + MAX_TOPIC_BYTES + MAX_PROPERTIES_BYTES + max_message_bytes
+
+
 def tag_hash(tags: str | None) -> int:
     return zlib.crc32(tags.encode()) if tags else 0
 

@@ -25,11 +25,6 @@ from rmqz.transport.peer_inbox import inbox_route
 FIND_MASTER_INTERVAL_MS = 1_000
 
 
-def largest_record_bytes(max_message_bytes: int) -> int:
-    """The largest record a store that takes bodies of max_message_bytes writes."""
-    return rec.HEADER_BYTES + rec.MAX_TOPIC_BYTES + rec.MAX_PROPERTIES_BYTES + max_message_bytes
-
-
 TOPIC_SYNC_GAP_MS = 1_000  # a topic new to the slave: its config is copied at most this often
 assert TOPIC_SYNC_GAP_MS > 0
 
@@ -155,7 +150,7 @@ class BrokerSlave(HAChannel, BrokerBase):
         # What is left is part of one record: never more than the largest record. (Checked
         # after the whole ones are out: a transfer may bring a record near the limit and
         # the start of the next together; checked before, that killed the slave each time.)
-        if len(self.pending) >= largest_record_bytes(self.store.config.max_message_bytes):
+        if len(self.pending) >= rec.largest_record_bytes(self.store.config.max_message_bytes):
             raise CorruptStoreError("replicated data", log.wrote_offset, "partial entry larger than any record")
 
     def _sync_unknown_topics(self) -> None:
