@@ -45,6 +45,9 @@ class MappedFileQueue:
         self._empty_base = 0  # min offset while no segment file exists yet
         self._pending = bytearray()
         self._dirty: set[int] = set()  # segment starts written since the last sync
+        # Segments a flush thread is syncing (begin_sync .. end_sync): a sync() meanwhile
+        # must sync them too, or it would call bytes durable before any fsync of them ran.
+        self._in_flight: set[int] = set()
 
     # ---- opening -------------------------------------------------------------------------
 
@@ -127,21 +130,28 @@ class MappedFileQueue:
         self.committed_offset = offset
 
     def sync(self) -> None:
-        """commit + fdatasync every segment written since the last sync."""
-        offset, files = self.begin_sync()
+        """commit + fdatasync every segment written since the last sync, including those a
+        flush thread may still be syncing (found in review: a sync() during a group commit
+        synced nothing and raised flushed_offset over bytes no fsync had covered)."""
+        self.commit()
+        files = [seg.file for seg in self.segments if seg.start in self._dirty or seg.start in self._in_flight]
+        self._dirty.clear()
         for f in files:
             f.sync()
-        self.end_sync(offset)
+        self.flushed_offset = max(self.flushed_offset, self.committed_offset)
 
     def begin_sync(self) -> tuple[int, list[SegmentFile]]:
-        """Split sync for a flush thread: commit here, fdatasync the returned files elsewhere
-        (fsync of an fd is safe beside pwrites from this thread), then end_sync(offset)."""
+        """Split sync for a flush thread (one at a time): commit here, fdatasync the returned
+        files elsewhere (fsync of an fd is safe beside pwrites from this thread), then
+        end_sync(offset)."""
         self.commit()
         files = [seg.file for seg in self.segments if seg.start in self._dirty]
+        self._in_flight |= self._dirty
         self._dirty.clear()
         return self.committed_offset, files
 
     def end_sync(self, offset: int) -> None:
+        self._in_flight.clear()
         self.flushed_offset = max(self.flushed_offset, min(offset, self.committed_offset))
 
     def _segment_for_write(self, offset: int) -> Segment:
@@ -214,6 +224,7 @@ class MappedFileQueue:
             seg.file.close()
             self.fs.remove(seg.file.path)
             self._dirty.discard(seg.start)
+            self._in_flight.discard(seg.start)
         if self.segments and offset < self.segments[-1].start + self.segment_bytes:
             seg = self.segments[-1]
             seg.file.zero_from(offset - seg.start)

@@ -126,7 +126,9 @@ class MessageStore(QueueIndex):
         if self.config.truncate_corrupt_flushed:
             scan_from = clog.min_offset  # repair: verify everything, not just the last segment
         result = clog.scan(scan_from)
-        if result.error_offset is not None and result.end_offset < trusted:
+        # Zeros count as damage here too: below the flushed checkpoint they are a lost
+        # write of fsynced data, never the log's end (set_end would zero all after them).
+        if result.end_offset < trusted:
             path = clog.segment_path(result.end_offset)
             if not self.config.truncate_corrupt_flushed:
                 raise CorruptStoreError(path, result.end_offset,
@@ -249,6 +251,13 @@ class MessageStore(QueueIndex):
 
     def truncate(self, offset: int) -> None:
         """Cut the log (replica divergence, Raft conflict) and the index with it."""
+        # First the checkpoint stops vouching for what goes: a kill -9 between the cut and a
+        # checkpoint after it would leave one claiming log bytes and queue units that are
+        # zeros now, and the store would not open (RaftLog.truncate_suffix's rule too).
+        self._flush_queues()
+        vouched = min(self.commit_log.flushed_offset, offset)
+        save_checkpoint(self.fs, self.root, Checkpoint(vouched, min(self.dispatched_offset, offset), None,
+                                                       self._queue_ends(vouched)))
         self.commit_log.truncate(offset)
         for cq in self.queues.values():
             cq.truncate_beyond(offset)

@@ -110,3 +110,19 @@ def test_a_reader_never_sees_zeros_while_the_writer_syncs_on_another_thread(tmp_
     for t in threads:
         t.join()
     assert written[0] > 64 * 4096 and zero_reads[0] == 0
+
+
+def test_a_flush_while_the_flush_thread_syncs_covers_the_same_bytes(open_store, msg):
+    """The broker asks its FlushService for a group commit (begin_flush), then, before the
+    answer, flushes itself (schedule offsets, stopping). That flush must fsync the bytes
+    in flight too: it used to find nothing dirty, sync nothing and call them durable."""
+    fs = FaultyFileSystem()
+    store = open_store(fs=fs)
+    acked = [msg(i) for i in range(10)]
+    store.put_messages(acked)
+    store.commit_log.begin_flush()  # handed to the flush thread, whose fsync has not run yet
+    flushed = store.flush()
+    assert flushed == store.commit_log.committed_offset and fs.pending_bytes() == 0
+    store.checkpoint()
+    fs.power_loss()  # before the flush thread's fsync
+    assert bodies(open_store(fs=FaultyFileSystem())) >= {m.body for m in acked}

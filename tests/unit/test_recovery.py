@@ -191,3 +191,45 @@ def test_garbage_checkpoint_is_an_error_naming_it(open_store, tiny_config):
         f.write(b"{not json")
     with pytest.raises(BadConfigFileError, match="checkpoint"):
         MessageStore(tiny_config).open()
+
+
+def test_zeros_below_the_flushed_checkpoint_stop_the_store_and_are_not_taken_for_its_end(open_store, msg, tiny_config):
+    """A lost write of fsynced data (a sector reading as zeros) is damage, not the log's end:
+    taken for the end, recovery zeroed every fsynced record after it, without a word."""
+    store = open_store()
+    results = write(store, msg, 20)
+    store.flush()
+    store.checkpoint()
+    store.crash()
+    victim = results[5].physical_offset
+    seg = tiny_config.commit_log_segment_bytes
+    with open(os.path.join(tiny_config.root_dir, "commitlog", f"{victim - victim % seg:020d}"), "r+b") as f:
+        f.seek(victim % seg)
+        f.write(bytes(8))
+    with pytest.raises(CorruptStoreError, match="refusing"):
+        MessageStore(tiny_config).open()
+    tiny_config.truncate_corrupt_flushed = True  # repair mode: the operator's choice, said in the log
+    assert read_all(open_store()) == expected(results[:5], msg)
+
+
+class Killed(BaseException):
+    """kill -9, at a chosen point"""
+
+
+def test_a_kill_9_inside_a_truncate_leaves_a_store_that_opens_with_the_cut_prefix(open_store, msg, tiny_config):
+    store = open_store()
+    results = write(store, msg, 20)
+    store.flush()
+    store.checkpoint()
+    saves = []
+
+    def killed_after_the_cut():
+        saves.append(1)
+        raise Killed()
+
+    store.checkpoint = killed_after_the_cut  # the kill lands between the cut and the next checkpoint
+    with pytest.raises(Killed):
+        store.truncate(results[10].physical_offset)
+    assert saves  # the cut itself was complete
+    store.crash()
+    assert read_all(open_store()) == expected(results[:10], msg)
