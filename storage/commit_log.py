@@ -288,6 +288,9 @@ class CommitLog:
                     continue
                 if not rec.HEADER_BYTES <= size <= min(remaining, self.max_record_bytes):
                     raise rec.RecordError(f"record size {size} impossible here")
+                if 0 < remaining - size < rec.MIN_BLANK_BYTES:  # no writer leaves a gap no filler fits
+                    raise rec.RecordError(f"record of {size} bytes leaves {remaining - size} in the segment, "
+                                          f"less than a filler ({rec.MIN_BLANK_BYTES})")
                 if step + size > n:
                     break
                 metas.append(rec.check_record(view, step, offset, run))
@@ -313,7 +316,9 @@ class CommitLog:
             seg_end = pos - pos % self.segment_bytes + self.segment_bytes
             data = self.files.read_file_range(pos, min(SCAN_CHUNK_BYTES, seg_end - pos))
             _, consumed, reason = self._parse(memoryview(data), pos, whole_fillers=False)
-            if consumed == 0 and reason is None:  # a record larger than the chunk
+            if consumed == 0 and reason is None and len(data) < rec.MIN_BLANK_BYTES:
+                reason = f"{len(data)} bytes left in the segment, less than a filler"
+            elif consumed == 0 and reason is None:  # a record larger than the chunk
                 size = rec.BLANK_HEADER.unpack_from(data, 0)[0]
                 data = self.files.read_file_range(pos, min(size, seg_end - pos))
                 _, consumed, reason = self._parse(memoryview(data), pos, whole_fillers=False)

@@ -140,3 +140,19 @@ def test_fsync_failure_stops_the_log_for_good(tmp_path, faulty_fs):
         log.append(msgs(1), 1)
     with pytest.raises(StoreFailedError):
         log.flush()
+
+
+def test_a_replicated_record_leaving_less_than_a_filler_at_the_segment_end_is_refused(tmp_path):
+    """No writer leaves 1-7 bytes at a segment's end (a filler needs 8): such bytes from a
+    master are damage. Taken, the log could neither grow nor be scanned after a restart."""
+    def record(offset, body_len):
+        m = rec.Message("T", b"x" * body_len, queue_id=0)
+        return rec.encode_record(m, 0 if offset == 0 else 1, offset, 1, rec.validate_topic("T"), b"")
+
+    a = record(0, 900)
+    b = record(len(a), SEG - 4 - len(a) - (len(record(0, 0))))
+    assert len(a) + len(b) == SEG - 4
+    slave = new_log(tmp_path, name="s")
+    with pytest.raises(CorruptStoreError, match="less than a filler"):
+        slave.append_whole_prefix(a + b, 0)
+    assert slave.wrote_offset == 0
