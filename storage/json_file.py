@@ -16,8 +16,11 @@ def load_json(fs: FileSystem, path: str) -> Any | None:
     valid JSON is an error naming the file, never silently replaced by defaults."""
     if not fs.exists(path):
         return None
+    size = fs.file_size(path)  # before reading: a damaged file must not cost its size in memory
+    if size > MAX_JSON_FILE_BYTES:
+        raise BadConfigFileError(path, f"{size} bytes, limit {MAX_JSON_FILE_BYTES}")
     data = fs.read_bytes(path)
-    if len(data) > MAX_JSON_FILE_BYTES:
+    if len(data) > MAX_JSON_FILE_BYTES:  # grew since: still bounded by what was read
         raise BadConfigFileError(path, f"{len(data)} bytes, limit {MAX_JSON_FILE_BYTES}")
     try:
         return json.loads(data.decode())
