@@ -99,7 +99,7 @@ class BrokerBase(RmqzActor):
         self.node_id = f"{self.config.broker_name}-{self.config.broker_id}@{self.config.address}"
         self.holds = PullHolds()
         self.registered_with: set[str] = set()
-        self.stats = {"sent": 0, "pulled": 0, "bad_requests": 0}
+        self.stats = {"sent": 0, "pulled": 0, "bad_requests": 0, "stray_answers": 0}
         self._cids = itertools.count(1)
         self._last: dict[str, int] = {}
         self._offsets_saved_version = self.offsets.data_version
@@ -159,6 +159,12 @@ class BrokerBase(RmqzActor):
         if h.kind == "request":
             self._serve(inbound)
         elif h.kind in ("reply", "error"):
+            if inbound.peer is None:
+                # An answer arrives on the connection its request left by; one on our bound
+                # socket answers nothing we asked (found in review: a forged RegisterBroker
+                # "reply" with a bad body killed the broker, and so the node).
+                self.stats["stray_answers"] += 1
+                return
             self.on_answer(inbound)
         elif h.kind == "tell":
             self.on_tell(inbound)
@@ -475,13 +481,21 @@ class BrokerBase(RmqzActor):
 
     def _on_register_answer(self, inbound: Inbound) -> None:
         src = inbound.header.src
+        if inbound.peer not in {f"tcp://{addr}" for addr in self.config.namesrv_addr}:
+            self.stats["stray_answers"] += 1
+            return  # registered_with holds at most our NameServers
         if inbound.header.kind == "error":
             logger.warning("broker {}: namesrv {} refused registration", self.node_id, src)
+            return
+        try:
+            result = unpack_body(inbound.body, 1 << 20)
+        except EnvelopeError as exc:
+            logger.warning("broker {}: unreadable registration answer from namesrv {}: {}", self.node_id, src, exc)
             return
         if src not in self.registered_with:
             self.registered_with.add(src)
             logger.info("broker {} registered with namesrv {}", self.node_id, src)
-        self.on_registered(unpack_body(inbound.body, 1 << 20))
+        self.on_registered(result)
 
     def on_registered(self, result: Any) -> None:
         """Role hook: the NameServer's answer (a slave learns its master's address here)."""

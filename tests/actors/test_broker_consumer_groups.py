@@ -267,3 +267,28 @@ def test_dledger_message_entries_carry_records_and_the_schedule_advance():
         de.decode(de.encode_messages([], 7, 1 << 20))  # an empty batch is only a schedule skip
     with pytest.raises(rec.RecordError):
         de.encode_messages([rec.Message("T", b"x" * 100)], 7, 64)  # never a record the store would refuse
+
+
+def forged_answer(node, body: bytes, src: str, type_: str = "RegisterBroker", peer: str | None = None) -> None:
+    """A "reply" as any client can send one to the node's socket (peer None), or as one
+    arrives on the broker's own connection to ``peer``."""
+    node.ref.tell(Inbound(Header(kind="reply", src=src, dst="broker", type=type_, cid=1), body,
+                          b"tok" if peer is None else None, peer))
+
+
+@pytest.mark.parametrize("cls", [BrokerMaster, BrokerSlave], ids=["master", "slave"])
+def test_a_reply_nobody_asked_for_is_ignored_and_the_broker_keeps_serving(tmp_path, cls):
+    """Found in review: a forged RegisterBroker 'reply' with a body that is not msgpack killed
+    the broker actor, and with it the node; decodable ones grew registered_with forever."""
+    n = Node(tmp_path / "n", cls=cls)
+    try:
+        forged_answer(n, b"\xc1", "anyone")
+        for i in range(50):
+            forged_answer(n, pack_body({}), f"namesrv-{i}")
+        forged_answer(n, pack_body({"topics": {}}), "master", type_=proto.GET_METADATA)
+        forged_answer(n, b"\xc1", "namesrv-0", peer="tcp://127.0.0.1:9876")  # our NameServer, garbled
+        status = n.ok(proto.BROKER_STATUS, {})
+        assert n.ref.is_alive() and status["registered_with"] == []
+        assert status["stats"]["stray_answers"] == 52
+    finally:
+        n.stop()
