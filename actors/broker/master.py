@@ -382,7 +382,17 @@ class BrokerMaster(TailFill, HAStreams, HAChannel, FastChannel, BrokerBase):
             cfg = self._put_topic(TopicConfig(req.topic, req.read_queues, req.write_queues, req.perm))
         self._reply(reply, {"topic": cfg.topic, "created": not exists})
 
-    def _on_get_metadata(self, _req: proto.GetMetadata, reply: ReplyTo) -> None:
+    def _on_get_metadata(self, req: proto.GetMetadata, reply: ReplyTo) -> None:
+        # Offsets consumers committed on the slave while we were away: take the ones ahead
+        # of ours (RocketMQ loses them, and consumers go back when the master returns).
+        merged = 0
+        for c in req.committed:
+            mine = self.offsets.query(c.group, c.topic, c.queue_id)
+            if mine is None or c.offset > mine:
+                self.offsets.commit(c.group, c.topic, c.queue_id, c.offset)
+                merged += 1
+        if merged:
+            logger.info("broker {}: took back {} consumer offsets committed on a slave", self.node_id, merged)
         self._reply(reply, {
             "topics": {t: self.topics.encode_entry(c) for t, c in self.topics.table.items()},
             "offsets": {k: self.offsets.encode_entry(v) for k, v in self.offsets.table.items()},

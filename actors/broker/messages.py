@@ -79,6 +79,7 @@ MAX_RECONSUME_TIMES = 10_000
 MAX_DELAY_LEVEL = 64
 MAX_CONSUMER_TOPICS = 64
 MAX_CONSUMER_QUEUES = 4_096
+MAX_MERGED_OFFSETS = 10_000  # consumer offsets a slave hands back to its master per metadata sync
 CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:@%|-]{1,255}")
 MODES = ("CLUSTERING", "BROADCASTING")
 GROUP_PATTERN = re.compile(r"[A-Za-z0-9_%|-]{1,255}")
@@ -313,13 +314,22 @@ class GetBrokerStatus:
 
 @dataclass(slots=True)
 class GetMetadata:
+    """A slave copies its master's metadata. ``committed``: consumer offsets committed on
+    the slave (while its master was away) that the master should take back if they are
+    ahead of its own, so that consumers do not go back when the master returns."""
+
+    committed: tuple[CommitOffset, ...] = ()
+
     def to_dict(self) -> dict:
-        return {}
+        return {"committed": [c.to_dict() for c in self.committed]} if self.committed else {}
 
     @classmethod
     def from_dict(cls, d: Any) -> GetMetadata:
-        _map(d)
-        return cls()
+        d = _map(d)
+        raw = d.get("committed", [])
+        if not isinstance(raw, list) or len(raw) > MAX_MERGED_OFFSETS:
+            raise ProtocolError(f"committed must be a list of at most {MAX_MERGED_OFFSETS} offsets")
+        return cls(tuple(CommitOffset.from_dict(c) for c in raw))
 
 
 @dataclass(slots=True)

@@ -50,6 +50,8 @@ class BrokerSlave(HAChannel, BrokerBase):
         self.report_sender: Any = None
         self._appended_untold: Appended | None = None  # a newer end it has not heard yet
         self._appended_told_offset = 0
+        # Consumer offsets committed here, until the master's metadata shows it has them.
+        self.committed_here: dict[tuple[str, str, int], int] = {}
         self.stats.update({"replicated_bytes": 0, "out_of_order": 0, "truncations": 0, "bad_transfers": 0})
         self.handlers[proto.PROMOTE] = self._on_promote
 
@@ -245,13 +247,22 @@ class BrokerSlave(HAChannel, BrokerBase):
 
     def _sync_metadata(self) -> None:
         if self.master_addr:
-            self.send_request(self.master_addr, proto.BROKER, proto.GET_METADATA, {})
+            committed = tuple(proto.CommitOffset(g, t, q, off) for (g, t, q), off in self.committed_here.items())
+            self.send_request(self.master_addr, proto.BROKER, proto.GET_METADATA, proto.GetMetadata(committed).to_dict())
+
+    def _on_commit_offset(self, req: proto.CommitOffset, reply: Any) -> None:
+        """A consumer commits here while the master is away (or reads from us): the master
+        takes it back at the next metadata sync if it is ahead of the master's."""
+        super()._on_commit_offset(req, reply)
+        key = (req.group, req.topic, req.queue_id)
+        if key in self.committed_here or len(self.committed_here) < proto.MAX_MERGED_OFFSETS:
+            self.committed_here[key] = req.offset
 
     def on_answer(self, inbound: Inbound) -> None:
         if inbound.header.type != proto.GET_METADATA:
             return super().on_answer(inbound)
-        if inbound.header.kind != "reply":
-            return None
+        if inbound.header.kind != "reply" or inbound.peer != f"tcp://{self.master_addr}":
+            return None  # metadata only from our master
         try:
             self._apply_metadata(unpack_body(inbound.body, 64 * 1024 * 1024))
         except (EnvelopeError, TypeError, ValueError, AttributeError) as exc:
@@ -272,6 +283,8 @@ class BrokerSlave(HAChannel, BrokerBase):
                 # Keep the larger: consumers may have committed here while the master was down.
                 if mine is None or offset > mine:
                     self.offsets.commit(group, topic, qid, offset)
+                if self.committed_here.get((group, topic, qid), offset + 1) <= offset:
+                    del self.committed_here[(group, topic, qid)]  # the master has it (or more)
         groups = meta.get("groups", {})
         copied = {g: self.groups.decode_entry(g, c) for g, c in groups.items()} if isinstance(groups, dict) else {}
         if copied and copied != self.groups.table:

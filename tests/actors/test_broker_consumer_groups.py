@@ -292,3 +292,55 @@ def test_a_reply_nobody_asked_for_is_ignored_and_the_broker_keeps_serving(tmp_pa
         assert status["stats"]["stray_answers"] == 52
     finally:
         n.stop()
+
+
+class Wire:
+    """Delivers the slave's requests to the master and the master's replies back, as the
+    transport would (the slave's GetMetadata round trip)."""
+    def __init__(self, master, slave):
+        self.master, self.slave = master, slave
+        master_agent_reply = master.agent.reply
+
+        def reply(token, header, body):
+            if token == b"from-slave":
+                slave.ref.tell(Inbound(header, body, None, "tcp://127.0.0.1:10911"))
+            else:
+                master_agent_reply(token, header, body)
+        master.agent.reply = reply
+        slave.agent.send = lambda endpoint, header, body, via=None: master.ref.tell(
+            Inbound(header, body, b"from-slave", None))
+
+
+def q(node):
+    return node.ok(proto.QUERY_OFFSET, proto.QueryOffset("g", "Orders", 0).to_dict())["offset"]
+
+
+def test_offsets_committed_on_the_slave_while_the_master_was_away_are_taken_back_by_it(tmp_path):
+    """DESIGN §6: consumers that committed to the slave while the master was down must not
+    go back when it returns (RocketMQ's master keeps its older offsets: they would)."""
+    master = Node(tmp_path / "m", cls=BrokerMaster)
+    slave = Node(tmp_path / "s", cls=BrokerSlave, ha_master_address="127.0.0.1:10911",
+                 slave_metadata_sync_interval_ms=100)
+    try:
+        Wire(master, slave)
+        master.ok(proto.COMMIT_OFFSET, proto.CommitOffset("g", "Orders", 0, 5).to_dict())
+        master.ref.stop()  # the master goes down; consumers commit to the slave (client falls back)
+        slave.ok(proto.COMMIT_OFFSET, proto.CommitOffset("g", "Orders", 0, 50).to_dict())
+        master.restart()   # the master comes back with its own (older) offsets
+        Wire(master, slave)
+        master.ok(proto.COMMIT_OFFSET, proto.CommitOffset("g", "Orders", 1, 7).to_dict())
+        for _ in range(5):  # several metadata sync rounds
+            slave.tick(advance_mono_ms=200)
+            master.tick(advance_mono_ms=200)
+        assert q(slave) == 50
+        synced = slave.ok(proto.QUERY_OFFSET, proto.QueryOffset("g", "Orders", 1).to_dict())["offset"]
+        assert synced == 7  # the metadata sync round trip works
+        assert q(master) == 50  # taken back from the slave
+        master.ok(proto.COMMIT_OFFSET, proto.CommitOffset("g", "Orders", 0, 60).to_dict())
+        for _ in range(3):
+            slave.tick(advance_mono_ms=200)
+            master.tick(advance_mono_ms=200)
+        assert q(master) == 60 and q(slave) == 60  # the slave hands back nothing stale
+    finally:
+        for n in (master, slave):
+            n.stop()
