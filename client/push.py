@@ -294,6 +294,8 @@ class PushConsumer:
             raise ValueError(f"start_from must be one of {', '.join(START_POSITIONS)}")
         if (start_from == "timestamp") != (start_timestamp_ms is not None):
             raise ValueError("start_timestamp_ms is required with start_from='timestamp' (and only then)")
+        if start_timestamp_ms is not None and (type(start_timestamp_ms) is not int or start_timestamp_ms < 0):
+            raise ValueError(f"start_timestamp_ms must be an int of ms since the epoch, not {start_timestamp_ms!r}")
         if mode == CLUSTERING and len(group) > MAX_GROUP_TOPIC_GROUP_CHARS:
             raise ValueError(f"a clustering group name has at most {MAX_GROUP_TOPIC_GROUP_CHARS} chars "
                              "(its retry topic must be a valid topic name)")

@@ -166,6 +166,7 @@ def test_consuming_a_missing_topic_fails_at_start(two_brokers):
     ({"mode": "PUSH"}, "mode"),
     ({"mode": BROADCASTING}, "offset_store_dir"),
     ({"start_from": "timestamp"}, "start_timestamp_ms"),
+    ({"start_from": "timestamp", "start_timestamp_ms": 1.7e12}, "start_timestamp_ms must be an int"),
     ({"start_from": "middle"}, "start_from"),
     ({"consume_threads": 0}, "consume_threads"),
     ({"rebalance_interval_ms": 1}, "rebalance_interval_ms"),
