@@ -36,6 +36,8 @@ from rmqz.transport.peer_inbox import FastReply
 MAX_REQUEST_BYTES = 72 * 1024 * 1024
 SCHEDULE_SCAN_BATCH = 32  # messages read per delay level per scan
 MAX_SEARCH_STEPS = 64  # binary search over a queue of up to 2**63 offsets
+MAX_SUBSCRIPTION_GROUPS = 10_000  # groups a broker keeps (each with a retry topic); a new one past it is refused
+assert MAX_SUBSCRIPTION_GROUPS <= 50_000  # with their retry topics, under the NameServer's topic limit
 assert MAX_REQUEST_BYTES > 64 * 1024 * 1024
 assert 1 <= SCHEDULE_SCAN_BATCH <= 1024
 
@@ -343,6 +345,12 @@ class BrokerBase(RmqzActor):
 
     def _on_heartbeat_consumer(self, req: proto.HeartbeatConsumer, reply: ReplyTo) -> None:
         now = self.clock_ms()
+        if req.group not in self.groups.table and len(self.groups.table) >= MAX_SUBSCRIPTION_GROUPS:
+            # Each new group name leaves a subscription group and a retry topic behind, long
+            # after its members are gone (found in review: heartbeats with new names grew
+            # both tables, and the time to save them, without bound).
+            raise Refusal(proto.BAD_REQUEST, f"this broker holds {len(self.groups.table)} subscription groups, "
+                                             f"the limit; {req.group} is not one of them")
         try:
             joined = self.consumers.heartbeat(req.group, req.client_id, req.topics, req.mode,
                                               req.heartbeat_interval_ms, now, req.queues)

@@ -344,3 +344,25 @@ def test_offsets_committed_on_the_slave_while_the_master_was_away_are_taken_back
     finally:
         for n in (master, slave):
             n.stop()
+
+
+def test_a_new_group_past_the_subscription_group_limit_is_refused_and_leaves_nothing_behind(node, monkeypatch):
+    """Each group leaves a subscription group and a retry topic behind: a client inventing
+    names must not grow them (and the time to save them) without bound."""
+    from rmqz.actors.broker import base
+
+    monkeypatch.setattr(base, "MAX_SUBSCRIPTION_GROUPS", 3)
+    n = node()
+
+    def beat(group: str):
+        return n.ask(proto.HEARTBEAT_CONSUMER, proto.HeartbeatConsumer(group, "c1", ["Orders"], "CLUSTERING", 1_000,
+                                                                       []).to_dict())
+
+    for i in range(3):
+        assert beat(f"g{i}")[0].kind == "reply"
+    header, body = beat("g-new")
+    assert header.kind == "error" and body["code"] == proto.BAD_REQUEST and "limit" in body["reason"]
+    assert beat("g1")[0].kind == "reply"  # a known group goes on
+    assert "g-new" not in n.ref.proxy().groups.get().table
+    assert n.ref.proxy().topics.get().get("%RETRY%g-new") is None
+    assert n.ref.proxy().topics.get().get("%RETRY%g1") is not None
