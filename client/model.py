@@ -24,6 +24,7 @@ from rmqz.actors.broker.messages import (
 )
 from rmqz.storage.record import (
     HEADER_BYTES,
+    MAX_SENT_PROPERTIES_BYTES,
     NAME_SEPARATOR,
     PROPERTY_KEYS,
     PROPERTY_SEPARATOR,
@@ -208,9 +209,11 @@ def build_message(body: bytes | str, key: str | Iterable[str] | None = None,
             raise InvalidMessage(f"tags {tags!r} must not contain '||' (subscription syntax)")
         props[PROPERTY_TAGS] = tags
     try:
-        encode_properties(props)  # the store's own check: separators and 32 KiB limit
+        encoded = encode_properties(props)  # the store's own check: separators and 32 KiB limit
     except RecordError as exc:
         raise InvalidMessage(f"bad properties: {exc}") from None
+    if len(encoded) > MAX_SENT_PROPERTIES_BYTES:  # room for what a retry copy adds
+        raise InvalidMessage(f"properties take {len(encoded)} bytes, limit {MAX_SENT_PROPERTIES_BYTES}")
     return OutMessage(body=data, properties=props, born_timestamp_ms=stamp)
 
 

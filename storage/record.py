@@ -31,6 +31,12 @@ CRC_HEADER = struct.Struct(">III")  # size, magic, crc
 MIN_BLANK_BYTES = BLANK_HEADER.size
 MAX_TOPIC_BYTES = 127
 MAX_PROPERTIES_BYTES = 32767
+# What a producer's message may carry: the broker adds properties to a retry or dead-letter
+# copy (retry and real topic, origin id, queue, delay: under 700 bytes at their longest),
+# and a copy over MAX_PROPERTIES_BYTES could never be sent back (found in review: such a
+# message was retried by its consumer forever).
+PROPERTY_HEADROOM_BYTES = 1024
+MAX_SENT_PROPERTIES_BYTES = MAX_PROPERTIES_BYTES - PROPERTY_HEADROOM_BYTES
 MAX_BODY_BYTES = 64 * 1024 * 1024
 MAX_QUEUE_ID = 1023
 TOPIC_PATTERN = re.compile(r"[A-Za-z0-9_%|-]{1,127}")
@@ -42,6 +48,7 @@ PROPERTY_SEPARATOR = "\x02"
 assert HEADER_BYTES == 67, HEADER_BYTES
 assert MIN_BLANK_BYTES == 8
 assert MAX_PROPERTIES_BYTES < 1 << 16 and MAX_TOPIC_BYTES < 1 << 8
+assert 0 < PROPERTY_HEADROOM_BYTES < MAX_PROPERTIES_BYTES
 
 
 class RecordError(ValueError):

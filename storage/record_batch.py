@@ -87,8 +87,9 @@ def parse_batch(data: bytes, topic: str, count: int, max_body_bytes: int,
             raise MessageTooLargeError(f"body of {body_len} bytes exceeds maxMessageSize {max_body_bytes}")
         if size > max_record_bytes:
             raise MessageTooLargeError(f"record of {size} bytes exceeds {max_record_bytes}")
-        if props_len > rec.MAX_PROPERTIES_BYTES:  # a copy (retry topic, DLQ) must encode them again
-            raise rec.RecordError(f"record {len(sizes)}: properties take {props_len} bytes, limit {rec.MAX_PROPERTIES_BYTES}")
+        if props_len > rec.MAX_SENT_PROPERTIES_BYTES:  # a copy (retry topic, DLQ) adds its own
+            raise rec.RecordError(f"record {len(sizes)}: properties take {props_len} bytes, limit "
+                                  f"{rec.MAX_SENT_PROPERTIES_BYTES}")
         tag = 0
         if props_len:
             p = pos + head_bytes + t_len

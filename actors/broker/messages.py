@@ -89,7 +89,7 @@ INBOX_PATTERN = re.compile(r"tcp://[A-Za-z0-9_.-]{1,253}:\d{1,5}/[A-Za-z0-9_-]{1
 # Properties of one message: RocketMQ caps their encoded form at Short.MAX_VALUE bytes; the
 # count cap keeps a map of thousands of tiny entries from costing more to check than to send.
 MAX_PROPERTIES = 128
-MAX_PROPERTIES_BYTES = 32_767  # = storage.record.MAX_PROPERTIES_BYTES (name \x01 value \x02 ...)
+MAX_PROPERTIES_BYTES = 31_743  # = storage.record.MAX_SENT_PROPERTIES_BYTES (name \x01 value \x02 ...)
 PROPERTY_RESERVED = ("\x01", "\x02")  # the record format's separators
 assert MAX_PULL_MESSAGES <= 4096 and MAX_BATCH_MESSAGES <= 10_000
 assert 0 < MAX_PROPERTIES <= 1_024 and MAX_PROPERTIES_BYTES < 1 << 16

@@ -21,7 +21,7 @@ def props(p):
 
 @pytest.mark.parametrize(("body", "why"), [
     (props({f"k{i}": "v" for i in range(proto.MAX_PROPERTIES + 1)}), "at most 128"),
-    (props({"k": "v" * proto.MAX_PROPERTIES_BYTES}), "at most 32767"),
+    (props({"k": "v" * proto.MAX_PROPERTIES_BYTES}), "at most 31743"),
     (props({"": "v"}), "non-empty"),
     (props({"KEYS": "a\x02b"}), "x02"),
     (props({"a\x01": "b"}), "x01"),
