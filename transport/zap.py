@@ -30,7 +30,8 @@ ZAP_VERSION = b"1.0"
 MAX_CONNECTIONS = 4_096  # live connections to one node (clients and peers together)
 ZAP_BATCH = 256  # requests answered per loop turn
 ANONYMOUS = ""  # user id of a NULL-mechanism (keyless loopback) connection
-assert 0 < MAX_CONNECTIONS <= 1_000_000 and 0 < ZAP_BATCH <= 10_000
+MAX_MESSAGE_FRAMES = 8  # a routing identity and an envelope's 3 frames, with room; more is malformed
+assert 0 < MAX_CONNECTIONS <= 1_000_000 and 0 < ZAP_BATCH <= 10_000 and 4 <= MAX_MESSAGE_FRAMES <= 64
 
 
 class ZapHandler:
@@ -122,10 +123,22 @@ def frame_user_id(frame: zmq.Frame) -> str:
 def recv_with_user(sock: zmq.Socket, curve: bool) -> tuple[list[bytes], str]:
     """One multipart message from a bound socket and the ZAP user id of its connection.
     With CURVE the id is a property of the frames (copy=False to read it); without, plain
-    bytes are cheaper. Raises zmq.Again when nothing waits."""
+    bytes are cheaper. Raises zmq.Again when nothing waits.
+
+    At most MAX_MESSAGE_FRAMES frames are kept; the rest of a longer message is dropped
+    frame by frame without a copy, and what is returned then fails to decode (malformed).
+    MAXMSGSIZE limits each frame, not their number (found in review: one message of 1,000
+    frames under the limit was copied whole into Python). libzmq itself still queues a
+    whole message before the first frame is read: authentication bounds who can send one."""
+    first = sock.recv(zmq.NOBLOCK, copy=not curve)
+    parts = [first]
+    while sock.getsockopt(zmq.RCVMORE):
+        if len(parts) >= MAX_MESSAGE_FRAMES:
+            sock.recv(copy=False)  # dropped: a large frame is never copied
+            continue
+        parts.append(sock.recv(copy=not curve))
     if not curve:
-        return sock.recv_multipart(zmq.NOBLOCK), ""
-    parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        return parts, ""
     return [p.bytes for p in parts], frame_user_id(parts[-1])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import tracemalloc
 
 import msgpack
 import pykka
@@ -80,6 +81,25 @@ def test_oversized_frame_is_dropped_and_node_keeps_serving(make_agent, echo_cls,
     header, body = recv_until_cid(good, 2)[-1]
     assert header.kind == "reply" and body == b"y" * (MAX_FRAME - 100)
     assert agent.stats["delivered"] == 1
+
+
+def test_a_message_of_a_thousand_frames_under_the_limit_is_malformed_and_not_copied_whole(
+        make_agent, echo_cls, raw_dealer):
+    """MAXMSGSIZE limits each frame, not their number: one message of 1,000 frames just
+    under it used to be copied whole into Python (62.5 MiB here) before being refused."""
+    agent = make_agent("n1", max_frame_bytes=MAX_FRAME)
+    agent.register("echo", echo_cls(agent))
+    sock = raw_dealer(agent.endpoint)
+    tracemalloc.start()
+    try:
+        sock.send_multipart([b"x" * MAX_FRAME] * 1_000)
+        sock.send_multipart(request(2, body=b"after"))
+        header, body = recv_until_cid(sock, 2)[-1]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert header.kind == "reply" and body == b"after" and agent.stats["malformed"] == 1
+    assert peak < 20 * MAX_FRAME  # a few frames' worth, not the message
 
 
 def test_target_whose_tell_raises_is_counted_and_others_still_served(make_agent, echo_cls,
