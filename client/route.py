@@ -9,9 +9,10 @@ A cached route is refreshed on a background thread, and a send never waits for m
 ``REFRESH_WAIT_MS`` of it: while the NameServer answers, that is enough for a send retried
 after a routing error (a new DLedger leader, a master back) to go out on the new route.
 After a refresh failed, sends use the cached route without waiting, and the next refresh
-starts ``FAILED_REFRESH_RETRY_MS`` after the failure's end. A send never queues behind
-another thread's refresh. So a NameServer outage costs no send a NameServer timeout; only
-a topic with no cached route waits for the NameServer's answer.
+starts ``FAILED_REFRESH_RETRY_MS`` after the failure's end. A send to a topic with a cached
+route never queues behind another thread's refresh. So a NameServer outage costs no such
+send a NameServer timeout; a topic with no cached route waits for the NameServer's answer,
+behind any refresh running then (one lock for all topics: refreshes are rare).
 """
 
 from __future__ import annotations
