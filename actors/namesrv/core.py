@@ -57,6 +57,13 @@ __all__ = [
 DEFAULT_BROKER_EXPIRY_MS = 120_000  # RocketMQ BROKER_CHANNEL_EXPIRED_TIME
 MIN_BROKER_EXPIRY_MS = 1
 MAX_BROKERS = 1_024  # live broker processes (addresses)
+MAX_EPOCHS_REMEMBERED = 4_096  # groups whose highest master term outlives their entries
+# How long a group's highest master epoch is remembered after its last master registration
+# at that epoch: long past any pause a deposed leader wakes from while its group elects
+# anew, short enough that a DLedger group rebuilt from empty disks (terms from 1 again) is
+# not refused forever by NameServers that kept running.
+EPOCH_MEMORY_MS = 600_000
+assert EPOCH_MEMORY_MS > DEFAULT_BROKER_EXPIRY_MS
 MAX_TOPICS = 65_536
 assert 1 <= MIN_BROKER_EXPIRY_MS <= DEFAULT_BROKER_EXPIRY_MS
 assert 1 <= MAX_BROKERS <= 100_000
@@ -129,6 +136,10 @@ class RouteInfoManager:
         self._groups: dict[str, _Group] = {}
         self._clusters: dict[str, set[str]] = {}
         self._live: dict[str, _Live] = {}
+        # The highest master epoch (Raft term) each group has shown, kept after its master
+        # left the table: a deposed leader must not become master again just because the
+        # newer one timed out first (found in review). Oldest first, bounded.
+        self._max_epoch: dict[str, tuple[int, int]] = {}  # broker name -> (epoch, last confirmed ms)
 
     # -- registration --------------------------------------------------------------------
 
@@ -171,7 +182,7 @@ class RouteInfoManager:
         apply = req.broker_id == MASTER_ID and (
             not same_broker or prev.data_version != req.data_version  # type: ignore[union-attr]
         )
-        self._check_master_epoch(req, group)
+        self._check_master_epoch(req, group, now_ms)
         self._check_broker_room(req, group)
         if apply:
             self._check_topic_room(req.broker_name, req.topic_configs)
@@ -191,19 +202,29 @@ class RouteInfoManager:
         self._live[req.broker_addr] = _Live(
             req.cluster, req.broker_name, req.broker_id, now_ms, req.data_version, req.ha_addr, req.master_epoch
         )
+        if req.broker_id == MASTER_ID and req.master_epoch > 0:
+            self._max_epoch.pop(req.broker_name, None)  # re-inserted last: the newest
+            self._max_epoch[req.broker_name] = (req.master_epoch, now_ms)
+            while len(self._max_epoch) > MAX_EPOCHS_REMEMBERED:
+                del self._max_epoch[next(iter(self._max_epoch))]
         return self._register_result(req.broker_id, group)
 
-    def _check_master_epoch(self, req: RegisterBroker, group: _Group | None) -> None:
+    def _check_master_epoch(self, req: RegisterBroker, group: _Group | None, now_ms: int) -> None:
         """Raft terms only grow: a claim to brokerId 0 from another address with a lower epoch
         than the live master's comes from a deposed leader that has not heard so yet."""
-        if req.broker_id != MASTER_ID or group is None:
+        if req.broker_id != MASTER_ID:
             return
-        current = group.addrs.get(MASTER_ID)
+        current = group.addrs.get(MASTER_ID) if group is not None else None
         live = self._live.get(current) if current is not None else None
-        if current != req.broker_addr and live is not None and live.master_epoch > req.master_epoch:
+        remembered, confirmed_ms = self._max_epoch.get(req.broker_name, (0, now_ms))
+        if now_ms - confirmed_ms > EPOCH_MEMORY_MS:
+            remembered = 0
+        seen = max(remembered, live.master_epoch if live is not None else 0)
+        if current != req.broker_addr and req.master_epoch < seen:
+            holder = f"{current} is master" if live is not None else "a master has registered"
             raise RouteConflictError(
                 f"stale master claim for {req.broker_name!r} from {req.broker_addr} at epoch "
-                f"{req.master_epoch}: {current} is master at epoch {live.master_epoch}"
+                f"{req.master_epoch}: {holder} at epoch {seen}"
             )
 
     def _check_broker_room(self, req: RegisterBroker, group: _Group | None) -> None:

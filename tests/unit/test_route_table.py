@@ -15,6 +15,7 @@ import pytest
 
 from rmqz.actors.namesrv.core import (
     DEFAULT_BROKER_EXPIRY_MS,
+    EPOCH_MEMORY_MS,
     ExpiredBroker,
     RouteConflictError,
     RouteInfoManager,
@@ -228,6 +229,42 @@ def test_a_deposed_dledger_leader_waking_up_cannot_push_the_new_leader_out_of_th
     claim(n0, 5, 9_000)  # a later election is a newer claim
     assert addrs(rim.pick_topic_route("TopicA"), "broker-a")[0] == n0
     rim.check_invariants()
+
+
+@pytest.mark.parametrize("how", ["expiry", "unregister"])
+def test_a_deposed_leader_cannot_become_master_after_the_newer_one_left_the_table(how):
+    """Found in review: the fence compared a claim only with the live master; once the
+    term-6 master timed out or unregistered, the deposed term-5 leader's heartbeat made it
+    master again, and producers went to a broker that cannot commit."""
+    rim = RouteInfoManager(broker_expiry_ms=10_000)
+    a, b = "tcp://10.0.1.1:10911", "tcp://10.0.1.2:10911"
+    claim = lambda addr, epoch, now_ms: rim.register(  # noqa: E731
+        RegisterBroker(CLUSTER, "broker-a", addr, 0, None, {"TopicA": EIGHT}, 1, epoch), now_ms)
+    claim(a, 5, 0)
+    claim(b, 6, 1_000)
+    claim(b, 6, 3_000)
+    if how == "expiry":
+        rim.scan_not_active(14_000)
+    else:
+        rim.unregister_broker(CLUSTER, b, "broker-a", 0)
+    with pytest.raises(RouteConflictError, match="stale master claim .* epoch 5: a master has registered at epoch 6"):
+        claim(a, 5, 14_500)
+    claim(a, 7, 15_000)  # elected again, at a newer term
+    assert addrs(rim.pick_topic_route("TopicA"), "broker-a") == {0: a}
+    rim.check_invariants()
+
+
+def test_a_dledger_group_rebuilt_from_empty_disks_is_taken_once_its_old_term_is_long_gone():
+    rim = RouteInfoManager(broker_expiry_ms=10_000)
+    a = "tcp://10.0.1.1:10911"
+    claim = lambda epoch, now_ms: rim.register(  # noqa: E731
+        RegisterBroker(CLUSTER, "broker-a", a, 0, None, {"TopicA": EIGHT}, 1, epoch), now_ms)
+    claim(9, 0)
+    rim.unregister_broker(CLUSTER, a, "broker-a", 0)
+    with pytest.raises(RouteConflictError):
+        claim(1, EPOCH_MEMORY_MS)  # terms start again at 1: refused while term 9 is remembered
+    claim(1, EPOCH_MEMORY_MS + 1)
+    assert addrs(rim.pick_topic_route("TopicA"), "broker-a") == {0: a}
 
 
 def test_classic_masters_without_an_epoch_replace_each_other_as_before():
