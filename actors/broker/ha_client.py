@@ -36,6 +36,13 @@ class MasterSilent:
     address: str
 
 
+@dataclass(frozen=True, slots=True)
+class MasterBack:
+    """HAClient -> BrokerSlave: the master that went silent streams again."""
+
+    address: str
+
+
 MASTER_SILENT_HEARTBEATS = 3
 assert MASTER_SILENT_HEARTBEATS >= 2
 
@@ -125,6 +132,7 @@ class HAClient(RmqzActor):
         if self.master_silent:
             self.master_silent = False
             logger.info("slave {}: master {} is back", self.node_id, self.master)
+            tell_quietly(self.slave_ref, MasterBack(self.master))
         if transfer.send_back_from is not None:
             return self._send_back(transfer.send_back_from)
         tell_quietly(self.slave_ref, ReplicaData(transfer))

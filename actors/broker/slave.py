@@ -14,7 +14,7 @@ from rmqz.actors.base import tell_quietly
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.base import BrokerBase, BrokerDeps
 from rmqz.actors.broker.ha_channel import HAChannel
-from rmqz.actors.broker.ha_client import Appended, MasterAddress, MasterSilent, ReplicaData, send_report
+from rmqz.actors.broker.ha_client import Appended, MasterAddress, MasterBack, MasterSilent, ReplicaData, send_report
 from rmqz.actors.broker.ha_decode import decode_transfer
 from rmqz.storage import record as rec
 from rmqz.storage.errors import CorruptStoreError
@@ -233,6 +233,14 @@ class BrokerSlave(HAChannel, BrokerBase):
     def handle_MasterSilent(self, msg: MasterSilent) -> None:
         if not self.config.ha_master_address and msg.address == self.master_addr:
             self.looking_for_master = True
+
+    def handle_MasterBack(self, msg: MasterBack) -> None:
+        """The master came back at its address: stop asking the NameServers every second (the
+        search only ended on a new address), and hand back at once the consumer offsets
+        committed here meanwhile, before consumers ask the master for them."""
+        if msg.address == self.master_addr:
+            self.looking_for_master = False
+            self._sync_metadata()
 
     def on_tick(self, now_ms: int) -> None:
         if self._appended_untold is not None:

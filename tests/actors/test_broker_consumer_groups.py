@@ -14,8 +14,9 @@ from rmqz.storage import record as rec
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.base import BrokerDeps
 from rmqz.actors.broker.config import BrokerConfig
+from rmqz.actors.broker.ha_client import MasterBack, MasterSilent
 from rmqz.actors.broker.master import BrokerMaster
-from rmqz.actors.broker.slave import BrokerSlave
+from rmqz.actors.broker.slave import AttachHAClient, BrokerSlave
 from rmqz.actors.ticker import Tick
 from rmqz.storage.message_store import MessageStore, StoreConfig
 from rmqz.storage.metadata import ConsumerOffsetStore, DelayOffsetStore, TopicConfigStore
@@ -386,3 +387,33 @@ def test_a_message_with_properties_at_the_send_limit_can_still_be_retried_and_de
 
 def test_the_wire_limit_on_properties_is_the_stores_limit_for_sent_messages():
     assert proto.MAX_PROPERTIES_BYTES == rec.MAX_SENT_PROPERTIES_BYTES
+
+
+def test_a_slave_whose_master_comes_back_stops_searching_and_hands_back_its_offsets_at_once(tmp_path):
+    """After its master went silent, a slave asked the NameServers every second until the
+    master's address changed: when the master came back at its address, forever. Now its
+    return ends the search, and the offsets committed on the slave go back at once."""
+    slave = Node(tmp_path / "s", cls=BrokerSlave)
+    sent = []
+    slave.agent.send = lambda endpoint, header, body, via=None: sent.append((endpoint, header.type, unpack_body(body, 1 << 26)))
+    slave.ref.tell(AttachHAClient(Sink()))
+    try:
+        answer = Inbound(Header(kind="reply", src="namesrv-0", dst="broker", type="RegisterBroker", cid=1),
+                         pack_body({"master_addr": "127.0.0.1:10911"}), None, "tcp://127.0.0.1:9876")
+        slave.ref.tell(answer)  # the NameServer names the master
+        slave.ok(proto.COMMIT_OFFSET, proto.CommitOffset("g", "Orders", 0, 42).to_dict())
+        slave.ref.tell(MasterSilent("127.0.0.1:10911"))
+        sent.clear()
+        for _ in range(3):
+            slave.tick(advance_mono_ms=1_000)
+        assert sum(t == "RegisterBroker" for _, t, _ in sent) >= 2  # searching, once a second
+        slave.ref.tell(MasterBack("127.0.0.1:10911"))
+        slave.ref.ask(Ping())
+        [metadata] = [body for endpoint, t, body in sent if t == proto.GET_METADATA]
+        assert metadata["committed"] == [{"group": "g", "topic": "Orders", "queue_id": 0, "offset": 42}]
+        sent.clear()
+        for _ in range(3):
+            slave.tick(advance_mono_ms=1_000)
+        assert not [t for _, t, _ in sent if t == "RegisterBroker"]  # the search is over
+    finally:
+        slave.stop()

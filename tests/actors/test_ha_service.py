@@ -159,3 +159,28 @@ def test_write_half_checks_a_slave_held_back_by_the_tail_fill_as_soon_as_the_fil
         assert broker.wait_for(lambda m: isinstance(m, InStep)).offset == 200  # no wait for the next report
     finally:
         ref.stop()
+
+
+def test_haclient_tells_its_slave_when_a_silent_master_streams_again(tmp_path):
+    """The slave stops its once-a-second search for a master and hands back the consumer
+    offsets committed on it as soon as its master is back at the same address."""
+    from rmqz.actors.broker.ha_client import MASTER_SILENT_HEARTBEATS, HAClient, MasterBack, MasterSilent
+
+    store = MessageStore(StoreConfig(str(tmp_path / "s"), commit_log_segment_bytes=1 << 20, max_message_bytes=1 << 16))
+    store.open()
+    now = [1_000]
+    config = BrokerConfig(listen_port=10912, broker_id=1, broker_role="SLAVE", broker_name="broker-a",
+                          ha_master_address="127.0.0.1:10911")
+    agent, slave = Recorder(), Recorder()
+    client = HAClient.start(config, agent, slave, lambda: now[0], 0, None, commit_log=store.commit_log)
+    try:
+        now[0] += MASTER_SILENT_HEARTBEATS * config.ha_send_heartbeat_interval_ms + 1
+        client.tell(Tick(now[0]))
+        slave.wait_for(lambda m: isinstance(m, MasterSilent))
+        transfer = proto.HATransfer(0, b"", 0)
+        client.tell(Inbound(Header(kind="tell", src="broker-a-0", dst=proto.HA_CLIENT, type=proto.HA_TRANSFER),
+                            pack_body(transfer.to_dict()), b"m", None))
+        assert slave.wait_for(lambda m: isinstance(m, MasterBack)) == MasterBack("127.0.0.1:10911")
+    finally:
+        client.stop()
+        store.close()
