@@ -37,12 +37,6 @@ def service(tmp_path):
     store.close()
 
 
-def report(offset: int, slave_id: int = 1) -> Inbound:
-    body = proto.HAReport(slave_id, "broker-a", "127.0.0.1:10912", offset, None).to_dict()
-    header = Header(kind="tell", src="broker-a-1@127.0.0.1:10912", dst=proto.HA_SERVICE, type=proto.HA_REPORT)
-    return Inbound(header, pack_body(body), b"t", None)
-
-
 def report(offset: int, slave_id: int = 1, last_record=None) -> Inbound:
     body = proto.HAReport(slave_id, "broker-a", "127.0.0.1:10912", offset, last_record).to_dict()
     header = Header(kind="tell", src="broker-a-1@127.0.0.1:10912", dst=proto.HA_SERVICE, type=proto.HA_REPORT)
