@@ -34,7 +34,7 @@ from typing import Any
 import click
 import zmq
 
-from .bench_common import console, emit_json, print_table
+from .bench_common import _rank, console, emit_json, print_table
 from .output import CliError, command
 
 MAX_ROUNDS = 1_000_000
@@ -81,8 +81,8 @@ def machine(rounds: int, directory: str | None) -> None:
 
 
 def _p(samples_ns: list[float], q: float) -> float:
-    data = sorted(samples_ns)
-    return round(data[max(0, min(len(data) - 1, int(q * len(data) + 0.5) - 1))] / 1000, 1)
+    """Nearest-rank percentile, in us."""
+    return round(_rank(sorted(samples_ns), q) / 1000, 1)
 
 
 # ---------------------------------------------------------------------------- ZeroMQ echo

@@ -174,6 +174,15 @@ class ConsumerOffsetStore(JsonTable):
             queues[queue_id] = offset
             self._changed()
 
+    def commit_if_ahead(self, group: str, topic: str, queue_id: int, offset: int) -> bool:
+        """Commit only an offset past ours (or a first one): what another node saw committed
+        while this one could not (a slave's copy, a master taking a slave's back)."""
+        mine = self.query(group, topic, queue_id)
+        if mine is not None and offset <= mine:
+            return False
+        self.commit(group, topic, queue_id, offset)
+        return True
+
     def query(self, group: str, topic: str, queue_id: int) -> int | None:
         return self.table.get(_offset_key(topic, group), {}).get(queue_id)
 

@@ -385,12 +385,7 @@ class BrokerMaster(TailFill, HAStreams, HAChannel, FastChannel, BrokerBase):
     def _on_get_metadata(self, req: proto.GetMetadata, reply: ReplyTo) -> None:
         # Offsets consumers committed on the slave while we were away: take the ones ahead
         # of ours (RocketMQ loses them, and consumers go back when the master returns).
-        merged = 0
-        for c in req.committed:
-            mine = self.offsets.query(c.group, c.topic, c.queue_id)
-            if mine is None or c.offset > mine:
-                self.offsets.commit(c.group, c.topic, c.queue_id, c.offset)
-                merged += 1
+        merged = sum(self.offsets.commit_if_ahead(c.group, c.topic, c.queue_id, c.offset) for c in req.committed)
         if merged:
             logger.info("broker {}: took back {} consumer offsets committed on a slave", self.node_id, merged)
         self._reply(reply, {

@@ -23,8 +23,6 @@ from rmqz.transport.envelope import EnvelopeError, Inbound, unpack_body
 from rmqz.transport.peer_inbox import inbox_route
 
 FIND_MASTER_INTERVAL_MS = 1_000
-
-
 TOPIC_SYNC_GAP_MS = 1_000  # a topic new to the slave: its config is copied at most this often
 assert TOPIC_SYNC_GAP_MS > 0
 
@@ -287,10 +285,8 @@ class BrokerSlave(HAChannel, BrokerBase):
         for key, queues in meta["offsets"].items():
             topic, _, group = key.partition("@")
             for qid, offset in self.offsets.decode_entry(key, queues).items():
-                mine = self.offsets.query(group, topic, qid)
                 # Keep the larger: consumers may have committed here while the master was down.
-                if mine is None or offset > mine:
-                    self.offsets.commit(group, topic, qid, offset)
+                self.offsets.commit_if_ahead(group, topic, qid, offset)
                 if self.committed_here.get((group, topic, qid), offset + 1) <= offset:
                     del self.committed_here[(group, topic, qid)]  # the master has it (or more)
         groups = meta.get("groups", {})

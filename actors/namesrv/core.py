@@ -211,7 +211,8 @@ class RouteInfoManager:
 
     def _check_master_epoch(self, req: RegisterBroker, group: _Group | None, now_ms: int) -> None:
         """Raft terms only grow: a claim to brokerId 0 from another address with a lower epoch
-        than the live master's comes from a deposed leader that has not heard so yet."""
+        than the live master's, or than the highest one the group showed in the last
+        EPOCH_MEMORY_MS, comes from a deposed leader that has not heard so yet."""
         if req.broker_id != MASTER_ID:
             return
         current = group.addrs.get(MASTER_ID) if group is not None else None
