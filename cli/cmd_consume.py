@@ -99,7 +99,8 @@ class _Printer:
 @click.option("-t", "--topic", required=True, help="Topic to consume.")
 @click.option("-g", "--group", required=True, help="Consumer group (members split the queues; offsets per group).")
 @click.option("--from", "start_from", type=click.Choice(["first", "last"]), default="last", show_default=True,
-              help="Where a group without committed offsets starts.")
+              help="Where a queue without a committed offset starts. As in RocketMQ, 'last' "
+                   "reads a young queue (its first message still in the broker's memory) from 0.")
 @click.option("--count", type=click.IntRange(1), default=None, help="Exit after this many messages.")
 @click.option("--timeout", "idle_timeout_s", type=click.FloatRange(0.1, MAX_IDLE_TIMEOUT_S), default=10.0,
               show_default=True, help="Exit after this many seconds without a new message.")

@@ -134,9 +134,10 @@ class PullConsumer:
         _check_range("offset", offset, 0, MAX_OFFSET)
         self._call(mq, COMMIT_OFFSET, CommitOffset(self.group, mq.topic, mq.queue_id, offset).to_dict())
 
-    def query_offset(self, mq: MessageQueue) -> int:
-        """The group's committed offset on this queue, -1 if it never committed."""
-        reply = self._call(mq, QUERY_OFFSET, QueryOffset(self.group, mq.topic, mq.queue_id).to_dict())
+    def query_offset(self, mq: MessageQueue, zero_if_young: bool = False) -> int:
+        """The group's committed offset on this queue, -1 if it never committed (0 instead,
+        with ``zero_if_young``, while the queue's first message is still in the broker's memory)."""
+        reply = self._call(mq, QUERY_OFFSET, QueryOffset(self.group, mq.topic, mq.queue_id, zero_if_young).to_dict())
         offset = reply.get("offset")
         if type(offset) is not int or offset < -1:
             raise MQClientError("malformed QueryOffset reply: 'offset' must be an int >= -1")

@@ -27,10 +27,14 @@ How it works (RocketMQ's DefaultMQPushConsumer, simplified):
 * Offsets: a queue's offset is the lowest message not yet consumed (so nothing is skipped
   when a later message finishes first). Clustering commits to the brokers, broadcasting to
   a local file (:mod:`.offset_store`), every ``commit_interval_ms``, when a queue moves
-  to another member, and at shutdown. A new group starts at ``start_from`` ("first",
-  "last" or "timestamp"); that start point is committed at once, so a member taking the
-  queue over later goes on from there. Delivery is at-least-once: a member that dies
-  without committing leaves its queues to others from the last commit.
+  to another member, and at shutdown. A queue with no committed offset starts at
+  ``start_from`` ("first", "last" or "timestamp"); that start point is committed at once, so
+  a member taking the queue over later goes on from there. As in RocketMQ, "last" starts a
+  young queue (its first message still within the broker's accessMessageInMemoryMaxRatio
+  share of memory) at 0: a queue or broker group added while the group runs is read from its
+  first message, not from wherever its end was at the next rebalance. Delivery is
+  at-least-once: a member that dies without committing leaves its queues to others from the
+  last commit.
 * Failures: the handler returning RECONSUME_LATER or raising sends the message back to
   its broker (clustering): it comes back through the retry topic after a growing delay,
   and after ``max_reconsume_times`` it goes to ``%DLQ%<group>``. If the broker cannot take
@@ -552,7 +556,11 @@ class PushConsumer:
         if mq.topic == self.retry_topic or self.start_from == "first":
             offset = self._pull.min_offset(mq)
         elif self.start_from == "last":
-            offset = self._pull.max_offset(mq)
+            # As RocketMQ: a young queue (its first message still in the broker's memory) starts
+            # at 0, so what was sent to a queue added since the group's last rebalance is not
+            # skipped; an older one starts at its end.
+            young = self._pull.query_offset(mq, zero_if_young=True)
+            offset = young if young >= 0 else self._pull.max_offset(mq)
         else:
             offset = self._pull.search_offset(mq, self.start_timestamp_ms)
         # Commit the start point now: a member taking the queue over goes on from here.

@@ -67,7 +67,7 @@ class GetResult:
 
 
 class QueueIndex:
-    """Mixin state: root, fs, queues, units_per_segment (set by the subclass)."""
+    """Mixin state: root, fs, queues, units_per_segment, commit_log (set by the subclass)."""
 
     root: str
     fs: FileSystem
@@ -190,6 +190,15 @@ class QueueIndex:
     def min_offset(self, topic: str, queue_id: int) -> int:
         cq = self.queues.get((topic, queue_id))
         return cq.min_offset if cq else 0
+
+    def first_message_within(self, topic: str, queue_id: int, window_bytes: int) -> bool:
+        """Whether the queue still holds its first message (offset 0) and that message lies
+        within the last window_bytes of the log: RocketMQ's test for a young queue
+        (checkInMemByConsumeOffset at offset 0)."""
+        cq = self.queues.get((topic, queue_id))
+        if cq is None or cq.min_offset > 0 or cq.max_offset == 0:
+            return False
+        return self.commit_log.wrote_offset - cq.get(0).commit_log_offset <= window_bytes
 
     def topics(self) -> set[str]:
         return {t for t, _ in self.queues}

@@ -20,7 +20,7 @@ from loguru import logger
 from rmqz.actors.base import RmqzActor
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker import retry_core
-from rmqz.actors.broker.config import BrokerConfig, ConfigError
+from rmqz.actors.broker.config import BrokerConfig, ConfigError, in_memory_max_bytes
 from rmqz.actors.broker.config_update import apply_runtime_update  # security: allow-listed keys
 from rmqz.actors.broker.consumer_manager import CLUSTERING, ConsumerTable, MembershipError
 from rmqz.actors.broker.long_poll import HeldPull, PullHolds
@@ -306,7 +306,16 @@ class BrokerBase(RmqzActor):
 
     def _on_query_offset(self, req: proto.QueryOffset, reply: ReplyTo) -> None:
         found = self.offsets.query(req.group, req.topic, req.queue_id)
+        if found is None and req.zero_if_young and self.store.first_message_within(req.topic, req.queue_id,
+                                                                                      self.cold_bytes):
+            found = 0
         self._reply(reply, {"offset": -1 if found is None else found})
+
+    @property
+    def cold_bytes(self) -> int:
+        """Records further than this behind the log's end are taken to be out of memory
+        (read from the config each time: accessMessageInMemoryMaxRatio changes at runtime)."""
+        return in_memory_max_bytes(self.config)
 
     def _on_topic_status(self, req: proto.GetTopicStatus, reply: ReplyTo) -> None:
         cfg = self.topics.get(req.topic)

@@ -7,6 +7,7 @@ fall back to a default), and so is every bad value, with the key named.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -140,6 +141,18 @@ INT_LIMITS = {
     "dledger_tick_ms": (5, 10_000), "dledger_election_ticks": (2, 1_000), "dledger_heartbeat_ticks": (1, 100),
     "send_thread_pool_queue_capacity": (16, 1_000_000),
 }
+
+
+# RAM, read once: accessMessageInMemoryMaxRatio is a share of it (RocketMQ's page-cache guess).
+PHYSICAL_MEMORY_BYTES = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+assert PHYSICAL_MEMORY_BYTES > 0
+
+
+def in_memory_max_bytes(config: BrokerConfig) -> int:
+    """How far behind the log's end a record may lie and still count as in memory (hot)."""
+    if config.access_message_in_memory_max_bytes > 0:
+        return config.access_message_in_memory_max_bytes
+    return PHYSICAL_MEMORY_BYTES * config.access_message_in_memory_max_ratio // 100
 
 
 def snake(key: str) -> str:

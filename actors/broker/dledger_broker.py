@@ -22,7 +22,6 @@ from loguru import logger
 from rmqz.actors.broker import dledger_entries as de
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker import retry_core
-from rmqz.actors.broker.master import in_memory_max_bytes
 from rmqz.actors.broker.base import BrokerBase, BrokerDeps, Refusal, ReplyTo
 from rmqz.actors.broker.fast_channel import FastChannel
 from rmqz.actors.broker.dledger_roles import LeaderTick
@@ -99,8 +98,6 @@ class BrokerDLedger(FastChannel, BrokerBase):
         self.term = 0
         peers = sorted(self.config.peers())
         self.follower_id = 1 + peers.index(self.config.dledger_self_id)
-        self.cold_bytes = in_memory_max_bytes(self.config.access_message_in_memory_max_ratio,
-                                              self.config.access_message_in_memory_max_bytes)
         self.config.broker_id = self.follower_id
         self._queue_rr = itertools.count()
         self._offsets_proposed_version = -1

@@ -7,7 +7,6 @@ are committed, serves a slave's metadata copy, and suggests the slave for cold r
 from __future__ import annotations
 
 import itertools
-import os
 from collections import deque
 from typing import Any
 
@@ -42,13 +41,6 @@ assert 0 < MAX_BURST_BYTES <= 64 * 1024 * 1024  # the write buffer's own bound (
 __all__ = ["AgentReady", "BrokerMaster", "InStep", "PrepareStop", "SlaveAck", "SlaveGone"]
 
 
-def in_memory_max_bytes(ratio_percent: int, explicit_bytes: int) -> int:
-    if explicit_bytes > 0:
-        return explicit_bytes
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return total * ratio_percent // 100
-
-
 class BrokerMaster(TailFill, HAStreams, HAChannel, FastChannel, BrokerBase):
     ROLE = "MASTER"
     HA_TELL_TYPES = frozenset({proto.HA_REPORT})  # a slave's ack after its append
@@ -64,8 +56,6 @@ class BrokerMaster(TailFill, HAStreams, HAChannel, FastChannel, BrokerBase):
                                            slave_timeout_ms=self.config.ha_housekeeping_interval_ms,
                                            started_ms=self.clock_ms(),
                                            connect_grace_ms=self.config.slave_ack_timeout_ms)
-        self.cold_bytes = in_memory_max_bytes(self.config.access_message_in_memory_max_ratio,
-                                              self.config.access_message_in_memory_max_bytes)
         self.stats.update({"flush_timeouts": 0, "slave_timeouts": 0, "slave_not_available": 0, "bad_reports": 0})
         self.start_fill_gate()
         self._queue_rr = itertools.count()

@@ -279,14 +279,19 @@ class QueryOffset:
     group: str
     topic: str
     queue_id: int
+    # With no committed offset, answer 0 when the queue is young (RocketMQ's queryConsumerOffset:
+    # its first message is still in memory), so a consumer starting at "last" does not skip
+    # what was sent to a queue added since its group's last rebalance.
+    zero_if_young: bool = False
 
     def to_dict(self) -> dict:
-        return {"group": self.group, "topic": self.topic, "queue_id": self.queue_id}
+        return {"group": self.group, "topic": self.topic, "queue_id": self.queue_id,
+                "zero_if_young": self.zero_if_young}
 
     @classmethod
     def from_dict(cls, d: Any) -> QueryOffset:
         d = _map(d)
-        return cls(_group(d), _topic(d), _int(d, "queue_id", 0, MAX_QUEUE_ID))
+        return cls(_group(d), _topic(d), _int(d, "queue_id", 0, MAX_QUEUE_ID), _get(d, "zero_if_young", bool, False))
 
 
 @dataclass(slots=True)
@@ -533,7 +538,8 @@ def decode_request(type_name: str, body: Any) -> Any:
 #                   "unplaced": bool (records hold zero offsets: take them from here)
 # CreateTopic   -> {"topic": str, "created": bool}
 # CommitOffset  -> {}
-# QueryOffset   -> {"offset": int}   (-1 when the group never committed on this queue)
+# QueryOffset   -> {"offset": int}   (-1 when the group never committed on this queue; 0 instead
+#                   when zero_if_young and the queue still holds its first message in memory)
 # GetTopicStatus-> {"topic": str, "queues": [{"queue_id", "min_offset", "max_offset"}]}
 # PromoteToMaster -> {"promoting": true, "role": str}   (slaves only; the swap follows)
 # GetMetadata   -> {"topics": {topic: {read_queue_nums, write_queue_nums, perm, order}},

@@ -11,7 +11,7 @@ import zmq
 
 from rmqz.actors.base import ChildFailed, Ping
 from rmqz.actors.broker import messages as proto
-from rmqz.actors.broker.config import BrokerConfig
+from rmqz.actors.broker.config import PHYSICAL_MEMORY_BYTES, BrokerConfig
 from rmqz.actors.broker.flush import FlushFailed, Flushed, FlushRequest
 from rmqz.actors.broker.base import AgentReady, BrokerDeps
 from rmqz.actors.broker.ha_core import HAWriters, SlaveAck, SlaveGone, SlaveReport
@@ -326,6 +326,39 @@ def test_consumer_offsets_are_committed_and_queried(broker):
     assert agent.wait_reply(request(ref, proto.QUERY_OFFSET, q))[1]["offset"] == -1
     agent.wait_reply(request(ref, proto.COMMIT_OFFSET, proto.CommitOffset("g1", "Orders", 3, 42).to_dict()))
     assert agent.wait_reply(request(ref, proto.QUERY_OFFSET, q))[1]["offset"] == 42
+
+
+def _query(ref, agent, queue_id, young):
+    q = proto.QueryOffset("g1", "Orders", queue_id, zero_if_young=young).to_dict()
+    return agent.wait_reply(request(ref, proto.QUERY_OFFSET, q))[1]["offset"]
+
+
+def test_a_young_queue_without_a_committed_offset_answers_zero_when_asked(broker):
+    ref, agent, *_ = broker(access_message_in_memory_max_bytes=4096)
+    assert _query(ref, agent, 3, young=True) == -1  # nothing stored: the end is 0 anyway
+    agent.wait_reply(send(ref, queue_id=3))
+    assert _query(ref, agent, 3, young=True) == 0  # RocketMQ's queryConsumerOffset
+    assert _query(ref, agent, 3, young=False) == -1  # only when asked ("first"/"timestamp" do not)
+    agent.wait_reply(request(ref, proto.COMMIT_OFFSET, proto.CommitOffset("g1", "Orders", 3, 1).to_dict()))
+    assert _query(ref, agent, 3, young=True) == 1  # a committed offset always wins
+
+
+def test_a_queue_whose_first_message_left_memory_is_not_young(broker):
+    ref, agent, *_ = broker(access_message_in_memory_max_bytes=4096)
+    agent.wait_reply(send(ref, queue_id=2))
+    agent.wait_reply(send(ref, queue_id=1, bodies=(b"x" * 8192,)))  # 8 KiB written after it
+    assert _query(ref, agent, 2, young=True) == -1  # "last" starts at its end, as in RocketMQ
+
+
+def test_a_runtime_change_of_the_in_memory_ratio_moves_the_young_and_cold_line(broker):
+    ref, agent, *_ = broker()  # 40% of RAM: everything here is in memory
+    agent.wait_reply(send(ref, queue_id=2))
+    agent.wait_reply(send(ref, queue_id=1, bodies=(b"x" * 8192,)))
+    assert _query(ref, agent, 2, young=True) == 0
+    assert ref.proxy().cold_bytes.get() == PHYSICAL_MEMORY_BYTES * 40 // 100
+    update = proto.UpdateBrokerConfig({"accessMessageInMemoryMaxRatio": "1"}).to_dict()
+    assert agent.wait_reply(request(ref, proto.UPDATE_BROKER_CONFIG, update))[0].kind != "error"
+    assert ref.proxy().cold_bytes.get() == PHYSICAL_MEMORY_BYTES // 100  # read from the config each time
 
 
 def test_broker_registers_with_every_namesrv_and_again_when_a_topic_is_created(broker):

@@ -87,6 +87,7 @@ class FakeStore:
     topics: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # (read, write, perm)
     queues: dict[tuple[str, int], list[dict]] = field(default_factory=dict)
     offsets: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    young: set[tuple[str, int]] = field(default_factory=set)  # first message still in memory
     consumers: ConsumerTable = field(default_factory=ConsumerTable)
     data_version: int = 0
     physical: int = 0
@@ -224,7 +225,10 @@ class FakeBroker:
         return {}
 
     def _on_QueryOffset(self, req: bm.QueryOffset, inbound: Inbound) -> Any:
-        return {"offset": self.store.offsets.get((req.group, req.topic, req.queue_id), -1)}
+        found = self.store.offsets.get((req.group, req.topic, req.queue_id), -1)
+        if found < 0 and req.zero_if_young and (req.topic, req.queue_id) in self.store.young:
+            found = 0
+        return {"offset": found}
 
     def _on_GetTopicStatus(self, req: bm.GetTopicStatus, inbound: Inbound) -> Any:
         if req.topic not in self.store.topics:

@@ -121,6 +121,24 @@ def test_committed_offsets_make_a_new_member_start_after_what_was_consumed(two_b
     assert sorted(second.got) == [f"new{i}".encode() for i in range(5)]
 
 
+def test_start_from_last_reads_a_young_queue_from_its_first_message(two_brokers, wait):
+    # broker-a's queues are young (a queue added since the group's last rebalance, say):
+    # nothing sent to them may be skipped. broker-b's are old: "last" means their end.
+    two_brokers.broker("broker-a").store.young.update(("TopicA", q) for q in range(4))
+    with Producer(two_brokers.namesrv_addr) as producer:
+        before = {f"before{i}".encode(): producer.send("TopicA", f"before{i}").broker_name for i in range(8)}
+    assert set(before.values()) == {"broker-a", "broker-b"}
+    got = Collector()
+    with PushConsumer(two_brokers.namesrv_addr, "g", "TopicA", got, start_from="last", **FAST):
+        with Producer(two_brokers.namesrv_addr) as producer:
+            for i in range(4):
+                producer.send("TopicA", f"after{i}")
+        young = {body for body, name in before.items() if name == "broker-a"}
+        assert wait(lambda: got.total() == len(young) + 4)
+        time.sleep(0.2)
+    assert sorted(got.got) == sorted(young | {f"after{i}".encode() for i in range(4)})
+
+
 def test_start_from_a_timestamp_skips_older_messages(two_brokers, wait):
     with Producer(two_brokers.namesrv_addr) as producer:
         for i in range(4):

@@ -195,6 +195,34 @@ def test_a_restarted_member_resumes_from_the_committed_offset(shared, members):
         stop_gracefully(third)
 
 
+def test_queues_added_while_a_group_consumes_from_last_lose_nothing(shared):
+    """The producers see new queues before the group's next rebalance does. A group at
+    "last" must still read those queues from their first message (RocketMQ's young queue)."""
+    ns, topic, group = shared.namesrv, "Grow", "grow-group"
+    got: set[str] = set()
+
+    def handler(msg: MessageExt) -> str:
+        got.add(msg.body.decode())
+        return CONSUME_SUCCESS
+
+    with Admin(ns) as admin:
+        admin.create_topic(topic, 1)  # one queue on each of the two masters
+        with PushConsumer(ns, group, topic, handler, start_from="last", rebalance_interval_ms=1000,
+                          heartbeat_interval_ms=300, commit_interval_ms=500, route_refresh_ms=3000):
+            wait_until(lambda: split_is_stable(admin, group, topic, 1, 2), what="the member holding both queues")
+            with Producer(ns) as producer:
+                first = [f"a-{i}" for i in range(20)]
+                for body in first:
+                    producer.send(topic, body)
+                wait_until(lambda: set(first) <= got, what="the first 20")
+            admin.create_topic(topic, 4)  # six new queues
+            with Producer(ns) as fresh:  # routes fetched now: it sends to all eight at once
+                second = [f"b-{i}" for i in range(80)]
+                queues = {(r.broker_name, r.queue_id) for r in (fresh.send(topic, body) for body in second)}
+            assert len(queues) == 8, queues
+            wait_until(lambda: set(second) <= got, what="what was sent to the new queues before the rebalance")
+
+
 # ---------------------------------------------------------------------------- broadcasting
 
 
