@@ -275,6 +275,18 @@ class BrokerSlave(HAChannel, BrokerBase):
             logger.warning("slave {}: bad metadata from master: {}", self.node_id, exc)
         return None
 
+    def _hand_back_offsets_ahead_of(self, masters: dict[tuple[str, str, int], int]) -> None:
+        """An offset of ours past the master's can only have been committed here (our other
+        source is the master): hand it back at the next sync. committed_here is in memory;
+        this finds what it held again after a restart of the slave, from the offsets file."""
+        for key, queues in self.offsets.table.items():
+            topic, _, group = key.partition("@")
+            for qid, offset in queues.items():
+                k = (group, topic, qid)
+                if offset > masters.get(k, -1) and (k in self.committed_here
+                                                     or len(self.committed_here) < proto.MAX_MERGED_OFFSETS):
+                    self.committed_here[k] = offset
+
     def _apply_metadata(self, meta: dict) -> None:
         topics = {t: self.topics.decode_entry(t, c) for t, c in meta["topics"].items()}
         if topics != self.topics.table:
@@ -282,13 +294,16 @@ class BrokerSlave(HAChannel, BrokerBase):
             self.topics.data_version += 1
             self.topics.persist()
             self._register_all()
+        masters: dict[tuple[str, str, int], int] = {}
         for key, queues in meta["offsets"].items():
             topic, _, group = key.partition("@")
             for qid, offset in self.offsets.decode_entry(key, queues).items():
+                masters[(group, topic, qid)] = offset
                 # Keep the larger: consumers may have committed here while the master was down.
                 self.offsets.commit_if_ahead(group, topic, qid, offset)
                 if self.committed_here.get((group, topic, qid), offset + 1) <= offset:
                     del self.committed_here[(group, topic, qid)]  # the master has it (or more)
+        self._hand_back_offsets_ahead_of(masters)
         groups = meta.get("groups", {})
         copied = {g: self.groups.decode_entry(g, c) for g, c in groups.items()} if isinstance(groups, dict) else {}
         if copied and copied != self.groups.table:

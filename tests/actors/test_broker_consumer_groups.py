@@ -347,6 +347,30 @@ def test_offsets_committed_on_the_slave_while_the_master_was_away_are_taken_back
             n.stop()
 
 
+def test_offsets_committed_on_a_slave_go_back_to_the_master_even_after_the_slave_restarted(tmp_path):
+    """What the slave must hand back was kept in memory only: a slave restarted before its
+    master returned forgot it, and consumers went back when the master did."""
+    master = Node(tmp_path / "m", cls=BrokerMaster)
+    slave = Node(tmp_path / "s", cls=BrokerSlave, ha_master_address="127.0.0.1:10911",
+                 slave_metadata_sync_interval_ms=100)
+    try:
+        master.ok(proto.COMMIT_OFFSET, proto.CommitOffset("g", "Orders", 0, 5).to_dict())
+        master.ref.stop()  # the master goes down; consumers commit to the slave
+        slave.ok(proto.COMMIT_OFFSET, proto.CommitOffset("g", "Orders", 0, 50).to_dict())
+        slave.ok(proto.COMMIT_OFFSET, proto.CommitOffset("g", "Other", 2, 9).to_dict())  # unknown to the master
+        slave.restart()  # from its offsets file
+        master.restart()
+        Wire(master, slave)
+        for _ in range(5):  # the first sync finds what is ahead, the next hands it back
+            slave.tick(advance_mono_ms=200)
+            master.tick(advance_mono_ms=200)
+        assert q(master) == 50
+        assert master.ok(proto.QUERY_OFFSET, proto.QueryOffset("g", "Other", 2).to_dict())["offset"] == 9
+    finally:
+        for n in (master, slave):
+            n.stop()
+
+
 def test_a_new_group_past_the_subscription_group_limit_is_refused_and_leaves_nothing_behind(node, monkeypatch):
     """Each group leaves a subscription group and a retry topic behind: a client inventing
     names must not grow them (and the time to save them) without bound."""
