@@ -71,9 +71,11 @@ from typing import Any
 from loguru import logger
 
 from rmqz.actors.broker.messages import (
+    CLIENT_ID_PATTERN,
     FOUND,
     GET_CONSUMER_LIST,
     HEARTBEAT_CONSUMER,
+    MAX_NAME_CHARS,
     MAX_PULL_MESSAGES,
     MAX_SUSPEND_MS,
     SEND_BACK,
@@ -152,7 +154,9 @@ assert 1 <= ORDERLY_BATCH <= 1024 and 1 <= DEFAULT_CONSUME_THREADS <= MAX_CONSUM
 
 def default_client_id() -> str:
     """host@pid@random: unique per consumer instance, stable sort order across members."""
-    host = "".join(c if c.isalnum() or c in "._-" else "_" for c in socket.gethostname())[:64] or "host"
+    # ASCII only: the broker refuses other client ids (CLIENT_ID_PATTERN).
+    host = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in socket.gethostname())[:64]
+    host = host or "host"
     return f"{host}@{os.getpid()}@{uuid.uuid4().hex[:8]}"
 
 
@@ -322,6 +326,9 @@ class PushConsumer:
         self.suspend_ms = _interval("suspend_ms", suspend_ms)
         self.max_reconsume_times = max_reconsume_times
         self.timeout_ms = check_timeout_ms(timeout_ms)
+        if client_id is not None and not (isinstance(client_id, str) and CLIENT_ID_PATTERN.fullmatch(client_id)):
+            raise ValueError(f"client_id must be 1..255 of A-Z a-z 0-9 _ . : @ % | - (brokers refuse others), "
+                             f"not {str(client_id)[:64]!r}")
         self.client_id = client_id or default_client_id()
         self.retry_topic = retry_topic(group)
         self._handler = handler
@@ -679,7 +686,8 @@ class PushConsumer:
     def _call_handler(self, msg: MessageExt) -> ConsumeStatus:
         try:
             result = self._handler(msg)
-        except Exception as exc:  # noqa: BLE001 - a failing handler means "reconsume later"
+        except BaseException as exc:  # noqa: BLE001 - anything raised (even CancelledError) is a failure:
+            # escaping, it would end the consume task silently and leave the message pending for good
             self._warn("handler", "push consumer {}: handler raised {!r} on {}; reconsuming later",
                        self.client_id, exc, msg.msg_id)
             return RECONSUME_LATER
@@ -715,6 +723,10 @@ class PushConsumer:
         self.stats["failed"] += 1
         if self.mode == CLUSTERING:
             if self._send_back(msg, 0):
+                return self._done(pq, msg)
+            # Retried here, counted as RocketMQ does (reconsume_times grows); past the limit
+            # it goes straight to the dead-letter topic if the broker takes that.
+            if pq.fail(msg.queue_offset) > self.max_reconsume_times and self._send_back(msg, -1):
                 return self._done(pq, msg)
             return self._retry_later(pq, msg)
         if pq.fail(msg.queue_offset) > self.max_reconsume_times:
@@ -768,6 +780,8 @@ class PushConsumer:
     def _send_back(self, msg: MessageExt, delay_level: int) -> bool:
         """The message back to its broker group's master (retry or dead-letter topic)."""
         origin = msg.properties.get(PROPERTY_ORIGIN_MESSAGE_ID, msg.msg_id)
+        if len(origin) > MAX_NAME_CHARS:  # a producer's own property of that name: not ours
+            origin = msg.msg_id
         body = SendBack(self.group, msg.topic, msg.commit_log_offset, origin, delay_level,
                         self.max_reconsume_times).to_dict()
         try:

@@ -107,7 +107,8 @@ class FakeStore:
 class FakeBroker:
     """Answers the broker protocol from a FakeStore. Knobs for tests: ``auto_create``,
     ``send_error`` (answer sends with this error code), ``send_status``, ``suggest``
-    (suggest_which_broker_id in pull results), ``register_delay_s``, ``silent``."""
+    (suggest_which_broker_id in pull results), ``register_delay_s``, ``silent``,
+    ``refuse_send_back``."""
 
     def __init__(self, agent: TransportAgent, store: FakeStore, namesrv: FakeNamesrv, cluster: str,
                  name: str, broker_id: int = 0, auto_create: bool = True) -> None:
@@ -120,6 +121,7 @@ class FakeBroker:
         self.suggest = 0
         self.register_delay_s = 0.0
         self.silent = False  # count requests but never answer (a hung broker)
+        self.refuse_send_back: set[int] = set()  # delay levels (0 retry, -1 dead letter) refused
         self.requests: Counter[str] = Counter()
         self.sent_queues: list[int] = []
         self._held: list[tuple[float, Inbound, bm.PullMessage]] = []
@@ -260,6 +262,8 @@ class FakeBroker:
         """No delay here: the copy lands in the retry (or dead-letter) topic at once."""
         if self.broker_id != 0:
             return bm.NOT_MASTER, "slave"
+        if req.delay_level in self.refuse_send_back:
+            return bm.SYSTEM_ERROR, "send-back refused (test knob)"
         original = next((m for q in self.store.queues.values() for m in q
                          if m["physical_offset"] == req.physical_offset), None)
         if original is None:

@@ -155,6 +155,70 @@ def test_start_from_a_timestamp_skips_older_messages(two_brokers, wait):
     assert sorted(got.got) == [f"after{i}".encode() for i in range(4)]
 
 
+def test_a_message_its_broker_will_not_take_back_is_retried_here_counted_then_dead_lettered(two_brokers, wait):
+    """Found in review: a failed send-back was retried locally forever with reconsume_times
+    stuck at 0, so the message never reached the dead-letter topic and held the offset."""
+    with Producer(two_brokers.namesrv_addr) as producer:
+        sent = producer.send("TopicA", "poison")
+    broker = two_brokers.broker(sent.broker_name)
+    broker.refuse_send_back = {0}  # the retry topic is refused; the dead-letter topic is not
+    seen = []
+
+    def handler(msg):
+        seen.append(msg.reconsume_times)
+        return RECONSUME_LATER
+
+    with PushConsumer(two_brokers.namesrv_addr, "g", "TopicA", handler, start_from="first",
+                      max_reconsume_times=2, **FAST):
+        assert wait(lambda: broker.store.offsets.get(("g", "TopicA", sent.queue_id)) == sent.queue_offset + 1)
+    assert seen == [0, 1, 2]
+    [dead] = broker.store.queue("%DLQ%g", 0)
+    assert dead["body"] == b"poison"
+
+
+def test_a_producers_own_origin_message_id_property_does_not_block_the_send_back(two_brokers, wait):
+    with Producer(two_brokers.namesrv_addr) as producer:
+        producer.send("TopicA", "odd", properties={"ORIGIN_MESSAGE_ID": "x" * 300})
+    got = Collector(fail_first={b"odd"})
+    with PushConsumer(two_brokers.namesrv_addr, "g", "TopicA", got, start_from="first", **FAST) as consumer:
+        assert wait(lambda: len(got.got[b"odd"]) == 2)
+        assert consumer.stats["sent_back"] == 1
+    assert got.got[b"odd"][1].reconsume_times == 1
+
+
+@pytest.mark.parametrize("orderly", [False, True], ids=["concurrent", "orderly"])
+def test_a_handler_raising_a_base_exception_is_a_failure_and_consuming_goes_on(two_brokers, wait, orderly):
+    """Found in review: CancelledError (not an Exception) escaped the consume task, which
+    ended silently: the message stayed pending and the offset stopped for good."""
+    import asyncio
+    with Producer(two_brokers.namesrv_addr) as producer:
+        for i in range(5):
+            producer.send_orderly("TopicA", f"m{i}", "k") if orderly else producer.send("TopicA", f"m{i}")
+    calls = []
+
+    def handler(msg):
+        calls.append(msg.body)
+        if msg.body == b"m0" and calls.count(b"m0") == 1:
+            raise asyncio.CancelledError()
+        return CONSUME_SUCCESS
+
+    with PushConsumer(two_brokers.namesrv_addr, "g", "TopicA", handler, start_from="first", orderly=orderly, **FAST):
+        assert wait(lambda: calls.count(b"m0") == 2 and {f"m{i}".encode() for i in range(5)} <= set(calls))
+
+
+def test_a_client_id_the_brokers_would_refuse_is_refused_when_the_consumer_is_made(two_brokers):
+    for bad in ("my consumer", "x" * 300, "caf\u00e9"):
+        with pytest.raises(ValueError, match="client_id"):
+            PushConsumer(two_brokers.namesrv_addr, "g", "TopicA", Collector(), client_id=bad)
+
+
+def test_the_default_client_id_is_one_the_brokers_accept(monkeypatch):
+    from rmqz.actors.broker.messages import CLIENT_ID_PATTERN
+    from rmqz.client import push
+    monkeypatch.setattr(push.socket, "gethostname", lambda: "h\u00f6st name.example")
+    assert CLIENT_ID_PATTERN.fullmatch(push.default_client_id())
+
+
 def test_broadcasting_members_need_their_own_offset_directory(two_brokers, tmp_path):
     with PushConsumer(two_brokers.namesrv_addr, "g", "TopicA", Collector(), mode=BROADCASTING,
                       offset_store_dir=str(tmp_path), **FAST) as member:
