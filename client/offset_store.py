@@ -92,11 +92,16 @@ class RemoteOffsetStore(OffsetStore):
 
     def persist(self, queues: Iterable[MessageQueue]) -> list[str]:
         failed = []
+        unreachable: set[str] = set()  # one timeout per hung broker, not one per queue
         for mq, offset in self._changed(queues):
+            if mq.broker_name in unreachable:
+                failed.append(f"{mq.broker_name}/{mq.topic}/{mq.queue_id}: not tried (its broker just failed)")
+                continue
             try:
                 self._consumer.commit_offset(mq, offset)
                 self._mark(mq, offset)
             except MQClientError as exc:
+                unreachable.add(mq.broker_name)
                 failed.append(f"{mq.broker_name}/{mq.topic}/{mq.queue_id}: {exc}")
         return failed
 

@@ -64,7 +64,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from typing import Any
 
@@ -346,6 +346,7 @@ class PushConsumer:
         self._stopping = False
         self._members: list[str] = []
         self._membership_addr: str | None = None
+        self._membership_failed: set[str] = set()
         self._warned: dict[str, int] = {}
         self._state_lock = threading.Lock()
         self._state = "created"
@@ -369,14 +370,20 @@ class PushConsumer:
             self._timer = _Timer()
             self._executor = ThreadPoolExecutor(self.consume_threads, thread_name_prefix="rmqz-consume")
             self._heartbeat(wait=True)
+            # Beating from now on: the first rebalance may wait on a hung broker.
+            self._threads = [threading.Thread(target=self._heartbeat_loop, name="rmqz-push-heartbeat", daemon=True)]
+            self._threads[0].start()
             self._rebalance()
         except BaseException:
             self._state = "stopped"
+            self._stop_event.set()
+            for thread in self._threads:
+                thread.join(JOIN_TIMEOUT_S)
             self._teardown()
             raise
-        self._threads = [threading.Thread(target=self._pull_loop, name="rmqz-push-pull", daemon=True),
-                         threading.Thread(target=self._service_loop, name="rmqz-push-service", daemon=True)]
-        for thread in self._threads:
+        self._threads += [threading.Thread(target=self._pull_loop, name="rmqz-push-pull", daemon=True),
+                          threading.Thread(target=self._service_loop, name="rmqz-push-service", daemon=True)]
+        for thread in self._threads[1:]:
             thread.start()
         self._state = "running"
         logger.info("push consumer {} of group {} started on {} ({}{})", self.client_id, self.group, self.topic,
@@ -458,8 +465,13 @@ class PushConsumer:
             future = self._pull.request_async(addr, HEARTBEAT_CONSUMER, body, self.timeout_ms)
             future.add_done_callback(lambda f, a=addr: self._on_heartbeat_answer(a, f))
             futures.append(future)
-        if wait:
-            futures_wait(futures, timeout=self.timeout_ms / 1000)
+        if wait:  # until one broker knows us (not all: a hung one would hold up the start)
+            deadline = time.monotonic() + self.timeout_ms / 1000
+            pending = set(futures)
+            while pending and time.monotonic() < deadline:
+                done, pending = futures_wait(pending, timeout=deadline - time.monotonic(), return_when=FIRST_COMPLETED)
+                if any(f.exception() is None for f in done):
+                    return
 
     def _on_heartbeat_answer(self, addr: str, future: Future) -> None:
         exc = future.exception()
@@ -478,14 +490,15 @@ class PushConsumer:
         futures_wait(futures, timeout=self.timeout_ms / 1000)
 
     def _membership_candidates(self) -> list[str]:
-        """The master of the first broker group first: every member asks the same broker."""
+        """The master of the first broker group first: every member asks the same broker.
+        One that failed the last round goes last, so a hung broker costs one timeout, once."""
         snapshot = self._pull.route(self.topic)
         out = []
         for name in sorted(snapshot.brokers):
             addr = snapshot.addr(name)
             if addr is not None:
                 out.append(addr)
-        return out
+        return sorted(out, key=lambda a: a in self._membership_failed)
 
     def _fetch_members(self) -> list[str] | None:
         for addr in self._membership_candidates():
@@ -493,8 +506,10 @@ class PushConsumer:
                 reply = self._pull.request(addr, GET_CONSUMER_LIST, GetConsumerList(self.group).to_dict(),
                                            self.timeout_ms)
             except MQClientError as exc:
+                self._membership_failed.add(addr)
                 self._note_error(exc, f"consumer list from {addr}")
                 continue
+            self._membership_failed.discard(addr)
             members = reply.get("members")
             if isinstance(members, list) and all(isinstance(m, str) for m in members):
                 self._membership_addr = addr
@@ -526,11 +541,20 @@ class PushConsumer:
         gone, new = current - mine, sorted(mine - current)
         for mq in gone:
             self._drop(mq)
+        unreachable: set[str] = set()  # a broker that failed one queue's start is not asked again this round
+        added = 0
         for mq in new:
-            self._add(mq)
-        if gone or new:
-            logger.info("push consumer {}: {} queue(s) of {} now {} (+{} -{})", self.client_id, len(mine), topic,
-                        sorted((q.broker_name, q.queue_id) for q in mine), len(new), len(gone))
+            if mq.broker_name in unreachable:
+                continue
+            if self._add(mq):
+                added += 1
+            else:
+                unreachable.add(mq.broker_name)
+        if gone or added:
+            with self._pqs_lock:
+                held = sorted((q.broker_name, q.queue_id) for q in self._pqs if q.topic == topic)
+            logger.info("push consumer {}: {} queue(s) of {} now {} (+{} -{}{})", self.client_id, len(held), topic,
+                        held, added, len(gone), f", {len(new) - added} not reachable yet" if added < len(new) else "")
 
     def _drop(self, mq: MessageQueue) -> None:
         with self._pqs_lock:
@@ -544,16 +568,17 @@ class PushConsumer:
         if self.mode == CLUSTERING:
             self._offsets.forget(mq)  # the next owner's progress is not ours to keep
 
-    def _add(self, mq: MessageQueue) -> None:
+    def _add(self, mq: MessageQueue) -> bool:
         try:
             offset = self._start_offset(mq)
         except MQClientError as exc:
             self._note_error(exc, f"start offset of {mq.broker_name}/{mq.topic}/{mq.queue_id}")
-            return  # tried again at the next rebalance
+            return False  # tried again at the next rebalance
         pq = _ProcessQueue(mq, offset)
         with self._pqs_lock:
             self._pqs[mq] = pq
         self._ready.put(pq)
+        return True
 
     def _start_offset(self, mq: MessageQueue) -> int:
         stored = self._offsets.read_stored(mq)
@@ -577,17 +602,26 @@ class PushConsumer:
 
     # ------------------------------------------------------------------ threads
 
+    def _heartbeat_loop(self) -> None:
+        """Its own thread, as RocketMQ's client instance has: a rebalance or commit waiting on
+        a hung broker must not silence us, or the live brokers drop us from the group and
+        give our queues to others while we still consume them."""
+        while not self._stop_event.wait(self.heartbeat_interval_ms / 1000):
+            try:
+                self._heartbeat()
+            except MQClientError as exc:
+                self._note_error(exc, "heartbeat round")
+            except Exception:  # noqa: BLE001 - heartbeats must outlive any one failure
+                if not self._stopping:
+                    logger.exception("push consumer {}: heartbeat round failed", self.client_id)
+
     def _service_loop(self) -> None:
         now = now_ms()
-        next_heartbeat = now + self.heartbeat_interval_ms
         next_rebalance = now + self.rebalance_interval_ms
         next_commit = now + self.commit_interval_ms
         while not self._stop_event.wait(SERVICE_TICK_S):
             try:
                 now = now_ms()
-                if now >= next_heartbeat:
-                    next_heartbeat = now + self.heartbeat_interval_ms
-                    self._heartbeat()
                 if self._rebalance_wanted.is_set() or now >= next_rebalance:
                     self._rebalance_wanted.clear()
                     next_rebalance = now + self.rebalance_interval_ms

@@ -219,6 +219,38 @@ def test_the_default_client_id_is_one_the_brokers_accept(monkeypatch):
     assert CLIENT_ID_PATTERN.fullmatch(push.default_client_id())
 
 
+def test_a_member_stays_in_its_group_and_alone_on_its_queues_while_another_broker_hangs(two_brokers):
+    """Found in review: rebalances waited a timeout per queue of a hung broker (still in the
+    route), on the thread that also sent heartbeats; the live broker dropped the member and
+    gave its queues to another member while it still consumed them."""
+    two_brokers.broker("broker-b").silent = True
+    live = two_brokers.broker("broker-a").store
+    kw = {"rebalance_interval_ms": 200, "heartbeat_interval_ms": 200, "commit_interval_ms": 200, "timeout_ms": 1000}
+    members: dict[str, PushConsumer] = {}
+
+    def join(cid):
+        members[cid] = PushConsumer(two_brokers.namesrv_addr, "g", "TopicA", lambda m: CONSUME_SUCCESS,
+                                    client_id=cid, start_from="first", **kw).start()
+    starting = [threading.Thread(target=join, args=(cid,)) for cid in ("a", "c")]
+    starting[0].start()
+    starting[0].join(30)
+    starting[1].start()
+    dropped = shared = 0
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # both members are alive the whole time
+            with live.lock:
+                dropped += "a" not in live.consumers.members("g", int(time.monotonic() * 1000))
+            c = members.get("c")
+            shared += c is not None and bool(set(members["a"].assigned_queues()) & set(c.assigned_queues()))
+            time.sleep(0.05)
+    finally:
+        starting[1].join(30)
+        for member in members.values():
+            member.shutdown()
+    assert (dropped, shared) == (0, 0)
+
+
 def test_broadcasting_members_need_their_own_offset_directory(two_brokers, tmp_path):
     with PushConsumer(two_brokers.namesrv_addr, "g", "TopicA", Collector(), mode=BROADCASTING,
                       offset_store_dir=str(tmp_path), **FAST) as member:
