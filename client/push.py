@@ -23,7 +23,11 @@ How it works (RocketMQ's DefaultMQPushConsumer, simplified):
   is not pulled until the handler catches up (flow control).
 * Consuming: concurrently on ``consume_threads`` threads, or, with ``orderly=True``, one
   message at a time per queue in offset order (a queue's messages never overtake each
-  other; different queues still run in parallel).
+  other; different queues still run in parallel). An orderly clustering member locks each
+  queue on its broker group's master first and consumes it only while the lock holds
+  (RocketMQ's lockBatchMQ, :mod:`rmqz.actors.broker.queue_locks`): a queue moving to another
+  member is committed and unlocked by the old owner after its running handler call, so
+  the two never consume it at once. While the master is away, orderly queues wait.
 * Offsets: a queue's offset is the lowest message not yet consumed (so nothing is skipped
   when a later message finishes first). Clustering commits to the brokers, broadcasting to
   a local file (:mod:`.offset_store`), every ``commit_interval_ms``, when a queue moves
@@ -75,16 +79,21 @@ from rmqz.actors.broker.messages import (
     FOUND,
     GET_CONSUMER_LIST,
     HEARTBEAT_CONSUMER,
+    LOCK_BATCH_MQ,
     MAX_NAME_CHARS,
     MAX_PULL_MESSAGES,
     MAX_SUSPEND_MS,
     SEND_BACK,
+    UNLOCK_BATCH_MQ,
     UNREGISTER_CONSUMER,
     GetConsumerList,
     HeartbeatConsumer,
+    LockBatchMQ,
     SendBack,
+    UnlockBatchMQ,
     UnregisterConsumer,
 )
+from rmqz.actors.broker.queue_locks import CLIENT_LOCK_VALID_MS, LOCK_RENEW_INTERVAL_MS
 from rmqz.actors.broker.retry_core import (
     MAX_GROUP_TOPIC_GROUP_CHARS,
     PROPERTY_ORIGIN_MESSAGE_ID,
@@ -142,6 +151,7 @@ PULL_ERROR_DELAY_MS = 1_000
 QUICK_EMPTY_PULL_MS = 200  # an empty answer faster than this (not held): wait before the next
 EMPTY_PULL_DELAY_MS = 100
 ORDERLY_BATCH = 32  # an orderly queue yields its thread after this many messages
+DROP_WAIT_S = 1.0  # orderly: how long a rebalance waits for a running handler of a queue it gives up
 SERVICE_TICK_S = 0.05
 JOIN_TIMEOUT_S = 10.0
 WARN_EVERY_MS = 10_000
@@ -150,6 +160,13 @@ MAX_INTERVAL_MS = 600_000
 assert 1 <= DEFAULT_PULL_BATCH <= MAX_PULL_MESSAGES
 assert 0 < LONG_POLL_MS <= MAX_SUSPEND_MS
 assert 1 <= ORDERLY_BATCH <= 1024 and 1 <= DEFAULT_CONSUME_THREADS <= MAX_CONSUME_THREADS
+
+
+def _by_broker(mqs: list[MessageQueue]) -> dict[str, list[MessageQueue]]:
+    out: dict[str, list[MessageQueue]] = {}
+    for mq in mqs:
+        out.setdefault(mq.broker_name, []).append(mq)
+    return out
 
 
 def default_client_id() -> str:
@@ -172,6 +189,10 @@ class _ProcessQueue:
         self.next_offset = next_offset  # where the next pull starts
         self.dropped = False
         self.consuming = False  # orderly: a task owns this queue now
+        # Orderly clustering: consume only while the broker's lock is valid here (queue_locks.py);
+        # consume_lock is held around each handler call so a drop can wait for the last one.
+        self.lock_valid_until_ms = 0
+        self.consume_lock = threading.Lock()
         self.failures: dict[int, int] = {}  # offset -> local failures (orderly, broadcasting)
 
     def add(self, msgs: list[MessageExt], next_offset: int) -> list[MessageExt]:
@@ -313,6 +334,7 @@ class PushConsumer:
             raise ValueError("max_reconsume_times must be an int in 0..10000")
         self.mode, self.start_from, self.start_timestamp_ms = mode, start_from, start_timestamp_ms
         self.orderly = bool(orderly)
+        self._locking = self.orderly and mode == CLUSTERING  # one member per queue, locked on its broker
         self.consume_threads = _positive("consume_threads", consume_threads, MAX_CONSUME_THREADS)
         self.pull_batch_size = _positive("pull_batch_size", pull_batch_size, MAX_PULL_MESSAGES)
         self.pull_threshold_per_queue = _positive("pull_threshold_per_queue", pull_threshold_per_queue, 1 << 30)
@@ -410,6 +432,8 @@ class PushConsumer:
             pq.dropped = True
         for problem in self._offsets.persist([pq.mq for pq in pqs]):
             logger.warning("push consumer {}: offset not committed at shutdown: {}", self.client_id, problem)
+        if self._locking:
+            self._unlock([pq.mq for pq in pqs])  # committed first: the next owner starts after us
         self._unregister()
         self._teardown()
         self._state = "stopped"
@@ -542,11 +566,12 @@ class PushConsumer:
         for mq in gone:
             self._drop(mq)
         unreachable: set[str] = set()  # a broker that failed one queue's start is not asked again this round
+        locked = self._lock_new(new, unreachable) if self._locking else {mq: 0 for mq in new}
         added = 0
         for mq in new:
-            if mq.broker_name in unreachable:
-                continue
-            if self._add(mq):
+            if mq.broker_name in unreachable or mq not in locked:
+                continue  # another member still holds it: tried again at the next rebalance
+            if self._add(mq, locked[mq]):
                 added += 1
             else:
                 unreachable.add(mq.broker_name)
@@ -561,20 +586,92 @@ class PushConsumer:
             pq = self._pqs.pop(mq, None)
         if pq is None:
             return
+        # Orderly: the handler may be running now. Let it end (and count), commit, then unlock,
+        # so the next owner starts where we stopped and never while we run. If it runs on, the
+        # lock is left to lapse on the broker (no renewal now): the next owner waits for that.
+        idle = pq.consume_lock.acquire(timeout=DROP_WAIT_S) if self._locking else False
         with pq.lock:  # a consume finishing now either committed already or sees the drop
             pq.dropped = True
-        for problem in self._offsets.persist([mq]):
-            logger.warning("push consumer {}: offset of a released queue not committed: {}", self.client_id, problem)
+        try:
+            for problem in self._offsets.persist([mq]):
+                logger.warning("push consumer {}: offset of a released queue not committed: {}", self.client_id,
+                               problem)
+            if idle:
+                self._unlock([mq])
+        finally:
+            if idle:
+                pq.consume_lock.release()
         if self.mode == CLUSTERING:
             self._offsets.forget(mq)  # the next owner's progress is not ours to keep
 
-    def _add(self, mq: MessageQueue) -> bool:
+    # ------------------------------------------------------------------ orderly queue locks
+
+    def _lock_new(self, new: list[MessageQueue], unreachable: set[str]) -> dict[MessageQueue, int]:
+        """Lock the queues this member was given on their brokers' masters; returns the locked
+        ones with the time their lock lapses here. A broker that fails joins unreachable."""
+        locked: dict[MessageQueue, int] = {}
+        for broker, mqs in _by_broker(new).items():
+            try:
+                locked.update(self._lock_at(broker, mqs, renew=False))
+            except MQClientError as exc:
+                unreachable.add(broker)
+                self._note_error(exc, f"queue lock on {broker}")
+        return locked
+
+    def _lock_at(self, broker: str, mqs: list[MessageQueue], renew: bool) -> dict[MessageQueue, int]:
+        sent_ms = now_ms()  # validity counts from the request, so it ends before the broker's grant
+        addr = self._pull.route(mqs[0].topic).master_addr(broker)
+        if addr is None:
+            raise NoRouteError(f"broker group {broker} has no master now")
+        body = LockBatchMQ(self.group, self.client_id, tuple((q.topic, q.queue_id) for q in mqs), renew).to_dict()
+        reply = self._pull.request(addr, LOCK_BATCH_MQ, body, self.timeout_ms)
+        got = reply.get("locked")
+        if not isinstance(got, list):
+            raise MQClientError("malformed LockBatchMQ reply: 'locked' must be a list")
+        granted = {(t, q) for t, q in (x for x in got if isinstance(x, list) and len(x) == 2)}
+        return {mq: sent_ms + CLIENT_LOCK_VALID_MS for mq in mqs if (mq.topic, mq.queue_id) in granted}
+
+    def _renew_locks(self) -> None:
+        """RocketMQ's lockAll: extend what we hold, retry what lapsed or was refused."""
+        with self._pqs_lock:
+            pqs = [pq for pq in self._pqs.values() if not pq.dropped]
+        now = now_ms()
+        by_mq = {pq.mq: pq for pq in pqs}
+        for broker, mine in _by_broker(list(by_mq)).items():
+            held = {mq: by_mq[mq] for mq in mine}
+            for renew in (True, False):  # renew only what is valid here: see queue_locks.py
+                mqs = [mq for mq, pq in held.items() if (pq.lock_valid_until_ms > now) == renew]
+                if not mqs:
+                    continue
+                try:
+                    got = self._lock_at(broker, mqs, renew)
+                except MQClientError as exc:
+                    self._note_error(exc, f"queue lock on {broker}")
+                    break
+                for mq in mqs:
+                    pq = held[mq]
+                    pq.lock_valid_until_ms = got.get(mq, 0)
+                    if mq in got and pq.msgs:
+                        self._start_orderly(pq)
+
+    def _unlock(self, mqs: list[MessageQueue]) -> None:
+        for broker, group in _by_broker(mqs).items():
+            try:
+                addr = self._pull.route(group[0].topic).master_addr(broker)
+                if addr is not None:
+                    body = UnlockBatchMQ(self.group, self.client_id, tuple((q.topic, q.queue_id) for q in group))
+                    self._pull.request(addr, UNLOCK_BATCH_MQ, body.to_dict(), self.timeout_ms)
+            except MQClientError as exc:  # it lapses on the broker by itself
+                self._note_error(exc, f"queue unlock on {broker}")
+
+    def _add(self, mq: MessageQueue, lock_valid_until_ms: int = 0) -> bool:
         try:
-            offset = self._start_offset(mq)
+            offset = self._start_offset(mq)  # read after the lock: the last owner committed before unlocking
         except MQClientError as exc:
             self._note_error(exc, f"start offset of {mq.broker_name}/{mq.topic}/{mq.queue_id}")
             return False  # tried again at the next rebalance
         pq = _ProcessQueue(mq, offset)
+        pq.lock_valid_until_ms = lock_valid_until_ms
         with self._pqs_lock:
             self._pqs[mq] = pq
         self._ready.put(pq)
@@ -619,9 +716,13 @@ class PushConsumer:
         now = now_ms()
         next_rebalance = now + self.rebalance_interval_ms
         next_commit = now + self.commit_interval_ms
+        next_lock = now + LOCK_RENEW_INTERVAL_MS
         while not self._stop_event.wait(SERVICE_TICK_S):
             try:
                 now = now_ms()
+                if self._locking and now >= next_lock:
+                    next_lock = now + LOCK_RENEW_INTERVAL_MS
+                    self._renew_locks()
                 if self._rebalance_wanted.is_set() or now >= next_rebalance:
                     self._rebalance_wanted.clear()
                     next_rebalance = now + self.rebalance_interval_ms
@@ -785,17 +886,15 @@ class PushConsumer:
                 if msg is None:
                     pq.consuming = False
                     return
-            failures = pq.failed_times(msg.queue_offset)
-            status = self._call_handler(self._view(msg, failures))
-            if status is CONSUME_SUCCESS:
-                self._done(pq, msg)
-                continue
-            if status is not SUSPEND:
-                self.stats["failed"] += 1
-                if pq.fail(msg.queue_offset) > self.max_reconsume_times:
-                    if self.mode == BROADCASTING or self._send_back(msg, -1):  # -1: dead-letter now
-                        self._done(pq, msg)
-                        continue
+            with pq.consume_lock:  # a drop waits for this, then commits what we did
+                if pq.dropped:
+                    break
+                if self._locking and now_ms() >= pq.lock_valid_until_ms:
+                    with pq.lock:
+                        pq.consuming = False  # a renewed lock starts it again (_renew_locks)
+                    return
+                if self._consume_orderly_one(pq, msg):
+                    continue
             self._timer.later(self.suspend_ms, lambda: self._resume_orderly(pq))  # the queue waits
             return
         else:
@@ -803,6 +902,20 @@ class PushConsumer:
             return
         with pq.lock:
             pq.consuming = False
+
+    def _consume_orderly_one(self, pq: _ProcessQueue, msg: MessageExt) -> bool:
+        """Whether the queue goes on to its next message (else it waits suspend_ms)."""
+        status = self._call_handler(self._view(msg, pq.failed_times(msg.queue_offset)))
+        if status is CONSUME_SUCCESS:
+            self._done(pq, msg)
+            return True
+        if status is not SUSPEND:
+            self.stats["failed"] += 1
+            if pq.fail(msg.queue_offset) > self.max_reconsume_times:
+                if self.mode == BROADCASTING or self._send_back(msg, -1):  # -1: dead-letter now
+                    self._done(pq, msg)
+                    return True
+        return False
 
     def _resume_orderly(self, pq: _ProcessQueue) -> None:
         try:

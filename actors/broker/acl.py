@@ -143,6 +143,8 @@ def _needs(type_: str, req: Any) -> list[tuple[str, object]]:
         return [(f"topic:{req.topic}", SUB), (f"group:{req.group}", SUB)]
     if type_ == proto.HEARTBEAT_CONSUMER:
         return [(f"group:{req.group}", SUB)] + [(f"topic:{t}", SUB) for t in req.topics]
+    if type_ in (proto.LOCK_BATCH_MQ, proto.UNLOCK_BATCH_MQ):
+        return [(f"group:{req.group}", SUB)] + [(f"topic:{t}", SUB) for t in sorted({t for t, _ in req.queues})]
     if type_ in (proto.UNREGISTER_CONSUMER, proto.GET_CONSUMER_LIST, proto.SEND_BACK):
         return [(f"group:{req.group}", SUB)]
     if type_ in (proto.TOPIC_STATUS, proto.SEARCH_OFFSET):

@@ -21,6 +21,7 @@ from rmqz.actors.base import RmqzActor
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker import retry_core
 from rmqz.actors.broker.config import BrokerConfig, ConfigError, in_memory_max_bytes
+from rmqz.actors.broker.queue_locks import QueueLockTable
 from rmqz.actors.broker.config_update import apply_runtime_update  # security: allow-listed keys
 from rmqz.actors.broker.consumer_manager import CLUSTERING, ConsumerTable, MembershipError
 from rmqz.actors.broker.long_poll import HeldPull, PullHolds
@@ -106,6 +107,7 @@ class BrokerBase(RmqzActor):
         self._last: dict[str, int] = {}
         self._offsets_saved_version = self.offsets.data_version
         self.consumers = deps.consumers
+        self.queue_locks = QueueLockTable(self.clock_ms())  # served by a master / DLedger leader only
         if deps.delay_offsets is None:
             deps.delay_offsets = DelayOffsetStore(self.store.fs, os.path.join(self.store.root, "config"))
             deps.delay_offsets.load()
@@ -382,7 +384,20 @@ class BrokerBase(RmqzActor):
     def _on_unregister_consumer(self, req: proto.UnregisterConsumer, reply: ReplyTo) -> None:
         if self.consumers.unregister(req.group, req.client_id):
             logger.info("broker {}: consumer {} left group {}", self.node_id, req.client_id, req.group)
+        self.queue_locks.unlock(req.group, req.client_id)  # a member that left holds no queue
         self._reply(reply, {})
+
+    # ---- orderly queue locks (registered by the roles that serve them) --------------------
+
+    def _on_lock_batch(self, req: proto.LockBatchMQ, reply: ReplyTo) -> None:
+        locked = self.queue_locks.try_lock(req.group, req.client_id, list(req.queues), req.renew, self.clock_ms())
+        self._reply(reply, {"locked": [list(q) for q in locked]})
+
+    def _on_unlock_batch(self, req: proto.UnlockBatchMQ, reply: ReplyTo) -> None:
+        self._reply(reply, {"unlocked": self.queue_locks.unlock(req.group, req.client_id, list(req.queues))})
+
+    def queue_lock_handlers(self) -> dict[str, Callable[[Any, ReplyTo], None]]:
+        return {proto.LOCK_BATCH_MQ: self._on_lock_batch, proto.UNLOCK_BATCH_MQ: self._on_unlock_batch}
 
     def _on_get_consumer_list(self, req: proto.GetConsumerList, reply: ReplyTo) -> None:
         now = self.clock_ms()

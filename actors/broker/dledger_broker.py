@@ -103,7 +103,8 @@ class BrokerDLedger(FastChannel, BrokerBase):
         self._offsets_proposed_version = -1
         self.stats.update({"applied": 0, "proposals_failed": 0, "sent_back": 0, "scheduled_delivered": 0})
         self.handlers.update({proto.SEND_MESSAGE: self._on_send, proto.CREATE_TOPIC: self._on_create_topic,
-                              proto.SEND_BACK: self._on_send_back})
+                              proto.SEND_BACK: self._on_send_back, proto.LOCK_BATCH_MQ: self._on_lock_batch_leader,
+                              proto.UNLOCK_BATCH_MQ: self._on_unlock_batch_leader})
         # Schedule progress is replicated state: it comes from the applied point, not delayOffset.json.
         self.delay_offsets.table = dict(applied.delay)
         self._schedule_in_flight: set[int] = set()  # levels with a delivery proposed, not yet applied
@@ -134,6 +135,14 @@ class BrokerDLedger(FastChannel, BrokerBase):
             addr = self.config.peers().get(self.leader or "", "unknown")
             raise Refusal(proto.NOT_MASTER, f"not the leader of {self.config.dledger_group}; leader is "
                                             f"{self.leader or 'not elected yet'} at {addr}")
+
+    def _on_lock_batch_leader(self, req: proto.LockBatchMQ, reply: ReplyTo) -> None:
+        self._require_leader()
+        self._on_lock_batch(req, reply)
+
+    def _on_unlock_batch_leader(self, req: proto.UnlockBatchMQ, reply: ReplyTo) -> None:
+        self._require_leader()
+        self._on_unlock_batch(req, reply)
 
     def _on_send(self, req: proto.SendMessage, reply: ReplyTo) -> None:
         self._require_leader()
@@ -360,6 +369,7 @@ class BrokerDLedger(FastChannel, BrokerBase):
         self.config.broker_id = 0 if self.is_leader else self.follower_id
         self._schedule_in_flight.clear()  # proposals of an old term fail or are applied; a scan proposes again
         if self.is_leader != was:
+            self.queue_locks.reset(self.clock_ms())  # a new leader knows no lock; an old one's lapse
             logger.warning("broker {} {} of {} at term {}", self.config.dledger_self_id,
                            "became LEADER (master, brokerId 0)" if self.is_leader else "is now a follower",
                            self.config.dledger_group, msg.term)

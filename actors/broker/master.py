@@ -60,7 +60,8 @@ class BrokerMaster(TailFill, HAStreams, HAChannel, FastChannel, BrokerBase):
         self.start_fill_gate()
         self._queue_rr = itertools.count()
         self.handlers.update({proto.SEND_MESSAGE: self._on_send, proto.CREATE_TOPIC: self._on_create_topic,
-                              proto.GET_METADATA: self._on_get_metadata, proto.SEND_BACK: self._on_send_back})
+                              proto.GET_METADATA: self._on_get_metadata, proto.SEND_BACK: self._on_send_back,
+                              **self.queue_lock_handlers()})
         self.stats.update({"sent_back": 0, "dead_lettered": 0, "scheduled_delivered": 0})
         self._delay_saved_version = self.delay_offsets.data_version
         self._burst: list[tuple[ReplyTo, dict]] = []  # appended, not yet written nor answered

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from rmqz.actors.broker.queue_locks import MAX_LOCK_REQUEST_QUEUES
+
 BROKER = "broker"
 
 # Request types.
@@ -33,11 +35,14 @@ GET_CONSUMER_LIST = "GetConsumerList"  # live members of a group (GET_CONSUMER_L
 SEND_BACK = "SendBack"  # a failed message goes to retry / DLQ (CONSUMER_SEND_MSG_BACK)
 SEARCH_OFFSET = "SearchOffsetByTimestamp"  # first queue offset stored at or after a time
 UPDATE_BROKER_CONFIG = "UpdateBrokerConfig"  # admin: change allow-listed config keys at runtime
+LOCK_BATCH_MQ = "LockBatchMQ"  # an orderly member locks queues on the master (queue_locks.py)
+UNLOCK_BATCH_MQ = "UnlockBatchMQ"
 REQUEST_TYPES = frozenset({SEND_MESSAGE, PULL_MESSAGE, CREATE_TOPIC, COMMIT_OFFSET, QUERY_OFFSET,
                            BROKER_STATUS, TOPIC_STATUS, GET_METADATA, PROMOTE, HEARTBEAT_CONSUMER,
                            UNREGISTER_CONSUMER, GET_CONSUMER_LIST, SEND_BACK, SEARCH_OFFSET,
-                           UPDATE_BROKER_CONFIG})
-WRITE_REQUESTS = frozenset({SEND_MESSAGE, CREATE_TOPIC, SEND_BACK})  # a slave answers NOT_MASTER
+                           UPDATE_BROKER_CONFIG, LOCK_BATCH_MQ, UNLOCK_BATCH_MQ})
+# A slave answers NOT_MASTER (locks: only the master's count).
+WRITE_REQUESTS = frozenset({SEND_MESSAGE, CREATE_TOPIC, SEND_BACK, LOCK_BATCH_MQ, UNLOCK_BATCH_MQ})
 
 # HA replication tells (kind="tell"): slave -> master actor HA_SERVICE, master -> slave HA_CLIENT.
 HA_SERVICE = "ha"
@@ -399,6 +404,53 @@ class HeartbeatConsumer:
                    _int(d, "heartbeat_interval_ms", 50, 120_000, 1_000), queues)
 
 
+def _lock_queues(d: dict) -> tuple[tuple[str, int], ...]:
+    raw = _get(d, "queues", list)
+    if len(raw) > MAX_LOCK_REQUEST_QUEUES:
+        raise ProtocolError(f"at most {MAX_LOCK_REQUEST_QUEUES} queues")
+    queues = []
+    for q in raw:
+        if not (isinstance(q, list) and len(q) == 2):
+            raise ProtocolError("a queue is [topic, queue id]")
+        queues.append((_topic({"topic": q[0]}), _int({"q": q[1]}, "q", 0, MAX_QUEUE_ID)))
+    return tuple(queues)
+
+
+@dataclass(slots=True)
+class LockBatchMQ:
+    """Lock ``queues`` ([topic, queue id]) of this broker group for an orderly member.
+    ``renew``: the member holds a lock on them that is still valid at its end."""
+
+    group: str
+    client_id: str
+    queues: tuple[tuple[str, int], ...]
+    renew: bool = False
+
+    def to_dict(self) -> dict:
+        return {"group": self.group, "client_id": self.client_id, "queues": [list(q) for q in self.queues],
+                "renew": self.renew}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> LockBatchMQ:
+        d = _map(d)
+        return cls(_group(d), _client_id(d), _lock_queues(d), _get(d, "renew", bool, False))
+
+
+@dataclass(slots=True)
+class UnlockBatchMQ:
+    group: str
+    client_id: str
+    queues: tuple[tuple[str, int], ...]
+
+    def to_dict(self) -> dict:
+        return {"group": self.group, "client_id": self.client_id, "queues": [list(q) for q in self.queues]}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> UnlockBatchMQ:
+        d = _map(d)
+        return cls(_group(d), _client_id(d), _lock_queues(d))
+
+
 @dataclass(slots=True)
 class UnregisterConsumer:
     group: str
@@ -511,7 +563,7 @@ REQUESTS: dict[str, type] = {
     BROKER_STATUS: GetBrokerStatus, GET_METADATA: GetMetadata, PROMOTE: PromoteToMaster,
     HEARTBEAT_CONSUMER: HeartbeatConsumer, UNREGISTER_CONSUMER: UnregisterConsumer,
     GET_CONSUMER_LIST: GetConsumerList, SEND_BACK: SendBack, SEARCH_OFFSET: SearchOffset,
-    UPDATE_BROKER_CONFIG: UpdateBrokerConfig,
+    UPDATE_BROKER_CONFIG: UpdateBrokerConfig, LOCK_BATCH_MQ: LockBatchMQ, UNLOCK_BATCH_MQ: UnlockBatchMQ,
 }
 assert set(REQUESTS) == REQUEST_TYPES
 
@@ -541,6 +593,8 @@ def decode_request(type_name: str, body: Any) -> Any:
 # QueryOffset   -> {"offset": int}   (-1 when the group never committed on this queue; 0 instead
 #                   when zero_if_young and the queue still holds its first message in memory)
 # GetTopicStatus-> {"topic": str, "queues": [{"queue_id", "min_offset", "max_offset"}]}
+# LockBatchMQ   -> {"locked": [[topic, queue id]]}   (the requested queues now the member's)
+# UnlockBatchMQ -> {"unlocked": int}
 # PromoteToMaster -> {"promoting": true, "role": str}   (slaves only; the swap follows)
 # GetMetadata   -> {"topics": {topic: {read_queue_nums, write_queue_nums, perm, order}},
 #                   "offsets": {"topic@group": {"qid": offset}}, "delay_offsets": {"level": offset},

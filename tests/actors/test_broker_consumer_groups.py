@@ -12,6 +12,7 @@ from rmqz.actors.base import Ping
 from rmqz.actors.broker import dledger_entries as de
 from rmqz.storage import record as rec
 from rmqz.actors.broker import messages as proto
+from rmqz.actors.broker import queue_locks
 from rmqz.actors.broker.base import BrokerDeps
 from rmqz.actors.broker.config import BrokerConfig
 from rmqz.actors.broker.ha_client import MasterBack, MasterSilent
@@ -244,6 +245,30 @@ def test_search_offset_finds_the_first_message_stored_at_or_after_a_time(node):
         n.wall.now_ms += 1_000
     search = lambda ts: n.ok(proto.SEARCH_OFFSET, proto.SearchOffset("Orders", 0, ts).to_dict())["offset"]  # noqa: E731
     assert [search(start + d) for d in (-1, 0, 1, 2_000, 4_000, 4_001, 99_999)] == [0, 0, 1, 2, 4, 5, 5]
+
+
+def lock(n, client_id, *queue_ids, renew=False):
+    body = proto.LockBatchMQ("g", client_id, tuple(("Orders", q) for q in queue_ids), renew).to_dict()
+    return n.ask(proto.LOCK_BATCH_MQ, body)
+
+
+def test_a_master_locks_orderly_queues_for_one_member_and_frees_them_when_it_leaves(node):
+    n = node()
+    assert lock(n, "c1", 0, 1)[1] == {"locked": []}  # just started: the grace for an old master's grants
+    assert lock(n, "c1", 0, renew=True)[1] == {"locked": [["Orders", 0]]}  # a holder keeps its queue
+    n.mono.now_ms += queue_locks.GRACE_MS
+    assert lock(n, "c1", 1)[1] == {"locked": [["Orders", 1]]}
+    assert lock(n, "c2", 0, 1, 2)[1] == {"locked": [["Orders", 2]]}
+    n.ok(proto.UNLOCK_BATCH_MQ, proto.UnlockBatchMQ("g", "c1", (("Orders", 0),)).to_dict())
+    assert lock(n, "c2", 0, 1)[1] == {"locked": [["Orders", 0]]}
+    n.ok(proto.UNREGISTER_CONSUMER, proto.UnregisterConsumer("g", "c1").to_dict())
+    assert lock(n, "c2", 1)[1] == {"locked": [["Orders", 1]]}
+
+
+def test_a_slave_refuses_queue_locks_as_not_master(node):
+    n = node(cls=BrokerSlave)
+    header, reply = lock(n, "c1", 0, renew=True)
+    assert header.kind == "error" and reply["code"] == proto.NOT_MASTER
 
 
 def test_a_slave_keeps_members_but_refuses_send_back_as_not_master(node):

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from rmqz.actors.broker import dledger_entries as de
-from rmqz.actors.broker.base import BrokerDeps
+from rmqz.actors.broker import messages as proto
+from rmqz.actors.broker import queue_locks
+from rmqz.actors.broker.base import BrokerDeps, Refusal
 from rmqz.actors.broker.config import BrokerConfig
 from rmqz.actors.broker.dledger_broker import APPLIED_FILE, BrokerDLedger, load_applied
-from rmqz.actors.dledger.actor import Apply
+from rmqz.actors.dledger.actor import Apply, RoleChanged
+from rmqz.actors.dledger.core import FOLLOWER, LEADER
 from rmqz.actors.dledger.messages import Entry
 from rmqz.storage import record as rec
 from rmqz.storage.dledger_store import DLedgerStore
@@ -89,3 +94,25 @@ def test_after_a_crash_entries_past_the_saved_point_are_indexed_once_again(tmp_p
     n.apply(entries, synced_index=2)  # the Raft node re-delivers from the applied index
     assert n.bodies() == [b"a", b"b"]  # entry 1 skipped (already applied), entry 2 once
     assert os.path.exists(os.path.join(n.dir, APPLIED_FILE))
+
+
+def test_a_new_leader_forgets_queue_locks_and_gives_free_queues_only_to_renewing_members_at_first(tmp_path):
+    """Locks live in the leader's memory (as RocketMQ's master's). A member whose lock from the
+    old leader is still valid at its end renews it; a newcomer waits out the grace, so two
+    members never consume one orderly queue across a leader change."""
+    n = Node(tmp_path)
+    b = n.broker
+    request = proto.LockBatchMQ("g", "c1", (("T", 0),), renew=True)
+    with pytest.raises(Refusal) as refused:
+        b._on_lock_batch_leader(request, None)  # a follower grants nothing
+    assert refused.value.code == proto.NOT_MASTER
+    b.queue_locks.try_lock("g", "stale", [("T", 1)], renew=True, now_ms=0)
+    b.clock_ms = lambda: 50_000
+    b.handle_RoleChanged(RoleChanged(LEADER, "n0", 2))
+    assert b.queue_locks.holder("g", "T", 1, 50_001) is None  # nothing from before
+    assert b.queue_locks.try_lock("g", "c2", [("T", 0)], renew=False, now_ms=50_001) == []
+    assert b.queue_locks.try_lock("g", "c1", [("T", 0)], renew=True, now_ms=50_002) == [("T", 0)]
+    assert b.queue_locks.try_lock("g", "c2", [("T", 1)], renew=False,
+                                  now_ms=50_000 + queue_locks.GRACE_MS) == [("T", 1)]
+    b.handle_RoleChanged(RoleChanged(FOLLOWER, "n1", 3))
+    assert b.queue_locks.holder("g", "T", 0, 50_003) is None

@@ -21,6 +21,7 @@ import pytest
 from rmqz.actors.broker import messages as bm
 from rmqz.actors.broker import retry_core
 from rmqz.actors.broker.consumer_manager import ConsumerTable
+from rmqz.actors.broker.queue_locks import QueueLockTable
 from rmqz.actors.namesrv.core import RouteInfoManager
 from rmqz.actors.namesrv.messages import RegisterBroker, TopicConfig
 from rmqz.storage import record as rec
@@ -88,6 +89,7 @@ class FakeStore:
     queues: dict[tuple[str, int], list[dict]] = field(default_factory=dict)
     offsets: dict[tuple[str, str, int], int] = field(default_factory=dict)
     young: set[tuple[str, int]] = field(default_factory=set)  # first message still in memory
+    queue_locks: QueueLockTable = field(default_factory=lambda: QueueLockTable(0, grace_ms=0))
     consumers: ConsumerTable = field(default_factory=ConsumerTable)
     data_version: int = 0
     physical: int = 0
@@ -232,6 +234,18 @@ class FakeBroker:
             found = 0
         return {"offset": found}
 
+    def _on_LockBatchMQ(self, req: bm.LockBatchMQ, inbound: Inbound) -> Any:
+        if self.broker_id != 0:
+            return bm.NOT_MASTER, "slave"
+        locked = self.store.queue_locks.try_lock(req.group, req.client_id, list(req.queues), req.renew,
+                                                 int(time.monotonic() * 1000))
+        return {"locked": [list(q) for q in locked]}
+
+    def _on_UnlockBatchMQ(self, req: bm.UnlockBatchMQ, inbound: Inbound) -> Any:
+        if self.broker_id != 0:
+            return bm.NOT_MASTER, "slave"
+        return {"unlocked": self.store.queue_locks.unlock(req.group, req.client_id, list(req.queues))}
+
     def _on_GetTopicStatus(self, req: bm.GetTopicStatus, inbound: Inbound) -> Any:
         if req.topic not in self.store.topics:
             return bm.TOPIC_NOT_EXIST, f"topic {req.topic} not exist"
@@ -247,6 +261,7 @@ class FakeBroker:
 
     def _on_UnregisterConsumer(self, req: bm.UnregisterConsumer, inbound: Inbound) -> Any:
         self.store.consumers.unregister(req.group, req.client_id)
+        self.store.queue_locks.unlock(req.group, req.client_id)
         return {}
 
     def _on_GetConsumerList(self, req: bm.GetConsumerList, inbound: Inbound) -> Any:

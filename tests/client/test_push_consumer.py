@@ -251,6 +251,38 @@ def test_a_member_stays_in_its_group_and_alone_on_its_queues_while_another_broke
     assert (dropped, shared) == (0, 0)
 
 
+def test_an_orderly_queue_is_never_consumed_by_two_members_at_once(make_cluster):
+    """Found in review: with no queue lock, a member that joined took an orderly queue at once
+    while its old owner went on with it: both ran the handler on the same queue together."""
+    cluster = make_cluster({"broker-a": {"TopicO": 1}})
+    with Producer(cluster.namesrv_addr) as producer:
+        for i in range(30):
+            producer.send("TopicO", f"m{i}")
+    runs, lock = [], threading.Lock()  # (member, queue offset, start, end)
+
+    def handler_of(member):
+        def handler(msg):
+            started = time.monotonic()
+            time.sleep(0.05)
+            with lock:
+                runs.append((member, msg.queue_offset, started, time.monotonic()))
+            return CONSUME_SUCCESS
+        return handler
+
+    kw = {"orderly": True, "start_from": "first", **FAST}
+    with PushConsumer(cluster.namesrv_addr, "g", "TopicO", handler_of("old"), client_id="z-old", **kw):
+        time.sleep(0.3)
+        with PushConsumer(cluster.namesrv_addr, "g", "TopicO", handler_of("new"), client_id="a-new", **kw):
+            deadline = time.monotonic() + 10  # "a-new" sorts first: the queue moves to it
+            while time.monotonic() < deadline and not any(m == "new" and off == 29 for m, off, *_ in runs):
+                time.sleep(0.05)
+    olds = [r for r in runs if r[0] == "old"]
+    news = [r for r in runs if r[0] == "new"]
+    assert olds and news, "the queue moved"
+    assert not [(o[1], n[1]) for o in olds for n in news if o[2] < n[3] and n[2] < o[3]]
+    assert sorted(r[1] for r in runs) == list(range(30)), "each message once: the new owner starts after the old"
+
+
 def test_broadcasting_members_need_their_own_offset_directory(two_brokers, tmp_path):
     with PushConsumer(two_brokers.namesrv_addr, "g", "TopicA", Collector(), mode=BROADCASTING,
                       offset_store_dir=str(tmp_path), **FAST) as member:
