@@ -19,6 +19,7 @@ from rmqz.actors.broker.config import BrokerConfig, ConfigError, config_warnings
 from rmqz.actors.broker.dledger_broker import load_applied
 from rmqz.actors.dledger.actor import PeerDown
 from rmqz.storage import record as rec
+from rmqz.storage.dir_lock import DirectoryInUseError, lock_directory
 from rmqz.storage.dledger_store import DLedgerStore
 from rmqz.storage.raft_log import RaftLog
 from rmqz.storage.raft_reader import RaftLogReader
@@ -226,10 +227,26 @@ class BrokerNode:
         logger.warning("promoted: brokerId {} -> 0, role {}, log ends at {}", old_id, role, self.store.commit_log.wrote_offset)
 
 
+STORE_LOCK_FILE = "lock"  # RocketMQ's <storePathRootDir>/lock
+
+
+def lock_store(root: str) -> int:
+    """One broker process per store, for its lifetime: a second one would recover the store
+    under the running one (found in review: acknowledged messages were lost)."""
+    try:
+        os.makedirs(root, exist_ok=True)
+        return lock_directory(root, STORE_LOCK_FILE)
+    except DirectoryInUseError as exc:
+        raise UserError(f"store {root} is in use by another broker (pid {exc.holder})") from None
+    except OSError as exc:
+        raise UserError(f"cannot lock store {root}: {exc.strerror}") from None
+
+
 def run_broker(config: BrokerConfig, repair: bool = False) -> int:
     if repair and config.enable_dledger:
         raise UserError("--repair cuts a master/slave commit log; a DLedger node's log is its Raft log: "
                         "wipe the node's store and it copies the group's log back")
+    lock_store(config.store_path_root_dir)  # held until the process ends
     raft_log, store = open_dledger_store(config) if config.enable_dledger else (None, open_store(config, repair))
     config_dir = os.path.join(config.store_path_root_dir, "config")
     topics, offsets = TopicConfigStore(store.fs, config_dir), ConsumerOffsetStore(store.fs, config_dir)

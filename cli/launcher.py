@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import json
 import os
 import signal
@@ -46,6 +45,7 @@ from importlib import resources
 from loguru import logger
 
 from ..actors.broker.messages import BROKER, BROKER_STATUS, GetBrokerStatus
+from ..storage.dir_lock import DirectoryInUseError, lock_directory
 from ..transport.client import ClientError, RpcClient
 from ..transport.envelope import EnvelopeError, pack_body, unpack_body
 from .topology import (
@@ -212,21 +212,12 @@ def prepare_data_dir(path: str) -> str:
 def lock_data_dir(path: str) -> int:
     """Take DATA_DIR/up.lock for this process's lifetime (released when it dies, even by
     SIGKILL); DataDirError when another `rmqz up` runs on the same dir. Returns the fd."""
-    lock_path = os.path.join(path, LOCK_FILE)
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        return lock_directory(path, LOCK_FILE)
+    except DirectoryInUseError as exc:
+        raise DataDirError(f"data dir {path} is in use by another `rmqz up` (pid {exc.holder})") from None
     except OSError as exc:
-        raise DataDirError(f"cannot open {lock_path}: {exc.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise DataDirError(f"data dir {path} is in use by another `rmqz up` (pid {holder})") \
-            from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+        raise DataDirError(f"cannot open {os.path.join(path, LOCK_FILE)}: {exc.strerror}") from None
 
 
 def check_ports_free(plans: list[NodePlan]) -> None:

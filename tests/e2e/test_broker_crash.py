@@ -78,3 +78,25 @@ def test_bad_config_is_one_clear_line_and_exit_2(tmp_path):
     assert res.returncode == 2
     assert "brokerRole" in res.stderr and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_a_second_broker_on_the_same_store_is_refused_before_it_touches_it(tmp_path, start_rmqz):
+    """Found in review: a second `rmqz broker` on a running broker's store recovered it under
+    the first one (and then failed on the port): acknowledged messages were lost."""
+    port = find_free_port()
+    conf = write_conf(tmp_path, port, "ASYNC_FLUSH")
+    first = start_rmqz("broker", "-c", conf, endpoint=f"tcp://127.0.0.1:{port}")
+    other = tmp_path / "other.conf"  # another port, the same store
+    other.write_text(open(conf).read().replace(f"listenPort={port}", f"listenPort={find_free_port()}"))
+    with RpcClient(f"tcp://127.0.0.1:{port}", timeout_ms=5000, retries=0) as c:
+        for i in range(50):
+            call(c, proto.SEND_MESSAGE, proto.SendMessage("T", 0, [proto.OutMessage(b"m%d" % i)]).to_dict())
+        for path in (conf, str(other)):
+            res = subprocess.run([sys.executable, "-m", "rmqz.cli.main", "broker", "-c", path],
+                                 capture_output=True, text=True, timeout=30)
+            assert res.returncode == 2 and "in use by another broker" in res.stderr
+            assert f"pid {first.popen.pid}" in res.stderr and "Traceback" not in res.stderr
+        for i in range(50, 100):
+            call(c, proto.SEND_MESSAGE, proto.SendMessage("T", 0, [proto.OutMessage(b"m%d" % i)]).to_dict())
+        res = call(c, proto.PULL_MESSAGE, proto.PullMessage("check", "T", 0, 0, max_messages=1024).to_dict())
+    assert [m["body"] for m in res["messages"]] == [b"m%d" % i for i in range(100)]
