@@ -39,6 +39,7 @@ from rmqz.cli.node_security import broker_security, insecure_option  # security
 
 STOP_TIMEOUT_S = 15.0
 ROLE_FILE = "role.json"  # under store/config: a promotion outlives restarts
+MASTER_ROLES = ("ASYNC_MASTER", "SYNC_MASTER")
 
 
 @click.command(cls=NodeCommand)
@@ -76,9 +77,14 @@ def _apply_saved_role(config: BrokerConfig) -> None:
         saved = load_json(OsFileSystem(), path)
     except StorageError as exc:
         raise UserError(str(exc)) from None
-    if saved:
-        config.broker_id, config.broker_role = 0, saved["broker_role"]
-        logger.warning("{} says this node was promoted: starting as {} (brokerId 0)", path, config.broker_role)
+    if saved is None:
+        return
+    role = saved.get("broker_role") if isinstance(saved, dict) else None
+    if role not in MASTER_ROLES:
+        raise UserError(f"{path}: expected {{\"broker_role\": \"ASYNC_MASTER\" or \"SYNC_MASTER\"}} "
+                        "(written at a promotion); fix or remove it")
+    config.broker_id, config.broker_role = 0, role
+    logger.warning("{} says this node was promoted: starting as {} (brokerId 0)", path, config.broker_role)
 
 
 def open_store(config: BrokerConfig, repair: bool) -> MessageStore:

@@ -168,11 +168,20 @@ def _run(topology: Topology, plans: list[NodePlan], data_dir: str, live_status: 
             _supervise(launcher, stop, console if live_status else None, printer, topology)
         return 0
     finally:
+        # Printing may fail (terminal closed: EIO; reader of a pipe gone: EPIPE): the ordered
+        # stop must run all the same, or nodes die at once by PDEATHSIG, in no order.
         if stop.requested:
-            click.echo(f"rmqz up: {signal.Signals(stop.signum).name}: stopping all nodes")
+            _say(f"rmqz up: {signal.Signals(stop.signum).name}: stopping all nodes")
         launcher.stop()
         stop.restore()
-        click.echo("rmqz up: stopped")
+        _say("rmqz up: stopped")
+
+
+def _say(line: str) -> None:
+    try:
+        click.echo(line)
+    except OSError:
+        pass
 
 
 class _EventPrinter:
@@ -183,10 +192,13 @@ class _EventPrinter:
         self.live: Live | None = None
 
     def __call__(self, event: NodeEvent) -> None:
-        if self.live is not None:
-            self.live.console.print(event.message, markup=False, highlight=False)
-        else:
-            click.echo(event.message)
+        try:
+            if self.live is not None:
+                self.live.console.print(event.message, markup=False, highlight=False)
+            else:
+                click.echo(event.message)
+        except OSError:
+            pass  # no terminal to print on any more: up.log has every event
 
 
 def _print_ready(console: Console, launcher: ClusterLauncher, data_dir: str) -> None:

@@ -75,6 +75,17 @@ MANAGED_CONF_KEYS = {
 DLEDGER_ID_PATTERN = re.compile(r"[A-Za-z0-9_]{1,32}")
 
 
+def _snake(key: str) -> str:
+    """The broker config's field for a key (actors/broker/config.py accepts either spelling)."""
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", key).lower()
+
+
+# The same managed keys spelled as the config's fields (storePathRootDir as store_path_root_dir).
+MANAGED_FIELDS = {_snake(k): k for k in MANAGED_CONF_KEYS} | {
+    "enable_dledger": "enableDLegerCommitLog", "dledger_group": "dLegerGroup", "dledger_peers": "dLegerPeers",
+    "dledger_self_id": "dLegerSelfId"}
+
+
 class TopologyError(ValueError):
     """A topology problem; the message names the file and the field."""
 
@@ -143,6 +154,8 @@ def parse_topology(text: str, name: str) -> Topology:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise TopologyError(f"{name}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses per nesting level
+        raise TopologyError(f"{name}: not valid TOML: nested too deeply") from None
     _no_unknown_keys(doc, TOP_KEYS, name)
     topo_name = _optional_str(doc, "name", _stem(name), name)
     if not NAME_PATTERN.fullmatch(topo_name):
@@ -228,8 +241,9 @@ def _parse_broker(table: dict, where: str) -> BrokerSpec:
         dledger_id=_dledger_id(table, where),
     )
     if spec.dledger_id is not None:
-        if spec.role == "SLAVE":
-            raise TopologyError(f"{where}: a DLedger member's role is elected; give it a master role, not SLAVE")
+        if spec.role != "ASYNC_MASTER":
+            raise TopologyError(f"{where}: a DLedger member's role is elected and its writes wait for a Raft "
+                                f"quorum; give it role ASYNC_MASTER, not {spec.role}")
         return spec
     if (spec.broker_id == 0) != (spec.role != "SLAVE"):
         raise TopologyError(f"{where}: role {spec.role} with broker_id {spec.broker_id}: "
@@ -251,8 +265,9 @@ def _parse_extra(extra: object, where: str) -> tuple[tuple[str, str], ...]:
         raise TopologyError(f"{where}: expected a table of broker.conf keys")
     out = []
     for key, value in extra.items():
-        if key in MANAGED_CONF_KEYS:
-            raise TopologyError(f"{where}: {key} is set by {_managed_by(key)}, not in extra")
+        managed = key if key in MANAGED_CONF_KEYS else MANAGED_FIELDS.get(_snake(key))
+        if managed is not None:
+            raise TopologyError(f"{where}: {key} is set by {_managed_by(managed)}, not in extra")
         if not CONF_KEY_PATTERN.fullmatch(key):
             raise TopologyError(f"{where}: {key!r} is not a broker.conf key name")
         out.append((key, _conf_value(value, f"{where}: {key}")))

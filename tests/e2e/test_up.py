@@ -253,3 +253,27 @@ def test_user_mistakes_are_one_line_and_exit_2(tmp_path):
             assert result.returncode == 2, result.stderr
             assert expected in result.stderr
             assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_closing_the_terminal_still_stops_every_node_in_reverse_order(tmp_path):
+    """Found in review: with its terminal gone, `rmqz up`'s first print in its stop path
+    failed (EIO), so the ordered stop never ran: nodes died at once by PDEATHSIG and
+    cluster.json said "running"."""
+    import pty
+    base, data = free_port_block(2), tmp_path / "cluster"
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: `rmqz up` on a terminal of its own
+        os.execv(sys.executable, [sys.executable, "-m", "rmqz.cli.main", "up", "--topology", "single",
+                                  "-d", str(data), "-p", str(base), "--no-status"])
+    seen, deadline = b"", time.monotonic() + WAIT_S
+    try:
+        while b"ready; Ctrl-C" not in seen and time.monotonic() < deadline:
+            seen += os.read(fd, 4096)
+    finally:
+        os.close(fd)  # the terminal closes: SIGHUP, and writes to it fail
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, seen.decode(errors="replace")[-500:]
+    cluster = json.loads((data / "cluster.json").read_text())
+    assert cluster["state"] == "stopped"
+    stops = [line for line in (data / "up.log").read_text().splitlines() if " stopped (exit code 0)" in line]
+    assert [line.split("node ")[1].split(" ")[0] for line in stops] == ["broker-a-0", "namesrv-0"]

@@ -218,10 +218,24 @@ def test_broker_id_zero_is_the_master_and_only_the_master(broker_id, role):
                                                                     role=role))
 
 
-@pytest.mark.parametrize("key", ["listenPort", "storePathRootDir", "namesrvAddr", "brokerRole"])
+@pytest.mark.parametrize("key", ["listenPort", "storePathRootDir", "namesrvAddr", "brokerRole",
+                                 # the broker accepts its fields' own spellings too (found in review)
+                                 "store_path_root_dir", "listen_port", "BrokerRole", "dledger_peers"])
 def test_extra_cannot_set_keys_the_topology_or_launcher_own(key):
     msg = error_of(NAMESRV + broker(more=f'[broker.extra]\n{key} = "x"\n'))
     assert f"{key} is set by" in msg
+
+
+def test_toml_nested_too_deeply_is_one_error_not_a_traceback():
+    assert error_of("a = " + "[" * 600 + "]" * 600 + "\n", "deep.toml").startswith("deep.toml: not valid TOML")
+
+
+@pytest.mark.parametrize("role", ["SYNC_MASTER", "SLAVE"])
+def test_a_dledger_member_takes_only_the_async_master_role(role):
+    """Raft's quorum is its replication: a SYNC_MASTER member waited for a slave that never
+    comes, and `rmqz up` failed after 30 s with a misleading error (found in review)."""
+    msg = error_of(NAMESRV + broker(role=role, more='dledger_id = "n0"\n'))
+    assert "give it role ASYNC_MASTER" in msg
 
 
 def test_invalid_toml_is_reported_with_the_file_name():
