@@ -29,7 +29,8 @@ from rmqz.actors.namesrv import messages as ns
 from rmqz.actors.ticker import Tick
 from rmqz.storage import message_store as ms
 from rmqz.storage.errors import CorruptStoreError, MessageTooLargeError, OffsetError, StoreFailedError
-from rmqz.storage.metadata import PERM_READ, ConsumerOffsetStore, DelayOffsetStore, TopicConfigStore, SubscriptionGroupStore
+from rmqz.storage.metadata import (MAX_TABLE_ENTRIES, PERM_READ, ConsumerOffsetStore, DelayOffsetStore,
+                                   SubscriptionGroupStore, TopicConfigStore)
 from rmqz.storage.record import Message, RecordError, StoredMessage
 from rmqz.transport.envelope import EnvelopeError, Header, Inbound, pack_body, unpack_body
 from rmqz.transport.peer_inbox import FastReply
@@ -303,6 +304,9 @@ class BrokerBase(RmqzActor):
     # ---- offsets and status --------------------------------------------------------------
 
     def _on_commit_offset(self, req: proto.CommitOffset, reply: ReplyTo) -> None:
+        if self.offsets.query(req.group, req.topic, req.queue_id) is None and \
+                len(self.offsets.table) >= MAX_TABLE_ENTRIES and f"{req.topic}@{req.group}" not in self.offsets.table:
+            raise Refusal(proto.BAD_REQUEST, f"too many topic@group offsets (limit {MAX_TABLE_ENTRIES})")
         self.offsets.commit(req.group, req.topic, req.queue_id, req.offset)
         self._reply(reply, {})
 

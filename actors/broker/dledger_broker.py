@@ -23,6 +23,7 @@ from rmqz.actors.broker import dledger_entries as de
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker import retry_core
 from rmqz.actors.broker.base import BrokerBase, BrokerDeps, Refusal, ReplyTo
+from rmqz.actors.broker.config import BrokerConfig
 from rmqz.actors.broker.fast_channel import FastChannel
 from rmqz.actors.broker.dledger_roles import LeaderTick
 from rmqz.actors.dledger.actor import Apply, Propose, ProposeFailed, RoleChanged
@@ -30,7 +31,7 @@ from rmqz.actors.dledger.core import LEADER
 from rmqz.storage import record as rec
 from rmqz.storage.errors import MessageTooLargeError
 from rmqz.storage.json_file import load_json, require, save_json
-from rmqz.storage.metadata import PERM_WRITE, TopicConfig, SubscriptionGroupConfig
+from rmqz.storage.metadata import MAX_TABLE_ENTRIES, PERM_WRITE, SubscriptionGroupConfig, TopicConfig
 from rmqz.storage.record_batch import parse_batch
 
 APPLIED_FILE = "applied.json"
@@ -41,7 +42,11 @@ RETRY_TOPIC_PROPOSE_GAP_MS = 1_000  # a heartbeat re-proposes a missing retry to
 assert RETRY_TOPIC_PROPOSE_GAP_MS > 0
 # One Raft entry travels whole in one App frame (transport limit 8 MiB): keep room for headers.
 MAX_PROPOSAL_BYTES = 6 * 1024 * 1024
+# A topic met in an entry without its config (retry topics, older logs): the same count on every node.
+DEFAULT_TOPIC_QUEUE_NUMS = BrokerConfig.__dataclass_fields__["default_topic_queue_nums"].default
+assert isinstance(DEFAULT_TOPIC_QUEUE_NUMS, int)
 assert MAX_PROPOSAL_BYTES < 8 * 1024 * 1024
+MAX_AUTO_TOPICS_REMEMBERED = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +109,13 @@ class BrokerDLedger(FastChannel, BrokerBase):
         self.stats.update({"applied": 0, "proposals_failed": 0, "sent_back": 0, "scheduled_delivered": 0})
         self.handlers.update({proto.SEND_MESSAGE: self._on_send, proto.CREATE_TOPIC: self._on_create_topic,
                               proto.SEND_BACK: self._on_send_back, proto.LOCK_BATCH_MQ: self._on_lock_batch_leader,
+                              proto.COMMIT_OFFSET: self._on_commit_offset_leader,
                               proto.UNLOCK_BATCH_MQ: self._on_unlock_batch_leader})
         # Schedule progress is replicated state: it comes from the applied point, not delayOffset.json.
         self.delay_offsets.table = dict(applied.delay)
         self._schedule_in_flight: set[int] = set()  # levels with a delivery proposed, not yet applied
         self._retry_topics_proposed: dict[str, int] = {}
+        self._auto_topics_proposed: dict[str, int] = {}
 
     def handle_AttachDLedger(self, msg: AttachDLedger) -> None:
         self.dledger = msg.ref
@@ -136,6 +143,12 @@ class BrokerDLedger(FastChannel, BrokerBase):
             raise Refusal(proto.NOT_MASTER, f"not the leader of {self.config.dledger_group}; leader is "
                                             f"{self.leader or 'not elected yet'} at {addr}")
 
+    def _on_commit_offset_leader(self, req: proto.CommitOffset, reply: ReplyTo) -> None:
+        """Only the leader takes commits: it replicates its table, and a follower's own
+        commits would never reach the group (found in review)."""
+        self._require_leader()
+        self._on_commit_offset(req, reply)
+
     def _on_lock_batch_leader(self, req: proto.LockBatchMQ, reply: ReplyTo) -> None:
         self._require_leader()
         self._on_lock_batch(req, reply)
@@ -147,10 +160,11 @@ class BrokerDLedger(FastChannel, BrokerBase):
     def _on_send(self, req: proto.SendMessage, reply: ReplyTo) -> None:
         self._require_leader()
         cfg = self.topics.get(req.topic)
-        if cfg is None and not self.config.auto_create_topic_enable:
-            raise Refusal(proto.TOPIC_NOT_EXIST, f"topic {req.topic} does not exist and autoCreateTopicEnable is false")
-        queues = cfg.write_queue_nums if cfg else self.config.default_topic_queue_nums
-        if cfg is not None and not cfg.perm & PERM_WRITE:
+        new_topic = cfg is None
+        if cfg is None:
+            cfg = self._auto_topic(req.topic)
+        queues = cfg.write_queue_nums
+        if not cfg.perm & PERM_WRITE:
             raise Refusal(proto.NO_PERMISSION, f"topic {req.topic} is not writable")
         qid = req.queue_id if req.queue_id >= 0 else next(self._queue_rr) % queues
         if qid >= queues:
@@ -168,9 +182,35 @@ class BrokerDLedger(FastChannel, BrokerBase):
         if len(data) > MAX_PROPOSAL_BYTES:
             raise Refusal(proto.MESSAGE_ILLEGAL, f"batch of {len(data)} bytes exceeds {MAX_PROPOSAL_BYTES} "
                                                  "(one Raft entry must fit a transport frame): send smaller batches")
+        if new_topic:
+            self._propose_auto_topic(cfg)
         # The token carries what parse_batch checked: applying our own entry (the same bytes,
         # at the index Raft gave them in our term) need not check every record's CRC again.
         self.dledger.tell(Propose(data, ("send", reply, checked)))
+
+    def _auto_topic(self, topic: str) -> TopicConfig:
+        if not self.config.auto_create_topic_enable:
+            raise Refusal(proto.TOPIC_NOT_EXIST, f"topic {topic} does not exist and autoCreateTopicEnable is false")
+        self._check_topic_room(topic)
+        n = self.config.default_topic_queue_nums
+        return TopicConfig(topic, n, n)
+
+    def _propose_auto_topic(self, cfg: TopicConfig) -> None:
+        """A send to a new topic: its config goes into the log before the message, so every
+        node makes it with the leader's queue count (found in review: each node took its own
+        defaultTopicQueueNums, and a message in queue 12 of 16 was lost on a node with 8).
+        Once per gap, not once per send while the first is in flight."""
+        now = self.clock_ms()
+        if now - self._auto_topics_proposed.get(cfg.topic, now - RETRY_TOPIC_PROPOSE_GAP_MS) < RETRY_TOPIC_PROPOSE_GAP_MS:
+            return
+        if len(self._auto_topics_proposed) >= MAX_AUTO_TOPICS_REMEMBERED:
+            self._auto_topics_proposed.clear()
+        self._auto_topics_proposed[cfg.topic] = now
+        self.dledger.tell(Propose(de.encode_topic(cfg), None))
+
+    def _check_topic_room(self, topic: str) -> None:
+        if topic not in self.topics.table and len(self.topics.table) >= MAX_TABLE_ENTRIES:
+            raise Refusal(proto.BAD_REQUEST, f"too many topics (limit {MAX_TABLE_ENTRIES}): {topic} not created")
 
     def _validate(self, req: proto.SendMessage) -> None:
         """A bad message must never enter the log: every node would have to index it."""
@@ -204,6 +244,7 @@ class BrokerDLedger(FastChannel, BrokerBase):
         else:
             cfg = TopicConfig(req.topic, req.read_queues, req.write_queues, req.perm)
         cfg.validate()
+        self._check_topic_room(req.topic)
         self.dledger.tell(Propose(de.encode_topic(cfg), ("topic", reply, not exists)))
         return None
 
@@ -241,15 +282,26 @@ class BrokerDLedger(FastChannel, BrokerBase):
             if end == offset:
                 continue
             run = self._same_target_run(due) if due else []
+            data = self._encode_delivery(run, level, offset, end, now_wall)
+            self._schedule_in_flight.add(level)
+            self.dledger.tell(Propose(data, ("schedule", level)))
+
+    def _encode_delivery(self, run: list, level: int, offset: int, end: int, now_wall: int) -> bytes:
+        """One entry delivering a prefix of run, at most MAX_PROPOSAL_BYTES: an entry the Raft
+        log refuses would stop this leader, and the next, which proposes the same (found in
+        review: three 3 MiB messages due at once)."""
+        while True:
             reals = [r for r in (self.real_message(m) for m in run) if r is not None]
             to = run[-1].queue_offset + 1 if run else end
             try:
                 data = de.encode_messages(reals, now_wall, self.store.max_record_bytes, (level, offset, to))
             except rec.RecordError as exc:  # a message the schedule cannot deliver: skip it, loudly
-                logger.error("broker {}: cannot deliver scheduled messages of level {} at {}: {}", self.node_id, level, offset, exc)
-                data = de.encode_messages([], now_wall, self.store.max_record_bytes, (level, offset, to))
-            self._schedule_in_flight.add(level)
-            self.dledger.tell(Propose(data, ("schedule", level)))
+                logger.error("broker {}: cannot deliver scheduled messages of level {} at {}: {}", self.node_id, level,
+                             offset, exc)
+                return de.encode_messages([], now_wall, self.store.max_record_bytes, (level, offset, to))
+            if len(data) <= MAX_PROPOSAL_BYTES or len(run) <= 1:
+                return data
+            run = run[:len(run) // 2]
 
     def _same_target_run(self, due: list) -> list:
         """The longest prefix of due messages going to one (topic, queue): one entry each."""
@@ -267,7 +319,10 @@ class BrokerDLedger(FastChannel, BrokerBase):
     def handle_ProposeFailed(self, msg: ProposeFailed) -> None:
         self.stats["proposals_failed"] += 1
         if msg.token is None:
-            return  # our own offsets proposal: the next interval proposes again
+            return  # a retry topic or group: proposed again when next seen
+        if msg.token[0] == "offsets":
+            self._offsets_proposed_version = -1  # the next interval proposes the table again
+            return
         if msg.token[0] == "schedule":
             self._schedule_in_flight.discard(msg.token[1])  # proposed again by the next scan
             return
@@ -285,7 +340,9 @@ class BrokerDLedger(FastChannel, BrokerBase):
             self.applied_index = entry.index
             self.stats["applied"] += 1
         self.store.commit_if_due()
-        self.synced_index = max(self.synced_index, msg.synced_index)
+        # As the log says, not the most it ever said: a follower replacing a conflicting tail
+        # lowers it, and a point saved past it would name entries a power loss takes.
+        self.synced_index = msg.synced_index
         self._points.append(AppliedPoint(self.applied_index, self.store.applied_end, dict(self.delay_offsets.table)))
 
     def _apply_one(self, data: bytes, at: int, end: int, token: Any) -> None:
@@ -296,7 +353,7 @@ class BrokerDLedger(FastChannel, BrokerBase):
             self._apply_topic(item.config)
             if token is not None:
                 self._reply(token[1], {"topic": item.config.topic, "created": token[2]})
-        elif isinstance(item, de.OffsetsEntry):
+        elif isinstance(item, de.OffsetsEntry) and token is None:  # ours: our table is as new or newer
             self._apply_offsets(item.offsets)
         elif isinstance(item, de.GroupEntry):
             self._apply_group(item)
@@ -331,8 +388,10 @@ class BrokerDLedger(FastChannel, BrokerBase):
             self.stats["scheduled_delivered"] += len(indexed)
         for topic in {r.topic for r in indexed}:
             if self.topics.get(topic) is None and topic != retry_core.SCHEDULE_TOPIC:
-                # Same on every node: deterministic. Retry and dead-letter topics have one queue.
-                n = 1 if retry_core.is_group_topic(topic) else self.config.default_topic_queue_nums
+                # From the entry alone, the same on every node (a send's topic entry comes first;
+                # this covers retry and dead-letter topics, of one queue, and older logs).
+                top = max(r.queue_id for r in indexed if r.topic == topic)
+                n = 1 if retry_core.is_group_topic(topic) and top == 0 else max(top + 1, DEFAULT_TOPIC_QUEUE_NUMS)
                 self._apply_topic(TopicConfig(topic, n, n))
         self.stats["sent"] += len(indexed)
         for key in {(r.topic, r.queue_id) for r in indexed}:
@@ -346,18 +405,22 @@ class BrokerDLedger(FastChannel, BrokerBase):
 
     def _apply_topic(self, cfg: TopicConfig) -> None:
         before = self.topics.data_version
-        self.topics.put(cfg)
+        try:
+            self.topics.put(cfg)
+        except ValueError as exc:  # the table is full on this node: the same on all, never a crash
+            logger.error("broker {}: topic {} not created: {}", self.node_id, cfg.topic, exc)
+            return
         if self.topics.data_version != before:
             self.topics.persist()
             self._register_all()
 
     def _apply_offsets(self, offsets: dict) -> None:
+        """The leader's offsets, as they are: a consumer may set one back (RocketMQ's
+        updateConsumerOffset), and only the leader takes commits."""
         for key, queues in offsets.items():
             topic, _, group = key.partition("@")
             for qid, offset in self.offsets.decode_entry(key, queues).items():
-                mine = self.offsets.query(group, topic, qid)
-                if mine is None or offset > mine:
-                    self.offsets.commit(group, topic, qid, offset)
+                self.offsets.commit(group, topic, qid, offset)
 
     # ---- leadership ----------------------------------------------------------------------
 
@@ -422,8 +485,9 @@ class BrokerDLedger(FastChannel, BrokerBase):
     def _propose_offsets(self) -> None:
         if self.offsets.data_version != self._offsets_proposed_version and self.offsets.table and self.dledger:
             self._offsets_proposed_version = self.offsets.data_version
-            table = {k: self.offsets.encode_entry(v) for k, v in self.offsets.table.items()}
-            self.dledger.tell(Propose(de.encode_offsets(table), None))
+            table = [(k, self.offsets.encode_entry(v)) for k, v in self.offsets.table.items()]
+            for data in de.offsets_entries(table, MAX_PROPOSAL_BYTES):
+                self.dledger.tell(Propose(data, ("offsets",)))
 
     def release(self) -> None:
         try:

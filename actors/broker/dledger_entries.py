@@ -111,6 +111,22 @@ def encode_offsets(offsets: dict[str, dict[str, int]]) -> bytes:
     return msgpack.packb([OFFSETS, offsets], use_bin_type=True)
 
 
+def offsets_entries(items: list[tuple[str, dict[str, int]]], max_bytes: int) -> list[bytes]:
+    """The offsets table as entries of at most max_bytes and MAX_OFFSET_KEYS keys each
+    (applied key by key, so any split is the same table): one entry over the Raft log's
+    limit would stop the leader, and every node would refuse one over the key limit."""
+    out: list[bytes] = []
+    parts = [items]
+    while parts:
+        part = parts.pop()
+        data = encode_offsets(dict(part))
+        if len(part) <= 1 or (len(data) <= max_bytes and len(part) <= MAX_OFFSET_KEYS):
+            out.append(data)
+        else:
+            parts += [part[len(part) // 2:], part[:len(part) // 2]]
+    return out
+
+
 def decode(data: bytes) -> MessagesEntry | TopicEntry | OffsetsEntry | GroupEntry | None:
     """None for the leader's no-op entry; EntryError for anything this node cannot read."""
     if not data:

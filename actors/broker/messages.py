@@ -124,6 +124,11 @@ def _int(d: dict, key: str, lo: int, hi: int, default: Any = ...) -> int:
     return value
 
 
+# Written by the broker only (RocketMQ's system topics): a producer's message there would
+# be taken for a delayed retry (retry_core.SCHEDULE_TOPIC).
+BROKER_ONLY_TOPICS = frozenset({"SCHEDULE_TOPIC_XXXX"})
+
+
 def _topic(d: dict, key: str = "topic") -> str:
     topic = _get(d, key, str)
     if not TOPIC_PATTERN.fullmatch(topic):
@@ -202,6 +207,8 @@ class SendMessage:
     @classmethod
     def from_dict(cls, d: Any) -> SendMessage:
         d = _map(d)
+        if _topic(d) in BROKER_ONLY_TOPICS:
+            raise ProtocolError(f"topic {d['topic']} is the broker's own: producers may not send to it")
         if "records" in d:
             records = _get(d, "records", bytes)
             count = _int(d, "count", 1, MAX_BATCH_MESSAGES)

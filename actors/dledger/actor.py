@@ -217,6 +217,11 @@ class DLedgerNode(DLedgerChannel, RmqzActor):
         if len(self.pending) >= MAX_PENDING_PROPOSALS:
             tell_quietly(self.broker_ref, ProposeFailed(msg.token, self.core.leader, "too many proposals in flight"))
             return
+        if len(msg.data) > self.log.max_entry_bytes:  # the log would refuse it after the core took it: stop
+            tell_quietly(self.broker_ref, ProposeFailed(msg.token, self.core.leader,
+                                                        f"entry of {len(msg.data)} bytes > the log's limit "
+                                                        f"{self.log.max_entry_bytes}"))
+            return
         try:
             index = self.core.propose(msg.data)
         except NotLeader as exc:
