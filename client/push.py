@@ -369,6 +369,7 @@ class PushConsumer:
         self._members: list[str] = []
         self._membership_addr: str | None = None
         self._membership_failed: set[str] = set()
+        self._draining: dict[MessageQueue, _ProcessQueue] = {}  # orderly: given up mid-call (service thread)
         self._warned: dict[str, int] = {}
         self._state_lock = threading.Lock()
         self._state = "created"
@@ -566,6 +567,8 @@ class PushConsumer:
         for mq in gone:
             self._drop(mq)
         unreachable: set[str] = set()  # a broker that failed one queue's start is not asked again this round
+        if self._locking:
+            new = [mq for mq in new if not self._still_draining(mq)]
         locked = self._lock_new(new, unreachable) if self._locking else {mq: 0 for mq in new}
         added = 0
         for mq in new:
@@ -592,6 +595,8 @@ class PushConsumer:
         idle = pq.consume_lock.acquire(timeout=DROP_WAIT_S) if self._locking else False
         with pq.lock:  # a consume finishing now either committed already or sees the drop
             pq.dropped = True
+        if self._locking and not idle:
+            self._draining[mq] = pq  # not taken again here until that call ends
         try:
             for problem in self._offsets.persist([mq]):
                 logger.warning("push consumer {}: offset of a released queue not committed: {}", self.client_id,
@@ -605,6 +610,18 @@ class PushConsumer:
             self._offsets.forget(mq)  # the next owner's progress is not ours to keep
 
     # ------------------------------------------------------------------ orderly queue locks
+
+    def _still_draining(self, mq: MessageQueue) -> bool:
+        """A queue given up while its handler call ran on (past DROP_WAIT_S): our broker grant
+        still holds, so taking it back now would run two calls on it at once."""
+        old = self._draining.get(mq)
+        if old is None:
+            return False
+        if not old.consume_lock.acquire(blocking=False):
+            return True
+        old.consume_lock.release()
+        del self._draining[mq]
+        return False
 
     def _lock_new(self, new: list[MessageQueue], unreachable: set[str]) -> dict[MessageQueue, int]:
         """Lock the queues this member was given on their brokers' masters; returns the locked
@@ -624,7 +641,11 @@ class PushConsumer:
         if addr is None:
             raise NoRouteError(f"broker group {broker} has no master now")
         body = LockBatchMQ(self.group, self.client_id, tuple((q.topic, q.queue_id) for q in mqs), renew).to_dict()
-        reply = self._pull.request(addr, LOCK_BATCH_MQ, body, self.timeout_ms)
+        try:
+            reply = self._pull.request(addr, LOCK_BATCH_MQ, body, self.timeout_ms)
+        except BrokerError:
+            self._pull.invalidate_route(mqs[0].topic)  # NOT_MASTER: the master moved; ask again
+            raise
         got = reply.get("locked")
         if not isinstance(got, list):
             raise MQClientError("malformed LockBatchMQ reply: 'locked' must be a list")
@@ -662,6 +683,8 @@ class PushConsumer:
                     body = UnlockBatchMQ(self.group, self.client_id, tuple((q.topic, q.queue_id) for q in group))
                     self._pull.request(addr, UNLOCK_BATCH_MQ, body.to_dict(), self.timeout_ms)
             except MQClientError as exc:  # it lapses on the broker by itself
+                if isinstance(exc, BrokerError):
+                    self._pull.invalidate_route(group[0].topic)
                 self._note_error(exc, f"queue unlock on {broker}")
 
     def _add(self, mq: MessageQueue, lock_valid_until_ms: int = 0) -> bool:

@@ -388,13 +388,13 @@ class BrokerBase(RmqzActor):
     def _on_unregister_consumer(self, req: proto.UnregisterConsumer, reply: ReplyTo) -> None:
         if self.consumers.unregister(req.group, req.client_id):
             logger.info("broker {}: consumer {} left group {}", self.node_id, req.client_id, req.group)
-        self.queue_locks.unlock(req.group, req.client_id)  # a member that left holds no queue
         self._reply(reply, {})
 
     # ---- orderly queue locks (registered by the roles that serve them) --------------------
 
     def _on_lock_batch(self, req: proto.LockBatchMQ, reply: ReplyTo) -> None:
-        locked = self.queue_locks.try_lock(req.group, req.client_id, list(req.queues), req.renew, self.clock_ms())
+        existing = [(t, q) for t, q in req.queues if (cfg := self.topics.get(t)) is not None and q < cfg.read_queue_nums]
+        locked = self.queue_locks.try_lock(req.group, req.client_id, existing, req.renew, self.clock_ms())
         self._reply(reply, {"locked": [list(q) for q in locked]})
 
     def _on_unlock_batch(self, req: proto.UnlockBatchMQ, reply: ReplyTo) -> None:

@@ -26,6 +26,7 @@ from rmqz.actors.broker.base import BrokerBase, BrokerDeps, Refusal, ReplyTo
 from rmqz.actors.broker.config import BrokerConfig
 from rmqz.actors.broker.fast_channel import FastChannel
 from rmqz.actors.broker.dledger_roles import LeaderTick
+from rmqz.actors.broker.queue_locks import CLIENT_LOCK_VALID_MS, QueueLockTable
 from rmqz.actors.dledger.actor import Apply, Propose, ProposeFailed, RoleChanged
 from rmqz.actors.dledger.core import LEADER
 from rmqz.storage import record as rec
@@ -116,6 +117,10 @@ class BrokerDLedger(FastChannel, BrokerBase):
         self._schedule_in_flight: set[int] = set()  # levels with a delivery proposed, not yet applied
         self._retry_topics_proposed: dict[str, int] = {}
         self._auto_topics_proposed: dict[str, int] = {}
+        # A deposed leader that lost its quorum serves locks until check-quorum makes it step
+        # down (up to two election timeouts): the grace covers what it granted (found in review).
+        step_down_ms = 2 * self.config.dledger_election_ticks * self.config.dledger_tick_ms
+        self.queue_locks = QueueLockTable(self.clock_ms(), grace_ms=CLIENT_LOCK_VALID_MS + step_down_ms)
 
     def handle_AttachDLedger(self, msg: AttachDLedger) -> None:
         self.dledger = msg.ref

@@ -9,8 +9,9 @@ that stops renewing has stopped consuming before the queue can go to another mem
 
 The table is memory only, as in RocketMQ. Where RocketMQ is weak, a master that just started
 (or a DLedger leader that just won) gives no queue that is free in its table to a member
-asking for the first time for GRACE_MS: a member whose lock from the previous master is still
-valid renews it (``renew``) and keeps the queue, instead of sharing it with a newcomer.
+asking for the first time for GRACE_MS (a DLedger leader: longer, by the time a deposed leader
+may go on granting): a member whose lock from the previous master is still valid renews it
+(``renew``) and keeps the queue, instead of sharing it with a newcomer.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class _Grant:
 
 class QueueLockTable:
     def __init__(self, now_ms: int, grace_ms: int = GRACE_MS) -> None:
+        assert grace_ms >= 0
         self._grants: dict[QueueKey, _Grant] = {}
         self._grace_ms = grace_ms
         self.grace_until_ms = now_ms + grace_ms
@@ -49,7 +51,10 @@ class QueueLockTable:
 
     def try_lock(self, group: str, client_id: str, queues: list[tuple[str, int]], renew: bool,
                  now_ms: int) -> list[tuple[str, int]]:
-        """The queues now locked by client_id (granted or extended); the rest stay another's."""
+        """The queues now locked by client_id (granted or extended); the rest stay another's.
+        The caller passes only queues that exist (a client inventing them must not fill this)."""
+        if len(self._grants) >= MAX_QUEUE_LOCKS:
+            self._sweep(now_ms)  # once per request, not once per queue
         locked = []
         for topic, queue_id in queues:
             key = (group, topic, queue_id)
@@ -57,20 +62,16 @@ class QueueLockTable:
             if grant is not None and grant.expires_ms > now_ms:
                 if grant.client_id != client_id:
                     continue
-            elif (now_ms < self.grace_until_ms and not renew) or not self._room(now_ms):
+            elif (now_ms < self.grace_until_ms and not renew) or (grant is None and len(self._grants) >= MAX_QUEUE_LOCKS):
                 continue
             self._grants[key] = _Grant(client_id, now_ms + BROKER_LOCK_LIFETIME_MS)
             locked.append((topic, queue_id))
         return locked
 
-    def unlock(self, group: str, client_id: str, queues: list[tuple[str, int]] | None = None) -> int:
-        """Free the client's locks on these queues (None: all of its locks in the group)."""
-        if queues is None:
-            keys = [k for k, g in self._grants.items() if k[0] == group and g.client_id == client_id]
-        else:
-            keys = [(group, t, q) for t, q in queues]
+    def unlock(self, group: str, client_id: str, queues: list[tuple[str, int]]) -> int:
+        """Free the client's locks on these queues (another's stay)."""
         freed = 0
-        for key in keys:
+        for key in [(group, t, q) for t, q in queues]:
             grant = self._grants.get(key)
             if grant is not None and grant.client_id == client_id:
                 del self._grants[key]
@@ -84,9 +85,6 @@ class QueueLockTable:
     def __len__(self) -> int:
         return len(self._grants)
 
-    def _room(self, now_ms: int) -> bool:
-        if len(self._grants) < MAX_QUEUE_LOCKS:
-            return True
+    def _sweep(self, now_ms: int) -> None:
         for key in [k for k, g in self._grants.items() if g.expires_ms <= now_ms]:
             del self._grants[key]
-        return len(self._grants) < MAX_QUEUE_LOCKS

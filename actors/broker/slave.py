@@ -5,6 +5,7 @@ every slaveMetadataSyncInterval, and tells consumers to go back to the master wh
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from rmqz.actors.broker.base import BrokerBase, BrokerDeps
 from rmqz.actors.broker.ha_channel import HAChannel
 from rmqz.actors.broker.ha_client import Appended, MasterAddress, MasterBack, MasterSilent, ReplicaData, send_report
 from rmqz.actors.broker.ha_decode import decode_transfer
+from rmqz.actors.broker.slave_offsets import CommittedHere
 from rmqz.storage import record as rec
 from rmqz.storage.errors import CorruptStoreError
 from rmqz.transport.channel_way import same_host
@@ -49,7 +51,8 @@ class BrokerSlave(HAChannel, BrokerBase):
         self._appended_untold: Appended | None = None  # a newer end it has not heard yet
         self._appended_told_offset = 0
         # Consumer offsets committed here, until the master's metadata shows it has them.
-        self.committed_here: dict[tuple[str, str, int], int] = {}
+        self.committed_here = CommittedHere(self.store.fs, os.path.join(self.store.root, "config"))
+        self.committed_here.load()
         self.stats.update({"replicated_bytes": 0, "out_of_order": 0, "truncations": 0, "bad_transfers": 0})
         self.handlers[proto.PROMOTE] = self._on_promote
 
@@ -70,6 +73,7 @@ class BrokerSlave(HAChannel, BrokerBase):
                 self.report_sender.close()
         finally:
             self.close_ha_channel()  # a fixed haListenPort must be free for the next actor
+        self.committed_here.save_if_dirty()
         super().release()
 
     def handle_AttachHAClient(self, msg: AttachHAClient) -> None:
@@ -249,20 +253,20 @@ class BrokerSlave(HAChannel, BrokerBase):
             self.store.flush()
         if self.due("metadata", now_ms, self.config.slave_metadata_sync_interval_ms):
             self._sync_metadata()
+        if self.due("committed_here", now_ms, self.config.flush_consumer_offset_interval_ms):
+            self.committed_here.save_if_dirty()  # with the offsets file, on the same cadence
         self._sync_unknown_topics()
 
     def _sync_metadata(self) -> None:
         if self.master_addr:
-            committed = tuple(proto.CommitOffset(g, t, q, off) for (g, t, q), off in self.committed_here.items())
+            committed = tuple(proto.CommitOffset(g, t, q, off) for (g, t, q), off in self.committed_here.table.items())
             self.send_request(self.master_addr, proto.BROKER, proto.GET_METADATA, proto.GetMetadata(committed).to_dict())
 
     def _on_commit_offset(self, req: proto.CommitOffset, reply: Any) -> None:
         """A consumer commits here while the master is away (or reads from us): the master
         takes it back at the next metadata sync if it is ahead of the master's."""
         super()._on_commit_offset(req, reply)
-        key = (req.group, req.topic, req.queue_id)
-        if key in self.committed_here or len(self.committed_here) < proto.MAX_MERGED_OFFSETS:
-            self.committed_here[key] = req.offset
+        self.committed_here.note((req.group, req.topic, req.queue_id), req.offset)
 
     def on_answer(self, inbound: Inbound) -> None:
         if inbound.header.type != proto.GET_METADATA:
@@ -275,18 +279,6 @@ class BrokerSlave(HAChannel, BrokerBase):
             logger.warning("slave {}: bad metadata from master: {}", self.node_id, exc)
         return None
 
-    def _hand_back_offsets_ahead_of(self, masters: dict[tuple[str, str, int], int]) -> None:
-        """An offset of ours past the master's can only have been committed here (our other
-        source is the master): hand it back at the next sync. committed_here is in memory;
-        this finds what it held again after a restart of the slave, from the offsets file."""
-        for key, queues in self.offsets.table.items():
-            topic, _, group = key.partition("@")
-            for qid, offset in queues.items():
-                k = (group, topic, qid)
-                if offset > masters.get(k, -1) and (k in self.committed_here
-                                                     or len(self.committed_here) < proto.MAX_MERGED_OFFSETS):
-                    self.committed_here[k] = offset
-
     def _apply_metadata(self, meta: dict) -> None:
         topics = {t: self.topics.decode_entry(t, c) for t, c in meta["topics"].items()}
         if topics != self.topics.table:
@@ -294,16 +286,12 @@ class BrokerSlave(HAChannel, BrokerBase):
             self.topics.data_version += 1
             self.topics.persist()
             self._register_all()
-        masters: dict[tuple[str, str, int], int] = {}
         for key, queues in meta["offsets"].items():
             topic, _, group = key.partition("@")
             for qid, offset in self.offsets.decode_entry(key, queues).items():
-                masters[(group, topic, qid)] = offset
-                # Keep the larger: consumers may have committed here while the master was down.
-                self.offsets.commit_if_ahead(group, topic, qid, offset)
-                if self.committed_here.get((group, topic, qid), offset + 1) <= offset:
-                    del self.committed_here[(group, topic, qid)]  # the master has it (or more)
-        self._hand_back_offsets_ahead_of(masters)
+                if not self.committed_here.newer_than((group, topic, qid), offset):
+                    self.offsets.commit(group, topic, qid, offset)  # as the master has it, a rewind too
+        self.committed_here.save_if_dirty()
         groups = meta.get("groups", {})
         copied = {g: self.groups.decode_entry(g, c) for g, c in groups.items()} if isinstance(groups, dict) else {}
         if copied and copied != self.groups.table:

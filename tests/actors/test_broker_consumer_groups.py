@@ -252,8 +252,9 @@ def lock(n, client_id, *queue_ids, renew=False):
     return n.ask(proto.LOCK_BATCH_MQ, body)
 
 
-def test_a_master_locks_orderly_queues_for_one_member_and_frees_them_when_it_leaves(node):
+def test_a_master_locks_orderly_queues_for_one_member_until_it_unlocks_them(node):
     n = node()
+    n.ok(proto.CREATE_TOPIC, proto.CreateTopic("Orders", 4, 4).to_dict())
     assert lock(n, "c1", 0, 1)[1] == {"locked": []}  # just started: the grace for an old master's grants
     assert lock(n, "c1", 0, renew=True)[1] == {"locked": [["Orders", 0]]}  # a holder keeps its queue
     n.mono.now_ms += queue_locks.GRACE_MS
@@ -261,8 +262,20 @@ def test_a_master_locks_orderly_queues_for_one_member_and_frees_them_when_it_lea
     assert lock(n, "c2", 0, 1, 2)[1] == {"locked": [["Orders", 2]]}
     n.ok(proto.UNLOCK_BATCH_MQ, proto.UnlockBatchMQ("g", "c1", (("Orders", 0),)).to_dict())
     assert lock(n, "c2", 0, 1)[1] == {"locked": [["Orders", 0]]}
+    # Leaving the group frees nothing: that needs SUB on the group only, and anyone may
+    # read member ids (found in review); the member unlocks (SUB on the topic) as it stops.
     n.ok(proto.UNREGISTER_CONSUMER, proto.UnregisterConsumer("g", "c1").to_dict())
-    assert lock(n, "c2", 1)[1] == {"locked": [["Orders", 1]]}
+    assert lock(n, "c2", 1)[1] == {"locked": []}
+
+
+def test_a_master_locks_only_queues_that_exist(node):
+    """Found in review: invented queues filled the lock table, and every request after that
+    scanned it whole on the broker's thread."""
+    n = node()
+    n.ok(proto.CREATE_TOPIC, proto.CreateTopic("Orders", 4, 4).to_dict())
+    n.mono.now_ms += queue_locks.GRACE_MS
+    body = proto.LockBatchMQ("g", "c1", (("Orders", 0), ("Orders", 999), ("Invented", 0))).to_dict()
+    assert n.ok(proto.LOCK_BATCH_MQ, body) == {"locked": [["Orders", 0]]}
 
 
 def test_a_slave_refuses_queue_locks_as_not_master(node):
@@ -391,6 +404,25 @@ def test_offsets_committed_on_a_slave_go_back_to_the_master_even_after_the_slave
             master.tick(advance_mono_ms=200)
         assert q(master) == 50
         assert master.ok(proto.QUERY_OFFSET, proto.QueryOffset("g", "Other", 2).to_dict())["offset"] == 9
+    finally:
+        for n in (master, slave):
+            n.stop()
+
+
+def test_a_consumers_rewind_on_the_master_reaches_the_slave_and_stays(tmp_path):
+    """Found in review: the slave kept the larger offset, then handed it back: a consumer
+    that set its offset back from 100 to 50 skipped 50..99."""
+    master = Node(tmp_path / "m", cls=BrokerMaster)
+    slave = Node(tmp_path / "s", cls=BrokerSlave, ha_master_address="127.0.0.1:10911",
+                 slave_metadata_sync_interval_ms=100)
+    try:
+        Wire(master, slave)
+        for offset in (100, 50):
+            master.ok(proto.COMMIT_OFFSET, proto.CommitOffset("g", "Orders", 0, offset).to_dict())
+            for _ in range(4):
+                slave.tick(advance_mono_ms=200)
+                master.tick(advance_mono_ms=200)
+            assert (q(master), q(slave)) == (offset, offset)
     finally:
         for n in (master, slave):
             n.stop()

@@ -112,7 +112,8 @@ def test_a_new_leader_forgets_queue_locks_and_gives_free_queues_only_to_renewing
     assert b.queue_locks.holder("g", "T", 1, 50_001) is None  # nothing from before
     assert b.queue_locks.try_lock("g", "c2", [("T", 0)], renew=False, now_ms=50_001) == []
     assert b.queue_locks.try_lock("g", "c1", [("T", 0)], renew=True, now_ms=50_002) == [("T", 0)]
-    assert b.queue_locks.try_lock("g", "c2", [("T", 1)], renew=False,
-                                  now_ms=50_000 + queue_locks.GRACE_MS) == [("T", 1)]
+    grace_ms = queue_locks.CLIENT_LOCK_VALID_MS + 2 * b.config.dledger_election_ticks * b.config.dledger_tick_ms
+    assert b.queue_locks.try_lock("g", "c2", [("T", 1)], renew=False, now_ms=50_000 + grace_ms - 1) == []
+    assert b.queue_locks.try_lock("g", "c2", [("T", 1)], renew=False, now_ms=50_000 + grace_ms) == [("T", 1)]
     b.handle_RoleChanged(RoleChanged(FOLLOWER, "n1", 3))
     assert b.queue_locks.holder("g", "T", 0, 50_003) is None

@@ -237,7 +237,8 @@ class FakeBroker:
     def _on_LockBatchMQ(self, req: bm.LockBatchMQ, inbound: Inbound) -> Any:
         if self.broker_id != 0:
             return bm.NOT_MASTER, "slave"
-        locked = self.store.queue_locks.try_lock(req.group, req.client_id, list(req.queues), req.renew,
+        existing = [(t, q) for t, q in req.queues if t in self.store.topics and q < self.store.topics[t][0]]
+        locked = self.store.queue_locks.try_lock(req.group, req.client_id, existing, req.renew,
                                                  int(time.monotonic() * 1000))
         return {"locked": [list(q) for q in locked]}
 
@@ -261,7 +262,6 @@ class FakeBroker:
 
     def _on_UnregisterConsumer(self, req: bm.UnregisterConsumer, inbound: Inbound) -> Any:
         self.store.consumers.unregister(req.group, req.client_id)
-        self.store.queue_locks.unlock(req.group, req.client_id)
         return {}
 
     def _on_GetConsumerList(self, req: bm.GetConsumerList, inbound: Inbound) -> Any:

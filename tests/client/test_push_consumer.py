@@ -283,6 +283,61 @@ def test_an_orderly_queue_is_never_consumed_by_two_members_at_once(make_cluster)
     assert sorted(r[1] for r in runs) == list(range(30)), "each message once: the new owner starts after the old"
 
 
+def test_an_orderly_queue_given_up_mid_call_is_not_taken_back_before_that_call_ends(make_cluster, wait):
+    """Found in review: a queue dropped while its handler ran past DROP_WAIT_S came straight
+    back to the same member (its broker grant still held): two calls ran on it at once."""
+    cluster = make_cluster({"broker-a": {"TopicO": 1}})
+    with Producer(cluster.namesrv_addr) as producer:
+        for i in range(5):
+            producer.send("TopicO", f"m{i}")
+    guard, running, overlap, calls = threading.Lock(), [0], [], []
+
+    def slow_first(msg):
+        with guard:
+            running[0] += 1
+            overlap.extend([msg.queue_offset] if running[0] > 1 else [])
+            calls.append(msg.queue_offset)
+            first = len(calls) == 1
+        time.sleep(2.5 if first else 0)
+        with guard:
+            running[0] -= 1
+        return CONSUME_SUCCESS
+
+    kw = {"orderly": True, "start_from": "first", **FAST}
+    with PushConsumer(cluster.namesrv_addr, "g", "TopicO", slow_first, client_id="z-old", **kw) as old:
+        time.sleep(0.3)  # m0's call is running
+        other = PushConsumer(cluster.namesrv_addr, "g", "TopicO", lambda m: CONSUME_SUCCESS,
+                             client_id="a-new", **kw).start()  # sorts first: the queue is its now
+        assert wait(lambda: not old.assigned_queues())
+        other.shutdown()  # and back to the old member, whose first call still runs
+        assert wait(lambda: len(calls) >= 5)
+    assert overlap == []
+
+
+def test_orderly_consuming_goes_on_soon_after_the_master_moves(make_cluster, monkeypatch, wait):
+    """Found in review: lock renewals answered NOT_MASTER by the old master never refreshed
+    the route: the queue stood still until the periodic route refresh (30 s)."""
+    from rmqz.actors.broker.queue_locks import QueueLockTable
+    from rmqz.client import push
+    monkeypatch.setattr(push, "CLIENT_LOCK_VALID_MS", 1_500)
+    monkeypatch.setattr(push, "LOCK_RENEW_INTERVAL_MS", 500)
+    cluster = make_cluster({"broker-a": {"TopicO": 1}})
+    got = Collector()
+    with PushConsumer(cluster.namesrv_addr, "g", "TopicO", got, orderly=True, start_from="first", **FAST):
+        with Producer(cluster.namesrv_addr) as producer:
+            producer.send("TopicO", "before")
+        assert wait(lambda: got.total() == 1)
+        old = cluster.broker("broker-a")  # stays up, as a follower, at its address
+        old.store.queue_locks = QueueLockTable(0, grace_ms=0)  # the new master's table
+        old.broker_id = 1
+        old.register()
+        cluster.add_broker("broker-a", None, 0, old.store)
+        time.sleep(2)  # past the lock's validity here: only a renewal on the new master goes on
+        with Producer(cluster.namesrv_addr) as producer:
+            producer.send("TopicO", "after")
+        assert wait(lambda: got.total() == 2, timeout=10)
+
+
 def test_broadcasting_members_need_their_own_offset_directory(two_brokers, tmp_path):
     with PushConsumer(two_brokers.namesrv_addr, "g", "TopicA", Collector(), mode=BROADCASTING,
                       offset_store_dir=str(tmp_path), **FAST) as member:

@@ -61,14 +61,6 @@ def test_a_reset_forgets_every_lock_and_starts_a_new_grace():
     assert t.try_lock("g", "b", [Q0], renew=False, now_ms=10 + ql.GRACE_MS) == [Q0]
 
 
-def test_unlock_without_queues_frees_all_of_a_members_locks_in_the_group():
-    t = started()
-    t.try_lock("g", "a", [Q0, Q1], renew=False, now_ms=0)
-    t.try_lock("h", "a", [Q0], renew=False, now_ms=0)
-    assert t.unlock("g", "a") == 2  # it left the group
-    assert t.holder("h", *Q0, now_ms=1) == "a"
-
-
 def test_the_table_is_bounded_and_makes_room_from_lapsed_locks(monkeypatch):
     monkeypatch.setattr(ql, "MAX_QUEUE_LOCKS", 3)
     t = started()
