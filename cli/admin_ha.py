@@ -10,21 +10,25 @@ import time
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from rmqz.actors.broker import messages as proto
 from rmqz.client import Admin, MQClientError
+from rmqz.client.address import parse_addr
+from rmqz.client.errors import InvalidAddress
 from rmqz.transport.client import ClientError, RpcClient
 from rmqz.transport.envelope import pack_body, unpack_body
 
-from .output import CliError
+from .output import CliError, print_json, print_table
 
 DLEDGER = "dledger"
 PROMOTE_WAIT_S = 15.0
 
 
 def _request(addr: str, dst: str, type_name: str, body: dict, timeout_ms: int) -> dict:
+    try:
+        addr = parse_addr(addr, "broker address")
+    except InvalidAddress as exc:
+        raise CliError(str(exc)) from None
     try:
         with RpcClient(f"tcp://{addr}", timeout_ms=timeout_ms, retries=0) as client:
             _, raw = client.request(dst, type_name, pack_body(body))
@@ -59,17 +63,15 @@ def attach(admin: click.Group, namesrv_option: Any, json_option: Any, timeout_op
             except CliError as exc:
                 rows.append({"broker_id": broker_id, "address": addr, "role": "unreachable", "error": str(exc)})
         if as_json:
-            click.echo(__import__("json").dumps({"group": broker_name, "nodes": rows}))
-            return
-        table = Table(title=f"DLedger group {broker_name}")
-        for col in ("node", "address", "role", "term", "leader", "commit", "last index", "lag"):
-            table.add_column(col)
-        commit = max((r.get("commit", 0) for r in rows), default=0)
-        for r in rows:
-            table.add_row(str(r.get("self", "?")), r["address"], str(r.get("role")), str(r.get("term", "")),
-                          str(r.get("leader", "")), str(r.get("commit", "")), str(r.get("last_index", "")),
-                          str(commit - r["last_index"]) if "last_index" in r else "")
-        Console().print(table)
+            print_json({"group": broker_name, "nodes": rows})
+        else:
+            commit = max((r.get("commit", 0) for r in rows), default=0)
+            print_table(f"DLedger group {broker_name}",
+                        ("node", "address", "role", "term", "leader", "commit", "last index", "lag"),
+                        [(r.get("self"), r["address"], r.get("role"), r.get("term"), r.get("leader"), r.get("commit"),
+                          r.get("last_index"), commit - r["last_index"] if "last_index" in r else None) for r in rows])
+        if all(r["role"] == "unreachable" for r in rows):
+            raise CliError(f"no node of {broker_name} answered (is it a DLedger group?)")
 
     @admin.command("transfer-leader")
     @namesrv_option

@@ -9,7 +9,8 @@ Tables by default; ``--json`` prints ONE JSON object for scripts:
 - ``broker-status``-> the broker's GetBrokerStatus map
 - ``consumer-progress`` -> {"group", "members": [{client_id, topics, mode, queues, ...}],
                        "queues": [{topic, broker_name, queue_id, broker_offset, consumer_offset,
-                       lag, owner}], "total_lag"}
+                       lag, owner}], "unreachable": [broker names], "total_lag" (null when any
+                       queue's lag is unknown; exit 1 when a broker group did not answer)}
 """
 
 from __future__ import annotations
@@ -161,13 +162,15 @@ def consumer_progress_cmd(namesrv: str, group_name: str, topic: str | None, as_j
         progress = adm.consumer_progress(group_name, topic)
     if as_json:
         print_json(progress)
-        return
-    print_table(f"Consumer group {group_name}: {len(progress['members'])} live member(s), "
-                f"total lag {progress['total_lag']}",
-                ["Topic", "Broker", "Queue", "Broker offset", "Consumer offset", "Lag", "Owner"],
-                [[q["topic"], q["broker_name"], q["queue_id"], q["broker_offset"],
-                  None if q["consumer_offset"] == -1 else q["consumer_offset"], q["lag"], q["owner"]]
-                 for q in progress["queues"]])
+    else:
+        total = "unknown" if progress["total_lag"] is None else progress["total_lag"]
+        print_table(f"Consumer group {group_name}: {len(progress['members'])} live member(s), total lag {total}",
+                    ["Topic", "Broker", "Queue", "Broker offset", "Consumer offset", "Lag", "Owner"],
+                    [[q["topic"], q["broker_name"], q["queue_id"], q["broker_offset"],
+                      None if q["consumer_offset"] == -1 else q["consumer_offset"], q["lag"], q["owner"]]
+                     for q in progress["queues"]])
+    if progress["unreachable"]:  # the numbers above leave these out: not a success
+        raise CliError(f"no broker of {', '.join(progress['unreachable'])} answered: their queues are not shown")
 
 
 def _perm(perm: int) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -43,7 +44,7 @@ from rmqz.client.push import (
     PushConsumer,
 )
 
-from .output import command, namesrv_option, print_json, progress, timeout_option
+from .output import CliError, command, namesrv_option, print_json, progress, stdout_gone, timeout_option
 
 __all__ = ["consume", "message_json"]
 
@@ -77,6 +78,7 @@ class _Printer:
 
     def __init__(self, count: int | None) -> None:
         self.count = count
+        self.broken = False  # stdout went away (`| head -1`): stop, leave the rest unconsumed
         self.printed = 0
         self.lock = threading.Lock()
         self.done = threading.Event()
@@ -84,9 +86,14 @@ class _Printer:
 
     def __call__(self, msg: MessageExt) -> ConsumeStatus:
         with self.lock:
-            if self.count is not None and self.printed >= self.count:
+            if self.broken or (self.count is not None and self.printed >= self.count):
                 return SUSPEND  # not ours to print: stays uncommitted for the next consumer
-            print_json(message_json(msg))
+            try:
+                print_json(message_json(msg))
+            except OSError:  # EPIPE, EIO: not printed, so not consumed (no retry, no commit)
+                self.broken = True
+                self.done.set()
+                return SUSPEND
             self.printed += 1
             self.last_message_at = time.monotonic()
             if self.count is not None and self.printed >= self.count:
@@ -124,6 +131,8 @@ def consume(namesrv: str, topic: str, group: str, start_from: str, count: int | 
     """Print TOPIC's messages as JSON lines, as a member of GROUP, committing its offsets."""
     check_topic(topic)
     check_group(group)
+    if sys.stdout is None:
+        raise CliError("stdout is closed: there is nowhere to print messages (they would be committed unseen)")
     printer = _Printer(count)
     try:
         consumer = PushConsumer(
@@ -144,6 +153,8 @@ def consume(namesrv: str, topic: str, group: str, start_from: str, count: int | 
                 stop.wait(WAIT_SLICE_S)
     finally:
         restore()
+    if printer.broken:
+        stdout_gone()  # like a tool killed by SIGPIPE: quiet, 141
     if not consumer.reached_broker and consumer.last_error is not None:
         raise consumer.last_error  # never reached a broker: say why, exit non-zero
     if count is not None and printer.printed < count and not stop.is_set():
@@ -151,8 +162,9 @@ def consume(namesrv: str, topic: str, group: str, start_from: str, count: int | 
 
 
 def _stop_on_sigterm(stop: threading.Event):
-    """SIGTERM ends the command like SIGINT would, but cleanly: commit and leave the group."""
+    """SIGINT and SIGTERM end the command cleanly: commit what was printed, leave the group,
+    exit 0 (a KeyboardInterrupt would have skipped the commit of the last messages)."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    return lambda: [signal.signal(s, h) for s, h in previous.items()]

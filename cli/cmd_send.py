@@ -91,6 +91,15 @@ def _is_fatal(exc: MQClientError) -> bool:
     return isinstance(exc, BrokerError) and exc.code in FATAL_CODES
 
 
+def _check_utf8(option: str, value: str | None) -> None:
+    """Bytes that are not UTF-8 reach us as surrogates: say so, not a traceback later."""
+    if value is not None:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CliError(f"{option} is not valid UTF-8 text") from None
+
+
 def _body_maker(size: int | None, body: str | None) -> Any:
     if body is not None:
         data = body.encode()
@@ -127,10 +136,16 @@ def send(namesrv: str, topic: str, count: int, size: int | None, body: str | Non
     if size is not None and not 1 <= size <= MAX_MESSAGE_BYTES:
         raise CliError(f"invalid --size {size}: a message body holds 1..{MAX_MESSAGE_BYTES} bytes")
     check_topic(topic)
+    for name, value in (("--body", body), ("--key", key), ("--tag", tag)):
+        _check_utf8(name, value)
     make_body = _body_maker(size, body)
     tally = _Tally(count)
     with Producer(namesrv, send_timeout_ms=timeout_ms, retry_times=retries) as producer:
-        _send_all(producer, topic, count, batch, make_body, key, tag, tally)
+        try:
+            _send_all(producer, topic, count, batch, make_body, key, tag, tally)
+        except KeyboardInterrupt:
+            print_json(tally.summary(topic))  # the last stdout line is the summary, either way
+            raise
     print_json(tally.summary(topic))
     if tally.failed:
         raise CliError(f"{tally.failed} of {tally.attempted} messages failed; last error: {tally.last_error}")

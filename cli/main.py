@@ -12,6 +12,7 @@ import sys
 import click
 
 from .. import __version__
+from .output import stdout_gone
 
 # (module, attribute) of each subcommand; a module that does not exist yet is skipped so the
 # tool keeps working while features land one by one.
@@ -62,11 +63,19 @@ def main() -> None:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    # Not click's standalone mode: it turns Ctrl-C into "Aborted!" and exit 1, which a script
+    # cannot tell from a failure (found in review); here it is "interrupted" and 130.
     try:
-        cli(standalone_mode=True)
-    except KeyboardInterrupt:
+        code = cli.main(standalone_mode=False)
+    except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except BrokenPipeError:
+        stdout_gone()
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

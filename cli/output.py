@@ -187,8 +187,22 @@ def json_option(fn: F) -> F:
 
 
 def print_json(obj: Any) -> None:
-    """One JSON object on one stdout line (bytes are shown as text where possible)."""
+    """One JSON object on one stdout line (bytes are shown as text where possible).
+    BrokenPipeError when there is no stdout (click would drop the line without a word)."""
+    if sys.stdout is None:
+        raise BrokenPipeError("stdout is closed")
     click.echo(json.dumps(obj, ensure_ascii=False, default=_json_default))
+
+
+def stdout_gone() -> None:
+    """Exit as a tool killed by SIGPIPE would (141), without Python's complaint when it
+    flushes a stdout whose reader is gone."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, AttributeError, ValueError):
+        pass
+    sys.exit(128 + 13)
 
 
 def _json_default(value: Any) -> Any:

@@ -67,5 +67,6 @@ def endpoint_of(addr: str) -> str:
 def resolve_namesrv_addr(option: str | None = None) -> str:
     """The NameServer list to use: the ``-n`` option, else ``$RMQZ_NAMESRV``, else
     ``127.0.0.1:9876``. Validated; returned as a normalised ``;``-joined string."""
-    raw = option if option else os.environ.get(NAMESRV_ENV) or DEFAULT_NAMESRV_ADDR
+    # An empty -n is a mistake (a script's unset variable), not "use the default": refused.
+    raw = option if option is not None else os.environ.get(NAMESRV_ENV) or DEFAULT_NAMESRV_ADDR
     return ";".join(parse_addr_list(raw))

@@ -137,18 +137,26 @@ class Admin:
 
     def consumer_progress(self, group: str, topic: str | None = None) -> dict[str, Any]:
         """Per queue of the group's topics (``topic``, else those its live members
-        consume): broker max offset, the group's committed offset, lag and owner."""
+        consume): broker max offset, the group's committed offset, lag and owner.
+        ``total_lag`` is None unless every queue's lag is known (a group that never committed
+        on a queue, or a queue no broker answered for); ``unreachable`` lists broker groups
+        none of whose brokers answered."""
         members = self.consumer_members(group)
         topics = [check_topic(topic)] if topic else sorted({t for m in members for t in m.get("topics", [])})
         if not topics:
             raise NoRouteError(f"group {group!r} has no live member; name the topic with --topic")
         owners = {tuple(q): m["client_id"] for m in members for q in m.get("queues", []) if len(q) == 3}
-        rows = []
+        rows: list[dict[str, Any]] = []
+        unreachable: set[str] = set()
         for t in topics:
             try:
                 status = self.topic_status(t)
             except NoRouteError:
+                if topic:
+                    raise  # named by the caller: say so, not "no lag"
                 continue  # e.g. the retry topic before anything failed
+            unreachable |= {b["broker_name"] for b in status["brokers"]} - \
+                {b["broker_name"] for b in status["brokers"] if b["state"] == REACHABLE}
             masters = {}
             for b in status["brokers"]:  # the master's view, else the first broker answering
                 if b["state"] == REACHABLE and (b["broker_id"] == MASTER_ID or b["broker_name"] not in masters):
@@ -167,8 +175,9 @@ class Admin:
                     rows.append({"topic": t, "broker_name": name, "queue_id": q.get("queue_id"), "broker_offset": high,
                                  "consumer_offset": committed, "lag": lag,
                                  "owner": owners.get((t, name, q.get("queue_id")))})
-        return {"group": group, "members": members, "queues": rows,
-                "total_lag": sum(r["lag"] for r in rows if isinstance(r["lag"], int))}
+        known = not unreachable and all(isinstance(r["lag"], int) for r in rows)
+        return {"group": group, "members": members, "queues": rows, "unreachable": sorted(unreachable),
+                "total_lag": sum(r["lag"] for r in rows) if known else None}
 
     def broker_status(self, address: str) -> dict[str, Any]:
         addr = parse_addr(address, "broker address")

@@ -195,6 +195,37 @@ def test_consuming_an_unknown_topic_is_one_line(two_brokers):
     (("consume", "-n", "127.0.0.1:9876", "-t", "T", "-g", "g", "--from", "middle"), "--from"),
     (("admin", "broker-status", "-n", "127.0.0.1:9876", "-b", "nohost"), "bad broker address"),
     (("admin", "frobnicate"), "No such command"),
+    # found in review: tracebacks, or a silent fall-back to the default NameServer
+    (("admin", "update-config", "-b", "foo", "slaveReadEnable=true"), "bad broker address"),
+    (("send", "-n", "", "-t", "T"), "empty NameServer address"),
+    (("send", "-n", "127.0.0.1:9876", "-t", "T", "--body", "\udcff\udcfe"), "--body is not valid UTF-8"),
+    (("send", "-n", "127.0.0.1:9876", "-t", "T", "--key", "\udcff"), "--key is not valid UTF-8"),
 ])
 def test_user_mistakes_are_one_line_errors(args, fragment):
     assert_one_line_error(run(*args), fragment)
+
+
+def test_consumer_progress_names_what_it_could_not_count(two_brokers):
+    """Found in review: a named topic without a route, a broker that did not answer, and a
+    group that never committed all gave total_lag 0 and exit 0."""
+    run("send", "-n", two_brokers.namesrv_addr, "-t", "TopicA", "--count", "4")
+    missing = run("admin", "consumer-progress", "-n", two_brokers.namesrv_addr, "-g", "g1", "-t", "NoTopic", "--json")
+    assert_one_line_error(missing, "NoTopic")
+    never = run("admin", "consumer-progress", "-n", two_brokers.namesrv_addr, "-g", "g1", "-t", "TopicA", "--json")
+    assert never.exit_code == 0 and lines(never)[0]["total_lag"] is None
+    run("consume", "-n", two_brokers.namesrv_addr, "-t", "TopicA", "-g", "g1", "--from", "first", "--count", "4")
+    done = run("admin", "consumer-progress", "-n", two_brokers.namesrv_addr, "-g", "g1", "-t", "TopicA", "--json")
+    assert lines(done)[0]["total_lag"] == 0 and lines(done)[0]["unreachable"] == []
+    two_brokers.broker("broker-b").silent = True
+    partial = run("admin", "consumer-progress", "-n", two_brokers.namesrv_addr, "-g", "g1", "-t", "TopicA", "--json",
+                  "--timeout-ms", "300")
+    assert partial.exit_code != 0 and "broker-b" in partial.stderr
+    report = lines(partial)[0]
+    assert report["unreachable"] == ["broker-b"] and report["total_lag"] is None
+
+
+def test_raft_status_fails_when_no_node_of_the_group_answers(two_brokers):
+    result = run("admin", "raft-status", "-n", two_brokers.namesrv_addr, "--broker", "broker-a", "--json",
+                 "--timeout-ms", "300")
+    assert result.exit_code != 0 and "no node of broker-a answered" in result.stderr
+    assert [n["role"] for n in lines(result)[0]["nodes"]] == ["unreachable"]
