@@ -24,6 +24,7 @@ from rmqz.actors.broker.messages import (
     COMMIT_OFFSET,
     MAX_PULL_MESSAGES,
     MAX_SUSPEND_MS,
+    NOT_MASTER,
     PULL_MESSAGE,
     QUERY_OFFSET,
     SEARCH_OFFSET,
@@ -36,7 +37,7 @@ from rmqz.actors.broker.messages import (
 )
 from rmqz.actors.namesrv.messages import MASTER_ID
 
-from .errors import ClientTimeout, MQClientError, NoRouteError
+from .errors import BrokerError, ClientTimeout, MQClientError, NoRouteError
 from .model import MessageQueue, PullResult, check_group, check_topic, parse_pull_reply
 from .namesrv import NamesrvClient
 from .pool import DEFAULT_TIMEOUT_MS, ClientPool, check_timeout_ms
@@ -231,6 +232,10 @@ class PullConsumer:
             return self._running_pool().request(self._addr(snapshot, mq, MASTER_ID), BROKER, type_, body)
         except ClientTimeout:
             self._routes.invalidate(mq.topic)
+            raise
+        except BrokerError as exc:
+            if exc.code == NOT_MASTER:  # a DLedger follower refuses commits: the master moved
+                self._routes.invalidate(mq.topic)
             raise
 
     def _queue_offsets(self, mq: MessageQueue) -> tuple[int, int]:

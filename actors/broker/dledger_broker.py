@@ -36,6 +36,7 @@ from rmqz.storage.metadata import MAX_TABLE_ENTRIES, PERM_WRITE, SubscriptionGro
 from rmqz.storage.record_batch import parse_batch
 
 APPLIED_FILE = "applied.json"
+OFFSETS_POINT_FILE = "offsets_applied.json"  # the Raft index consumerOffset.json holds entries up to
 APPLIED_VERSION = 2  # 2: the Raft log is the commit log (version 1 had a separate one)
 MAX_RECOVERY_POINTS = 1024  # applied points kept until the log is known synced past them
 assert MAX_RECOVERY_POINTS > 0
@@ -66,6 +67,16 @@ class AppliedPoint:
     end: int
     delay: dict[str, int] = field(default_factory=dict)
     queue_ends: dict[str, int] = field(default_factory=dict)
+
+
+def load_offsets_point(fs: Any, dledger_dir: str) -> int:
+    path = os.path.join(dledger_dir, OFFSETS_POINT_FILE)
+    raw = load_json(fs, path)
+    if raw is None:
+        return 0
+    require(path, isinstance(raw, dict) and type(raw.get("index")) is int and raw["index"] >= 0,
+            "expected {\"index\": int >= 0}")
+    return raw["index"]
 
 
 def load_applied(fs: Any, dledger_dir: str) -> AppliedPoint:
@@ -117,6 +128,8 @@ class BrokerDLedger(FastChannel, BrokerBase):
         self._schedule_in_flight: set[int] = set()  # levels with a delivery proposed, not yet applied
         self._retry_topics_proposed: dict[str, int] = {}
         self._auto_topics_proposed: dict[str, int] = {}
+        self._applied_own_term = False  # an entry of this leader's term was applied (Raft's read rule)
+        self._offsets_file_index = load_offsets_point(self.store.fs, dledger_dir)
         # A deposed leader that lost its quorum serves locks until check-quorum makes it step
         # down (up to two election timeouts): the grace covers what it granted (found in review).
         step_down_ms = 2 * self.config.dledger_election_ticks * self.config.dledger_tick_ms
@@ -150,8 +163,12 @@ class BrokerDLedger(FastChannel, BrokerBase):
 
     def _on_commit_offset_leader(self, req: proto.CommitOffset, reply: ReplyTo) -> None:
         """Only the leader takes commits: it replicates its table, and a follower's own
-        commits would never reach the group (found in review)."""
+        commits would never reach the group (found in review). Only once it has applied an
+        entry of its own term, as Raft serves reads: before that an older leader's offsets
+        entry may still be applied after a commit taken here, and set it back."""
         self._require_leader()
+        if not self._applied_own_term:
+            raise Refusal(proto.NOT_MASTER, f"the new leader of {self.config.dledger_group} is catching up; try again")
         self._on_commit_offset(req, reply)
 
     def _on_lock_batch_leader(self, req: proto.LockBatchMQ, reply: ReplyTo) -> None:
@@ -340,9 +357,10 @@ class BrokerDLedger(FastChannel, BrokerBase):
         for entry, at, end in zip(msg.entries, msg.data_offsets, msg.ends):
             if entry.index <= self.applied_index:
                 continue  # re-delivered after a restart: already indexed
-            self._apply_one(entry.data, at, end, msg.tokens.get(entry.index))
+            self._apply_one(entry.index, entry.data, at, end, msg.tokens.get(entry.index))
             self.store.advance(end)
             self.applied_index = entry.index
+            self._applied_own_term |= entry.term == self.term
             self.stats["applied"] += 1
         self.store.commit_if_due()
         # As the log says, not the most it ever said: a follower replacing a conflicting tail
@@ -350,7 +368,7 @@ class BrokerDLedger(FastChannel, BrokerBase):
         self.synced_index = msg.synced_index
         self._points.append(AppliedPoint(self.applied_index, self.store.applied_end, dict(self.delay_offsets.table)))
 
-    def _apply_one(self, data: bytes, at: int, end: int, token: Any) -> None:
+    def _apply_one(self, index: int, data: bytes, at: int, end: int, token: Any) -> None:
         item = de.decode(data)  # EntryError: the Raft log is damaged; crash rather than diverge
         if isinstance(item, de.MessagesEntry):
             self._apply_messages(item, memoryview(data)[item.records_at:], at + item.records_at, end, token)
@@ -358,7 +376,9 @@ class BrokerDLedger(FastChannel, BrokerBase):
             self._apply_topic(item.config)
             if token is not None:
                 self._reply(token[1], {"topic": item.config.topic, "created": token[2]})
-        elif isinstance(item, de.OffsetsEntry) and token is None:  # ours: our table is as new or newer
+        elif isinstance(item, de.OffsetsEntry) and token is None and index > self._offsets_file_index:
+            # Not ours (our table is as new or newer), nor one our offsets file already holds
+            # (replayed after a restart, it would set back what was committed after it).
             self._apply_offsets(item.offsets)
         elif isinstance(item, de.GroupEntry):
             self._apply_group(item)
@@ -436,6 +456,8 @@ class BrokerDLedger(FastChannel, BrokerBase):
         self.term = msg.term
         self.config.broker_id = 0 if self.is_leader else self.follower_id
         self._schedule_in_flight.clear()  # proposals of an old term fail or are applied; a scan proposes again
+        self._auto_topics_proposed.clear()  # a topic entry lost with the old term is proposed again
+        self._applied_own_term = False
         if self.is_leader != was:
             self.queue_locks.reset(self.clock_ms())  # a new leader knows no lock; an old one's lapse
             logger.warning("broker {} {} of {} at term {}", self.config.dledger_self_id,
@@ -488,6 +510,8 @@ class BrokerDLedger(FastChannel, BrokerBase):
         self.store.saved(point.end)
 
     def _propose_offsets(self) -> None:
+        if not self._applied_own_term:
+            return  # our table may still lack an older leader's last entry: see _on_commit_offset_leader
         if self.offsets.data_version != self._offsets_proposed_version and self.offsets.table and self.dledger:
             self._offsets_proposed_version = self.offsets.data_version
             table = [(k, self.offsets.encode_entry(v)) for k, v in self.offsets.table.items()]
@@ -498,8 +522,20 @@ class BrokerDLedger(FastChannel, BrokerBase):
         try:
             self.close_fast_channel()  # a fixed fastListenPort must be free for the next actor
         finally:
-            super().release()
+            super().release()  # saves the offsets file
         try:
+            self._save_offsets_point()
             self.save_applied()
         except Exception as exc:  # the store may be failed; recovery re-applies from the log
             logger.warning("broker {}: could not save the applied point: {}", self.node_id, exc)
+
+    def _persist_offsets(self) -> None:
+        version = self._offsets_saved_version
+        super()._persist_offsets()
+        if self._offsets_saved_version != version:
+            self._save_offsets_point()
+
+    def _save_offsets_point(self) -> None:
+        """The Raft index the offsets file just saved holds every entry up to (after the file)."""
+        save_json(self.store.fs, os.path.join(self.dledger_dir, OFFSETS_POINT_FILE), {"index": self.applied_index})
+        self._offsets_file_index = self.applied_index

@@ -17,7 +17,7 @@ from rmqz.actors.broker.base import BrokerBase, BrokerDeps
 from rmqz.actors.broker.ha_channel import HAChannel
 from rmqz.actors.broker.ha_client import Appended, MasterAddress, MasterBack, MasterSilent, ReplicaData, send_report
 from rmqz.actors.broker.ha_decode import decode_transfer
-from rmqz.actors.broker.slave_offsets import CommittedHere
+from rmqz.actors.broker.slave_offsets import MAX_REMEMBERED, CommittedHere
 from rmqz.storage import record as rec
 from rmqz.storage.errors import CorruptStoreError
 from rmqz.transport.channel_way import same_host
@@ -53,6 +53,7 @@ class BrokerSlave(HAChannel, BrokerBase):
         # Consumer offsets committed here, until the master's metadata shows it has them.
         self.committed_here = CommittedHere(self.store.fs, os.path.join(self.store.root, "config"))
         self.committed_here.load()
+        self._warned_full = False
         self.stats.update({"replicated_bytes": 0, "out_of_order": 0, "truncations": 0, "bad_transfers": 0})
         self.handlers[proto.PROMOTE] = self._on_promote
 
@@ -205,6 +206,7 @@ class BrokerSlave(HAChannel, BrokerBase):
     def _on_promote(self, req: proto.PromoteToMaster, reply: Any) -> None:
         logger.warning("slave {}: promotion to {} requested (log ends at {})", self.node_id, req.role,
                        self.store.commit_log.wrote_offset)
+        self.committed_here.clear()  # its offsets are the master's now; kept, they would undo a rewind later
         self.deps.request_role_change(req.role)
         self._reply(reply, {"promoting": True, "role": req.role})
 
@@ -259,20 +261,30 @@ class BrokerSlave(HAChannel, BrokerBase):
 
     def _sync_metadata(self) -> None:
         if self.master_addr:
-            committed = tuple(proto.CommitOffset(g, t, q, off) for (g, t, q), off in self.committed_here.table.items())
+            committed = tuple(self.committed_here.to_hand_back())
             self.send_request(self.master_addr, proto.BROKER, proto.GET_METADATA, proto.GetMetadata(committed).to_dict())
 
     def _on_commit_offset(self, req: proto.CommitOffset, reply: Any) -> None:
         """A consumer commits here while the master is away (or reads from us): the master
         takes it back at the next metadata sync if it is ahead of the master's."""
         super()._on_commit_offset(req, reply)
-        self.committed_here.note((req.group, req.topic, req.queue_id), req.offset)
+        if not self.committed_here.note((req.group, req.topic, req.queue_id), req.offset) and not self._warned_full:
+            self._warned_full = True
+            logger.warning("slave {}: more than {} consumer offsets committed here while the master is away; "
+                           "the rest will not be handed back to it", self.node_id, MAX_REMEMBERED)
 
     def on_answer(self, inbound: Inbound) -> None:
         if inbound.header.type != proto.GET_METADATA:
             return super().on_answer(inbound)
-        if inbound.header.kind != "reply" or inbound.peer != f"tcp://{self.master_addr}":
+        if inbound.peer != f"tcp://{self.master_addr}":
             return None  # metadata only from our master
+        if inbound.header.kind != "reply":  # e.g. it refused what we handed back: say so
+            try:
+                reason = unpack_body(inbound.body, 1 << 16)
+            except (EnvelopeError, ValueError):
+                reason = "unreadable error"
+            logger.warning("slave {}: metadata sync refused by master: {}", self.node_id, reason)
+            return None
         try:
             self._apply_metadata(unpack_body(inbound.body, 64 * 1024 * 1024))
         except (EnvelopeError, TypeError, ValueError, AttributeError) as exc:

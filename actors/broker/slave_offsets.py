@@ -16,6 +16,10 @@ from rmqz.storage.fs import FileSystem
 from rmqz.storage.json_file import load_json, require, save_json
 
 FILE = "slaveCommittedOffsets.json"
+# Remembered at most (what a master outage may see committed); handed back MAX_MERGED_OFFSETS
+# per metadata sync. Past it a commit here is still stored, and logged as not handed back.
+MAX_REMEMBERED = 100_000
+assert proto.MAX_MERGED_OFFSETS <= MAX_REMEMBERED
 Key = tuple[str, str, int]  # group, topic, queue id
 
 
@@ -30,17 +34,35 @@ class CommittedHere:
         rows = load_json(self.fs, self.path)
         if rows is None:
             return
-        require(self.path, isinstance(rows, list) and len(rows) <= proto.MAX_MERGED_OFFSETS,
-                f"expected a list of at most {proto.MAX_MERGED_OFFSETS} [group, topic, queue id, offset]")
+        require(self.path, isinstance(rows, list) and len(rows) <= MAX_REMEMBERED,
+                f"expected a list of at most {MAX_REMEMBERED} [group, topic, queue id, offset]")
         for row in rows:
-            require(self.path, isinstance(row, list) and len(row) == 4 and all(isinstance(v, str) for v in row[:2])
-                    and all(type(v) is int and v >= 0 for v in row[2:]), f"bad row {str(row)[:80]}")
-            self.table[(row[0], row[1], row[2])] = row[3]
+            require(self.path, isinstance(row, list) and len(row) == 4, f"bad row {str(row)[:80]}")
+            try:  # checked as the master will check it: one bad row would stop every sync
+                c = proto.CommitOffset.from_dict(dict(zip(("group", "topic", "queue_id", "offset"), row)))
+            except proto.ProtocolError as exc:
+                require(self.path, False, f"bad row {str(row)[:80]}: {exc}")
+            self.table[(c.group, c.topic, c.queue_id)] = c.offset
 
-    def note(self, key: Key, offset: int) -> None:
-        if key in self.table or len(self.table) < proto.MAX_MERGED_OFFSETS:
-            self.table[key] = offset
+    def to_hand_back(self) -> list[proto.CommitOffset]:
+        """What the next metadata sync hands back (the rest goes with the following ones)."""
+        batch = list(self.table.items())[:proto.MAX_MERGED_OFFSETS]
+        return [proto.CommitOffset(g, t, q, o) for (g, t, q), o in batch]
+
+    def clear(self) -> None:
+        """This node stops being a slave (promoted): what it holds is the master's now."""
+        if self.table:
+            self.table.clear()
             self.dirty = True
+        self.save_if_dirty()
+
+    def note(self, key: Key, offset: int) -> bool:
+        """False when full: that commit is kept here but not handed back."""
+        if key not in self.table and len(self.table) >= MAX_REMEMBERED:
+            return False
+        self.table[key] = offset
+        self.dirty = True
+        return True
 
     def newer_than(self, key: Key, master_offset: int) -> bool:
         """Ours is ahead of the master's: keep it and hand it back. Otherwise the master has

@@ -4,6 +4,8 @@ schedules retries). No sockets."""
 
 from __future__ import annotations
 
+import json
+
 import threading
 
 import pytest
@@ -426,6 +428,55 @@ def test_a_consumers_rewind_on_the_master_reaches_the_slave_and_stays(tmp_path):
     finally:
         for n in (master, slave):
             n.stop()
+
+
+def test_a_slave_hands_back_more_offsets_than_one_sync_carries_over_several(tmp_path, monkeypatch):
+    """Found in review: past the per-sync limit, commits on the slave were not remembered,
+    and the first sync set them back to the master's older values."""
+    monkeypatch.setattr(proto, "MAX_MERGED_OFFSETS", 2)
+    master = Node(tmp_path / "m", cls=BrokerMaster)
+    slave = Node(tmp_path / "s", cls=BrokerSlave, ha_master_address="127.0.0.1:10911",
+                 slave_metadata_sync_interval_ms=100)
+    try:
+        master.ref.stop()
+        for qid in range(3):
+            slave.ok(proto.COMMIT_OFFSET, proto.CommitOffset("g", "Orders", qid, 50 + qid).to_dict())
+        master.restart()
+        Wire(master, slave)
+        for _ in range(8):
+            slave.tick(advance_mono_ms=200)
+            master.tick(advance_mono_ms=200)
+        got = [master.ok(proto.QUERY_OFFSET, proto.QueryOffset("g", "Orders", qid).to_dict())["offset"]
+               for qid in range(3)]
+        assert got == [50, 51, 52]
+    finally:
+        for n in (master, slave):
+            n.stop()
+
+
+def test_a_promoted_slave_forgets_what_it_was_to_hand_back(tmp_path):
+    """Found in review: the file outlived the promotion, and when the node was a slave again
+    its stale offset undid a consumer's rewind on the new master."""
+    slave = Node(tmp_path / "s", cls=BrokerSlave, ha_master_address="127.0.0.1:10911")
+    try:
+        slave.ok(proto.COMMIT_OFFSET, proto.CommitOffset("g", "Orders", 0, 50).to_dict())
+        slave.ok(proto.PROMOTE, proto.PromoteToMaster().to_dict())
+        slave.restart()  # as a slave again, from disk
+        assert slave.ref.proxy().committed_here.get().table == {}
+    finally:
+        slave.stop()
+
+
+@pytest.mark.parametrize("row", [["g", "Orders", 5000, 1], ["bad group!", "Orders", 0, 1], ["g", "Orders", 0, 2**63],
+                                 ["g", "Orders", 0]])
+def test_a_damaged_slave_offsets_file_is_one_clear_error_naming_it(tmp_path, row):
+    """Found in review: a row the master refuses stopped every metadata sync, silently."""
+    from rmqz.actors.broker.slave_offsets import FILE, CommittedHere
+    from rmqz.storage.errors import BadConfigFileError
+    from rmqz.storage.fs import OsFileSystem
+    (tmp_path / FILE).write_text(json.dumps([row]))
+    with pytest.raises(BadConfigFileError, match=FILE):
+        CommittedHere(OsFileSystem(), str(tmp_path)).load()
 
 
 def test_a_new_group_past_the_subscription_group_limit_is_refused_and_leaves_nothing_behind(node, monkeypatch):

@@ -19,7 +19,7 @@ from rmqz.actors.broker.config import BrokerConfig
 from rmqz.actors.broker.config_update import apply_runtime_update
 from rmqz.actors.broker.dledger_broker import MAX_PROPOSAL_BYTES, BrokerDLedger, load_applied
 from rmqz.actors.broker.dledger_roles import LeaderTick
-from rmqz.actors.dledger.actor import Apply, DLedgerNode, Propose, ProposeFailed
+from rmqz.actors.dledger.actor import Apply, DLedgerNode, Propose, ProposeFailed, RoleChanged
 from rmqz.actors.dledger.core import LEADER, RaftConfig
 from rmqz.actors.dledger.messages import Entry
 from rmqz.cli.cmd_broker import max_record_bytes
@@ -67,19 +67,23 @@ class Node:
                           ConsumerOffsetStore(self.fs, cfg), lambda: 0)
         self.broker = BrokerDLedger(deps, applied, self.dir)
         self.broker._register_all = lambda: None  # no NameServer here
+        self.broker.clock_ms = lambda: 0
         self.raft = Told()
         self.broker.dledger = self.raft
 
-    def lead(self) -> BrokerDLedger:
-        self.broker.is_leader = True
+    def lead(self, term: int = 1) -> BrokerDLedger:
+        """Leader of `term`, its no-op applied (it serves commits from then on)."""
+        self.broker.handle_RoleChanged(RoleChanged(LEADER, self.config.dledger_self_id, term))
+        self.apply(b"", term=term)
         return self.broker
 
-    def apply(self, *datas: bytes, synced_index: int | None = None, tokens: dict | None = None) -> None:
+    def apply(self, *datas: bytes, synced_index: int | None = None, tokens: dict | None = None,
+              term: int = 1) -> None:
         entries = []
         for data in datas:
             index = self.log.last_index() + 1
-            self.log.append([(1, index, data)])
-            entries.append(Entry(1, index, data))
+            self.log.append([(term, index, data)])
+            entries.append(Entry(term, index, data))
         self.log.commit()
         synced = self.log.synced_index() if synced_index is None else synced_index
         self.broker.handle_Apply(Apply(entries, tokens or {}, [self.log.data_offset(e.index) for e in entries],
@@ -149,8 +153,9 @@ def test_a_topic_past_the_table_limit_is_refused_before_it_enters_the_log(tmp_pa
     with pytest.raises(Refusal, match="too many topics"):
         b._on_create_topic(proto.CreateTopic("NEW2"), NO_REPLY)
     assert n.raft.proposals() == []
+    before = b.applied_index
     n.apply(de.encode_topic(TopicConfig("OLD", 8, 8)))  # one already in a log: skipped, not a crash
-    assert b.topics.get("OLD") is None and b.applied_index == 1
+    assert b.topics.get("OLD") is None and b.applied_index == before + 1
 
 
 def offsets_tick(b: BrokerDLedger, now_ms: int) -> None:
@@ -193,7 +198,7 @@ def test_the_leader_does_not_take_back_an_older_table_of_its_own(tmp_path):
     offsets_tick(b, 10**9)
     [p] = n.raft.proposals()
     b.offsets.commit("g", "T", 0, 20)  # committed while the proposal was in flight
-    n.apply(p.data, tokens={1: p.token})
+    n.apply(p.data, tokens={n.log.last_index() + 1: p.token})
     assert b.offsets.query("g", "T", 0) == 20
 
 
@@ -247,3 +252,47 @@ def test_offsets_of_invented_topic_and_group_pairs_are_bounded(tmp_path, monkeyp
     with pytest.raises(Refusal, match="too many"):
         b._on_commit_offset_leader(proto.CommitOffset("g", "C", 0, 1), NO_REPLY)
     b._on_commit_offset_leader(proto.CommitOffset("g", "A", 1, 1), NO_REPLY)  # a known pair goes on
+
+
+def test_a_new_leader_takes_commits_only_after_applying_an_entry_of_its_term(tmp_path):
+    """Found in review: a commit taken by a new leader was set back when the old leader's
+    offsets entry, still in the log, was applied after it."""
+    n = Node(tmp_path, "n1")
+    older = de.encode_offsets({"T@g": {"0": 10}})  # the old leader's, not yet applied here
+    b = n.broker
+    b.handle_RoleChanged(RoleChanged(LEADER, "n1", 2))
+    with pytest.raises(Refusal, match="catching up") as refused:
+        b._on_commit_offset_leader(proto.CommitOffset("g", "T", 0, 20), NO_REPLY)
+    assert refused.value.code == proto.NOT_MASTER  # the client tries again (and refreshes its route)
+    n.apply(older, term=1)
+    n.apply(b"", term=2)  # our no-op: everything before it is applied
+    b._on_commit_offset_leader(proto.CommitOffset("g", "T", 0, 20), NO_REPLY)
+    assert b.offsets.query("g", "T", 0) == 20
+
+
+def test_a_restarted_node_does_not_replay_offsets_its_file_already_holds(tmp_path):
+    """Found in review: replayed after a restart (the applied point lags in ASYNC_FLUSH), an
+    offsets entry set back what was committed after it and saved in the offsets file."""
+    n = Node(tmp_path)
+    b = n.lead()
+    n.apply(de.encode_offsets({"T@g": {"0": 10}}))
+    b.offsets.commit("g", "T", 0, 20)  # committed here after that entry
+    b._persist_offsets()  # the file has 20, and says which entries it holds
+    n.log.close()
+    again = Node(tmp_path)  # the applied point was never saved: the whole log is replayed
+    assert again.broker.offsets.query("g", "T", 0) is None  # (this helper keeps offsets in memory only)
+    again.broker.offsets.commit("g", "T", 0, 20)  # as loaded from the file
+    again.broker.handle_Apply(Apply([Entry(1, i, d) for i, d in ((1, b""), (2, de.encode_offsets({"T@g": {"0": 10}})))],
+                                    {}, [again.log.data_offset(i) for i in (1, 2)],
+                                    [again.log.end_offset(i) for i in (1, 2)], again.log.synced_index()))
+    assert again.broker.offsets.query("g", "T", 0) == 20
+
+
+def test_a_topic_entry_lost_with_a_term_is_proposed_again_by_the_next_leader(tmp_path):
+    n = Node(tmp_path)
+    b = n.lead()
+    b._on_send(proto.SendMessage("NEW", -1, [proto.OutMessage(b"x")]), NO_REPLY)
+    b.handle_RoleChanged(RoleChanged(LEADER, "n0", 2))  # both proposals lost; leader again
+    n.raft.told.clear()
+    b._on_send(proto.SendMessage("NEW", -1, [proto.OutMessage(b"x")]), NO_REPLY)
+    assert [type(de.decode(p.data)).__name__ for p in n.raft.proposals()] == ["TopicEntry", "MessagesEntry"]
