@@ -190,25 +190,26 @@ def test_a_consumers_rewind_reaches_the_followers(tmp_path):
     assert follower.broker.offsets.query("g", "T", 0) == 50
 
 
-def test_the_leader_does_not_take_back_an_older_table_of_its_own(tmp_path):
+def leader_proposing(tmp_path, offset: int) -> tuple[Node, BrokerDLedger, Propose]:
+    """A leader that committed one offset and proposed its table once."""
     n = Node(tmp_path)
     b = n.lead()
     offsets_tick(b, 0)
-    b.offsets.commit("g", "T", 0, 10)
+    b.offsets.commit("g", "T", 0, offset)
     offsets_tick(b, 10**9)
     [p] = n.raft.proposals()
+    return n, b, p
+
+
+def test_the_leader_does_not_take_back_an_older_table_of_its_own(tmp_path):
+    n, b, p = leader_proposing(tmp_path, 10)
     b.offsets.commit("g", "T", 0, 20)  # committed while the proposal was in flight
     n.apply(p.data, tokens={n.log.last_index() + 1: p.token})
     assert b.offsets.query("g", "T", 0) == 20
 
 
 def test_a_failed_offsets_proposal_is_proposed_again(tmp_path):
-    n = Node(tmp_path)
-    b = n.lead()
-    offsets_tick(b, 0)
-    b.offsets.commit("g", "T", 0, 42)
-    offsets_tick(b, 10**9)
-    [p] = n.raft.proposals()
+    n, b, p = leader_proposing(tmp_path, 42)
     b.handle_ProposeFailed(ProposeFailed(p.token, None, "leadership lost"))
     offsets_tick(b, 2 * 10**9)
     assert len(n.raft.proposals()) == 2
