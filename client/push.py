@@ -79,21 +79,17 @@ from rmqz.actors.broker.messages import (
     FOUND,
     GET_CONSUMER_LIST,
     HEARTBEAT_CONSUMER,
-    LOCK_BATCH_MQ,
     MAX_NAME_CHARS,
     MAX_PULL_MESSAGES,
     MAX_SUSPEND_MS,
     SEND_BACK,
-    UNLOCK_BATCH_MQ,
     UNREGISTER_CONSUMER,
     GetConsumerList,
     HeartbeatConsumer,
-    LockBatchMQ,
     SendBack,
-    UnlockBatchMQ,
     UnregisterConsumer,
 )
-from rmqz.actors.broker.queue_locks import CLIENT_LOCK_VALID_MS, LOCK_RENEW_INTERVAL_MS
+from rmqz.actors.broker.queue_locks import LOCK_RENEW_INTERVAL_MS
 from rmqz.actors.broker.retry_core import (
     MAX_GROUP_TOPIC_GROUP_CHARS,
     PROPERTY_ORIGIN_MESSAGE_ID,
@@ -107,6 +103,7 @@ from .errors import BrokerError, MQClientError, NoRouteError
 from .model import MessageExt, MessageQueue, PullResult, check_group, check_topic
 from .namesrv import NamesrvClient
 from .offset_store import LocalOffsetStore, OffsetStore, RemoteOffsetStore
+from .orderly_locks import OrderlyLocks
 from .pool import DEFAULT_TIMEOUT_MS, check_timeout_ms, now_ms
 from .route import DEFAULT_ROUTE_REFRESH_MS
 
@@ -160,13 +157,6 @@ MAX_INTERVAL_MS = 600_000
 assert 1 <= DEFAULT_PULL_BATCH <= MAX_PULL_MESSAGES
 assert 0 < LONG_POLL_MS <= MAX_SUSPEND_MS
 assert 1 <= ORDERLY_BATCH <= 1024 and 1 <= DEFAULT_CONSUME_THREADS <= MAX_CONSUME_THREADS
-
-
-def _by_broker(mqs: list[MessageQueue]) -> dict[str, list[MessageQueue]]:
-    out: dict[str, list[MessageQueue]] = {}
-    for mq in mqs:
-        out.setdefault(mq.broker_name, []).append(mq)
-    return out
 
 
 def default_client_id() -> str:
@@ -295,7 +285,7 @@ def _positive(what: str, value: int, hi: int) -> int:
     return value
 
 
-class PushConsumer:
+class PushConsumer(OrderlyLocks):
     """A group member that calls ``handler(msg)`` for every message of ``topic`` it is
     given. ``namesrv``: a NamesrvClient (shared, not closed here) or an address list.
     Start/stop with ``with`` or ``start()``/``shutdown()``; ``start`` raises NoRouteError
@@ -608,84 +598,6 @@ class PushConsumer:
                 pq.consume_lock.release()
         if self.mode == CLUSTERING:
             self._offsets.forget(mq)  # the next owner's progress is not ours to keep
-
-    # ------------------------------------------------------------------ orderly queue locks
-
-    def _still_draining(self, mq: MessageQueue) -> bool:
-        """A queue given up while its handler call ran on (past DROP_WAIT_S): our broker grant
-        still holds, so taking it back now would run two calls on it at once."""
-        old = self._draining.get(mq)
-        if old is None:
-            return False
-        if not old.consume_lock.acquire(blocking=False):
-            return True
-        old.consume_lock.release()
-        del self._draining[mq]
-        return False
-
-    def _lock_new(self, new: list[MessageQueue], unreachable: set[str]) -> dict[MessageQueue, int]:
-        """Lock the queues this member was given on their brokers' masters; returns the locked
-        ones with the time their lock lapses here. A broker that fails joins unreachable."""
-        locked: dict[MessageQueue, int] = {}
-        for broker, mqs in _by_broker(new).items():
-            try:
-                locked.update(self._lock_at(broker, mqs, renew=False))
-            except MQClientError as exc:
-                unreachable.add(broker)
-                self._note_error(exc, f"queue lock on {broker}")
-        return locked
-
-    def _lock_at(self, broker: str, mqs: list[MessageQueue], renew: bool) -> dict[MessageQueue, int]:
-        sent_ms = now_ms()  # validity counts from the request, so it ends before the broker's grant
-        addr = self._pull.route(mqs[0].topic).master_addr(broker)
-        if addr is None:
-            raise NoRouteError(f"broker group {broker} has no master now")
-        body = LockBatchMQ(self.group, self.client_id, tuple((q.topic, q.queue_id) for q in mqs), renew).to_dict()
-        try:
-            reply = self._pull.request(addr, LOCK_BATCH_MQ, body, self.timeout_ms)
-        except BrokerError:
-            self._pull.invalidate_route(mqs[0].topic)  # NOT_MASTER: the master moved; ask again
-            raise
-        got = reply.get("locked")
-        if not isinstance(got, list):
-            raise MQClientError("malformed LockBatchMQ reply: 'locked' must be a list")
-        granted = {(t, q) for t, q in (x for x in got if isinstance(x, list) and len(x) == 2)}
-        return {mq: sent_ms + CLIENT_LOCK_VALID_MS for mq in mqs if (mq.topic, mq.queue_id) in granted}
-
-    def _renew_locks(self) -> None:
-        """RocketMQ's lockAll: extend what we hold, retry what lapsed or was refused."""
-        with self._pqs_lock:
-            pqs = [pq for pq in self._pqs.values() if not pq.dropped]
-        now = now_ms()
-        by_mq = {pq.mq: pq for pq in pqs}
-        for broker, mine in _by_broker(list(by_mq)).items():
-            held = {mq: by_mq[mq] for mq in mine}
-            for renew in (True, False):  # renew only what is valid here: see queue_locks.py
-                mqs = [mq for mq, pq in held.items() if (pq.lock_valid_until_ms > now) == renew]
-                if not mqs:
-                    continue
-                try:
-                    got = self._lock_at(broker, mqs, renew)
-                except MQClientError as exc:
-                    self._note_error(exc, f"queue lock on {broker}")
-                    break
-                for mq in mqs:
-                    pq = held[mq]
-                    pq.lock_valid_until_ms = got.get(mq, 0)
-                    if mq in got and pq.msgs:
-                        self._start_orderly(pq)
-
-    def _unlock(self, mqs: list[MessageQueue]) -> None:
-        for broker, group in _by_broker(mqs).items():
-            try:
-                addr = self._pull.route(group[0].topic).master_addr(broker)
-                if addr is not None:
-                    body = UnlockBatchMQ(self.group, self.client_id, tuple((q.topic, q.queue_id) for q in group))
-                    self._pull.request(addr, UNLOCK_BATCH_MQ, body.to_dict(), self.timeout_ms)
-            except MQClientError as exc:  # it lapses on the broker by itself
-                if isinstance(exc, BrokerError):
-                    self._pull.invalidate_route(group[0].topic)
-                self._note_error(exc, f"queue unlock on {broker}")
 
     def _add(self, mq: MessageQueue, lock_valid_until_ms: int = 0) -> bool:
         try:

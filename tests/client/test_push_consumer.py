@@ -318,8 +318,8 @@ def test_orderly_consuming_goes_on_soon_after_the_master_moves(make_cluster, mon
     """Found in review: lock renewals answered NOT_MASTER by the old master never refreshed
     the route: the queue stood still until the periodic route refresh (30 s)."""
     from rmqz.actors.broker.queue_locks import QueueLockTable
-    from rmqz.client import push
-    monkeypatch.setattr(push, "CLIENT_LOCK_VALID_MS", 1_500)
+    from rmqz.client import orderly_locks, push
+    monkeypatch.setattr(orderly_locks, "CLIENT_LOCK_VALID_MS", 1_500)
     monkeypatch.setattr(push, "LOCK_RENEW_INTERVAL_MS", 500)
     cluster = make_cluster({"broker-a": {"TopicO": 1}})
     got = Collector()
