@@ -459,19 +459,48 @@ class BrokerBase(RmqzActor):
         not due. An offset outside the queue (data deleted or cut) moves to its edge, with
         no message. Changes nothing: the caller moves the offset (DLedger: through Raft)."""
         offset = self.delay_offsets.get(level)
-        res = self.store.get_messages(retry_core.SCHEDULE_TOPIC, level - 1, offset, SCHEDULE_SCAN_BATCH)
-        if res.status in (ms.OFFSET_TOO_SMALL, ms.OFFSET_OVERFLOW_BADLY):
+        try:
+            res = self.store.get_messages(retry_core.SCHEDULE_TOPIC, level - 1, offset, SCHEDULE_SCAN_BATCH)
+        except CorruptStoreError as exc:
+            return self._due_one_by_one(level, offset, now_wall_ms, exc)
+        if res.status in (ms.OFFSET_TOO_SMALL, ms.OFFSET_OVERFLOW_BADLY) or \
+                (res.status == ms.NO_MESSAGE_IN_QUEUE and offset > 0):  # past an empty queue: what comes is skipped
             logger.warning("broker {}: schedule level {} offset {} outside its queue; moving to {}",
                            self.node_id, level, offset, res.next_offset)
             return offset, [], res.next_offset
         if res.status != ms.FOUND:
             return offset, [], offset
+        due = self._due_prefix(level, res.messages, now_wall_ms)
+        return offset, due, offset + len(due)
+
+    def _due_prefix(self, level: int, messages: list[StoredMessage], now_wall_ms: int) -> list[StoredMessage]:
         delay_ms = self.delay_levels[min(level, len(self.delay_levels)) - 1]
         due = []
-        for m in res.messages:
+        for m in messages:
             if m.store_timestamp_ms + delay_ms > now_wall_ms:
                 break
             due.append(m)
+        return due
+
+    def _due_one_by_one(self, level: int, offset: int, now_wall_ms: int,
+                        exc: CorruptStoreError) -> tuple[int, list[StoredMessage], int]:
+        """A batch holding a record that fails its check: the records before it go out; the
+        damaged one, once first, is passed over (loudly). Raised, it stopped the broker at
+        every tick and the level for good (found in review)."""
+        due: list[StoredMessage] = []
+        for at in range(offset, offset + SCHEDULE_SCAN_BATCH):
+            try:
+                res = self.store.get_messages(retry_core.SCHEDULE_TOPIC, level - 1, at, 1)
+            except CorruptStoreError:
+                if due:
+                    break  # deliver what is before it; the next scan meets it first
+                self.stats["scheduled_damaged"] = self.stats.get("scheduled_damaged", 0) + 1
+                logger.error("broker {}: scheduled message {} of level {} is damaged, skipped: {}", self.node_id,
+                             at, level, exc)
+                return offset, [], at + 1
+            if res.status != ms.FOUND or not self._due_prefix(level, res.messages, now_wall_ms):
+                break
+            due.append(res.messages[0])
         return offset, due, offset + len(due)
 
     def real_message(self, scheduled: StoredMessage) -> Message | None:

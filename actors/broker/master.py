@@ -383,6 +383,9 @@ class BrokerMaster(TailFill, HAStreams, HAChannel, FastChannel, BrokerBase):
             "topics": {t: self.topics.encode_entry(c) for t, c in self.topics.table.items()},
             "offsets": {k: self.offsets.encode_entry(v) for k, v in self.offsets.table.items()},
             "delay_offsets": dict(self.delay_offsets.table),
+            # The deliveries those offsets passed are in the log up to here: a slave takes them
+            # only once it holds that much (or, promoted, it would skip retries it never got).
+            "log_end": self.store.commit_log.wrote_offset,
             "groups": {g: self.groups.encode_entry(c) for g, c in self.groups.table.items()},
             "data_version": self.topics.data_version,
         })

@@ -13,6 +13,7 @@ from loguru import logger
 
 from rmqz.actors.base import tell_quietly
 from rmqz.actors.broker import messages as proto
+from rmqz.actors.broker import retry_core
 from rmqz.actors.broker.base import BrokerBase, BrokerDeps
 from rmqz.actors.broker.ha_channel import HAChannel
 from rmqz.actors.broker.ha_client import Appended, MasterAddress, MasterBack, MasterSilent, ReplicaData, send_report
@@ -54,6 +55,7 @@ class BrokerSlave(HAChannel, BrokerBase):
         self.committed_here = CommittedHere(self.store.fs, os.path.join(self.store.root, "config"))
         self.committed_here.load()
         self._warned_full = False
+        self._pending_delays: tuple[int, dict] | None = None  # (master's log end, its delay offsets)
         self.stats.update({"replicated_bytes": 0, "out_of_order": 0, "truncations": 0, "bad_transfers": 0})
         self.handlers[proto.PROMOTE] = self._on_promote
 
@@ -149,7 +151,7 @@ class BrokerSlave(HAChannel, BrokerBase):
             keys = {(m.topic, m.queue_id) for m in metas}
             for key in keys:
                 self.wake_pulls(key)
-            if any(self.topics.get(t) is None for t, _ in keys):
+            if any(self.topics.get(t) is None and t != retry_core.SCHEDULE_TOPIC for t, _ in keys):
                 self.topic_unknown = True  # copy its config now, not at the 10 s sync
                 self._sync_unknown_topics()
         # What is left is part of one record: never more than the largest record. (Checked
@@ -255,6 +257,7 @@ class BrokerSlave(HAChannel, BrokerBase):
             self.store.flush()
         if self.due("metadata", now_ms, self.config.slave_metadata_sync_interval_ms):
             self._sync_metadata()
+        self._take_delay_offsets()  # once our log has caught up with the master's, as of its last sync
         if self.due("committed_here", now_ms, self.config.flush_consumer_offset_interval_ms):
             self.committed_here.save_if_dirty()  # with the offsets file, on the same cadence
         self._sync_unknown_topics()
@@ -311,9 +314,26 @@ class BrokerSlave(HAChannel, BrokerBase):
             self.groups.data_version += 1
             self.groups.persist()
         delays = meta.get("delay_offsets", {})
+        log_end = meta.get("log_end")
+        if isinstance(delays, dict) and (log_end is None or type(log_end) is int):
+            self._pending_delays = (log_end or 0, delays)
+            self._take_delay_offsets()
+
+    def _take_delay_offsets(self) -> None:
+        """The master's schedule progress, once our log holds the deliveries it passed (found
+        in review: copied earlier, a promoted slave skipped retries it never received), and
+        never past our own schedule queue."""
+        if self._pending_delays is None or self.store.commit_log.wrote_offset < self._pending_delays[0]:
+            return
+        _, delays = self._pending_delays
+        self._pending_delays = None
         before = self.delay_offsets.data_version
-        for level, offset in delays.items() if isinstance(delays, dict) else ():
-            if str(level).isdigit() and isinstance(offset, int) and offset > self.delay_offsets.get(int(level)):
+        for level, offset in delays.items():
+            if not (str(level).isdigit() and isinstance(offset, int)):
+                continue
+            held = self.store.max_offset(retry_core.SCHEDULE_TOPIC, int(level) - 1)
+            offset = min(offset, held)
+            if offset > self.delay_offsets.get(int(level)):
                 self.delay_offsets.set(int(level), offset)  # a promoted slave goes on from here
         if self.delay_offsets.data_version != before:
             self.delay_offsets.persist()

@@ -4,6 +4,7 @@ schedules retries). No sockets."""
 
 from __future__ import annotations
 
+import glob
 import json
 
 import threading
@@ -17,7 +18,7 @@ from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker import queue_locks
 from rmqz.actors.broker.base import BrokerDeps
 from rmqz.actors.broker.config import BrokerConfig
-from rmqz.actors.broker.ha_client import MasterBack, MasterSilent
+from rmqz.actors.broker.ha_client import MasterBack, MasterSilent, ReplicaData
 from rmqz.actors.broker.master import BrokerMaster
 from rmqz.actors.broker.slave import AttachHAClient, BrokerSlave
 from rmqz.actors.ticker import Tick
@@ -548,4 +549,94 @@ def test_a_slave_whose_master_comes_back_stops_searching_and_hands_back_its_offs
             slave.tick(advance_mono_ms=1_000)
         assert not [t for _, t, _ in sent if t == "RegisterBroker"]  # the search is over
     finally:
+        slave.stop()
+
+
+# ---- the schedule service and its copy on the slave (found in review) ----------------------
+
+
+def test_a_slave_takes_the_masters_schedule_progress_only_once_it_holds_the_deliveries(tmp_path):
+    """The slave copied a level's offset past a retry the master had delivered but not yet
+    streamed; promoted, it never delivered that retry."""
+    master = Node(tmp_path / "m", cls=BrokerMaster)
+    slave = Node(tmp_path / "s", cls=BrokerSlave, ha_master_address="127.0.0.1:10911",
+                 slave_metadata_sync_interval_ms=100)
+    try:
+        slave.ref.tell(AttachHAClient(Sink()))
+        Wire(master, slave)
+        only_metadata = slave.agent.send
+        slave.agent.send = lambda ep, h, b, via=None: only_metadata(ep, h, b, via) if h.type == proto.GET_METADATA \
+            else None
+        master.send("Orders", b"a")
+        [msg] = master.pull("Orders")
+        master.send_back(msg)
+        log = master.ref.proxy().store.get().commit_log
+        end = log.committed_offset
+        slave.ref.tell(ReplicaData(proto.HATransfer(0, log.read_raw(0, end), end)))  # up to the scheduled copy
+        master.tick(advance_wall_ms=3_000)  # delivered: a record the slave does not have
+        for _ in range(3):
+            slave.tick(advance_mono_ms=200)
+            master.tick(advance_mono_ms=200)
+        assert slave.ref.proxy().delay_offsets.get().get(3) == 0
+    finally:
+        master.stop()
+        slave.stop()
+    promoted = Node(tmp_path / "s", cls=BrokerMaster)
+    try:
+        for _ in range(5):
+            promoted.tick(advance_wall_ms=3_000, advance_mono_ms=1_000)
+        assert [m["body"] for m in promoted.pull("%RETRY%g")] == [b"a"]
+    finally:
+        promoted.stop()
+
+
+def test_a_damaged_scheduled_record_is_skipped_and_the_broker_lives_on(tmp_path):
+    """Its CorruptStoreError stopped the broker at every tick, and the level for good."""
+    n = Node(tmp_path / "m")
+    try:
+        n.send("Orders", b"payload-payload")
+        [msg] = n.pull("Orders")
+        n.send_back(msg)
+        end = n.ref.proxy().store.get().commit_log.committed_offset
+        [segment] = glob.glob(str(tmp_path / "m" / "store" / "commitlog" / "*"))
+        with open(segment, "r+b") as f:  # one flipped bit in the scheduled copy's body
+            f.seek(end - 2)
+            byte = f.read(1)
+            f.seek(end - 2)
+            f.write(bytes([byte[0] ^ 1]))
+        n.tick(advance_wall_ms=3_000)
+        n.ref.ask(Ping(), timeout=5)
+        assert n.ref.is_alive()
+        assert n.ref.proxy().delay_offsets.get().get(3) == 1  # passed over, loudly
+        assert n.ok(proto.BROKER_STATUS, {})["stats"]["scheduled_damaged"] == 1
+    finally:
+        n.stop()
+
+
+def test_a_replicated_send_back_does_not_make_the_slave_copy_all_metadata(tmp_path):
+    """The schedule topic has no config: each replicated scheduled copy looked like an unknown
+    topic and set off a full metadata copy."""
+    master = Node(tmp_path / "m", cls=BrokerMaster)
+    slave = Node(tmp_path / "s", cls=BrokerSlave, ha_master_address="127.0.0.1:10911")
+    sent = []
+    slave.agent.send = lambda ep, h, b, via=None: sent.append(h.type)
+    try:
+        slave.ref.tell(AttachHAClient(Sink()))
+        master.send("Orders", b"a")
+        [msg] = master.pull("Orders")
+        heartbeat(master, "c1")
+        log = master.ref.proxy().store.get().commit_log
+        start = log.committed_offset
+        slave.ref.tell(ReplicaData(proto.HATransfer(0, log.read_raw(0, start), start)))
+        slave.tick(advance_mono_ms=2_000)
+        for topic in ("Orders", "%RETRY%g"):
+            slave.ref.proxy().topics.get().put(master.ref.proxy().topics.get().get(topic))
+        master.send_back(msg)
+        end = log.committed_offset
+        sent.clear()
+        slave.ref.tell(ReplicaData(proto.HATransfer(start, log.read_raw(start, end - start), end)))
+        slave.tick(advance_mono_ms=1_000)
+        assert proto.GET_METADATA not in sent
+    finally:
+        master.stop()
         slave.stop()
