@@ -27,7 +27,9 @@ BROKER_CLUSTER_ONLY_TARGETS = frozenset({proto.HA_SERVICE, proto.HA_CLIENT, DLED
 # "dledger-<hex>"), which no target list can hold; their ZAP admits cluster keys only, and
 # this is the second lock.
 BROKER_CLUSTER_ONLY_TYPES = frozenset({proto.HA_REPORT, proto.HA_TRANSFER, proto.GET_METADATA, RAFT})
-NAMESRV_CLUSTER_ONLY_TYPES = frozenset({"RegisterBroker", "UnregisterBroker"})
+# DeleteTopic too: the NameServer has no ACL, and a deleted route stays deleted until the
+# topic's broker changes its topic table (found in review: any client key could delete).
+NAMESRV_CLUSTER_ONLY_TYPES = frozenset({"RegisterBroker", "UnregisterBroker", "DeleteTopic"})
 MAX_ACL_FILE_BYTES = 4 * 1024 * 1024
 
 

@@ -231,6 +231,8 @@ class TransportSecurity:
     def allows(self, user: str, dst: str, type_: str) -> bool:
         if self.curve is None or user.startswith(CLUSTER_USER + ":"):
             return True
+        if dst in self.cluster_only_targets or type_ in self.cluster_only_types:
+            return False  # before the admin check: GetMetadata is both, and cluster-only wins
         if type_ in self.admin_types:
             return user in self.admin_users
-        return dst not in self.cluster_only_targets and type_ not in self.cluster_only_types
+        return True

@@ -84,6 +84,8 @@ class Acl:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise AclError(f"not TOML: {exc}") from None
+        except RecursionError:  # tomllib recurses per nesting level
+            raise AclError("not TOML: nested too deeply") from None
         unknown = set(doc) - {"user"}
         if unknown:
             raise AclError(f"unknown top-level keys {sorted(unknown)} (only [[user]] tables)")
@@ -145,7 +147,9 @@ def _needs(type_: str, req: Any) -> list[tuple[str, object]]:
         return [(f"group:{req.group}", SUB)] + [(f"topic:{t}", SUB) for t in req.topics]
     if type_ in (proto.LOCK_BATCH_MQ, proto.UNLOCK_BATCH_MQ):
         return [(f"group:{req.group}", SUB)] + [(f"topic:{t}", SUB) for t in sorted({t for t, _ in req.queues})]
-    if type_ in (proto.UNREGISTER_CONSUMER, proto.GET_CONSUMER_LIST, proto.SEND_BACK):
+    if type_ == proto.SEND_BACK:  # it copies a message of req.topic into the group's retry topic
+        return [(f"group:{req.group}", SUB), (f"topic:{req.topic}", SUB)]
+    if type_ in (proto.UNREGISTER_CONSUMER, proto.GET_CONSUMER_LIST):
         return [(f"group:{req.group}", SUB)]
     if type_ in (proto.TOPIC_STATUS, proto.SEARCH_OFFSET):
         return [(f"topic:{req.topic}", SUB)]

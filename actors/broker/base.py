@@ -210,6 +210,11 @@ class BrokerBase(RmqzActor):
 
     def _authorize(self, inbound: Inbound, req: Any) -> None:
         why = self.deps.acl.check(inbound.user, inbound.header.type, req) if self.deps.acl else None
+        if why is None and self.deps.acl is None and inbound.user and inbound.user.startswith("client:") \
+                and inbound.header.type == proto.CREATE_TOPIC and not req.auto:
+            # CURVE without an ACL: no client key is an admin (node_security.py), and making a
+            # topic by hand (its queues, its perm) is admin work (found in review).
+            why = f"{inbound.user} may not create or change a topic by hand without an ACL naming it admin"
         if why is not None:
             raise Refusal(proto.NO_PERMISSION, why)
 
@@ -393,8 +398,13 @@ class BrokerBase(RmqzActor):
     # ---- orderly queue locks (registered by the roles that serve them) --------------------
 
     def _on_lock_batch(self, req: proto.LockBatchMQ, reply: ReplyTo) -> None:
+        now = self.clock_ms()
+        if req.client_id not in self.consumers.members(req.group, now):
+            # Only a live member locks (found in review: invented groups filled the table, and
+            # real orderly members then got no lock). Its heartbeat comes first.
+            return self._reply(reply, {"locked": []})
         existing = [(t, q) for t, q in req.queues if (cfg := self.topics.get(t)) is not None and q < cfg.read_queue_nums]
-        locked = self.queue_locks.try_lock(req.group, req.client_id, existing, req.renew, self.clock_ms())
+        locked = self.queue_locks.try_lock(req.group, req.client_id, existing, req.renew, now)
         self._reply(reply, {"locked": [list(q) for q in locked]})
 
     def _on_unlock_batch(self, req: proto.UnlockBatchMQ, reply: ReplyTo) -> None:
@@ -425,12 +435,16 @@ class BrokerBase(RmqzActor):
             msg = log.read(req.physical_offset)
         except OffsetError as exc:
             raise Refusal(proto.BAD_REQUEST, f"no message at commit-log offset {req.physical_offset}: {exc}") from None
-        if msg.topic != req.topic:
-            raise Refusal(proto.BAD_REQUEST, f"the message at offset {req.physical_offset} belongs to {msg.topic}, "
-                                             f"not {req.topic}")
+        if msg.topic != req.topic:  # not naming its topic: that would map other topics' offsets
+            raise Refusal(proto.BAD_REQUEST, f"no message of {req.topic} at commit-log offset {req.physical_offset}")
         return msg
 
     def send_back_copy(self, req: proto.SendBack, original: StoredMessage) -> tuple[retry_core.SendBackPlan, Message]:
+        if req.group not in self.groups.table and len(self.groups.table) >= MAX_SUBSCRIPTION_GROUPS:
+            # A send-back makes the group's retry or dead-letter topic: the same limit as a
+            # heartbeat's (found in review: send-backs made topics past it).
+            raise Refusal(proto.BAD_REQUEST, f"this broker holds {len(self.groups.table)} subscription groups, "
+                                             f"the limit; {req.group} is not one of them")
         if len(req.group) > retry_core.MAX_GROUP_TOPIC_GROUP_CHARS:
             raise Refusal(proto.BAD_REQUEST, f"group name longer than {retry_core.MAX_GROUP_TOPIC_GROUP_CHARS} "
                                              "chars has no retry topic")

@@ -32,6 +32,11 @@ MAX_GROUPS = 10_000
 MAX_MEMBERS_PER_GROUP = 1_000
 MAX_TOPICS_PER_MEMBER = 64
 MAX_QUEUES_PER_MEMBER = 4_096
+# Held queues kept for all members together (about 150 bytes each). Past it a member's list is
+# not kept (consumer-progress shows no owner): the caps above alone allowed gigabytes, and
+# joining needs only SUB on a group (found in review).
+MAX_HELD_QUEUES_TOTAL = 200_000
+MAX_MEMBERS_TOTAL = 100_000
 assert 2 <= EXPIRY_INTERVALS <= 10
 assert 0 < MIN_HEARTBEAT_INTERVAL_MS < MAX_HEARTBEAT_INTERVAL_MS
 
@@ -64,6 +69,8 @@ class ConsumerTable:
     """group -> client id -> Member. Not thread-safe: the broker actor owns it."""
 
     groups: dict[str, dict[str, Member]] = field(default_factory=dict)
+    held_total: int = 0  # queues kept in all members' lists
+    members_total: int = 0
 
     def heartbeat(self, group: str, client_id: str, topics: list[str] | tuple[str, ...], mode: str,
                   interval_ms: int, now_ms: int,
@@ -76,17 +83,33 @@ class ConsumerTable:
             if len(self.groups) >= MAX_GROUPS:
                 raise MembershipError(f"too many consumer groups (limit {MAX_GROUPS})")
             members = self.groups[group] = {}
-        joined = client_id not in members
+        old = members.get(client_id)
+        joined = old is None
         if joined and len(members) >= MAX_MEMBERS_PER_GROUP:
             raise MembershipError(f"group {group} has {MAX_MEMBERS_PER_GROUP} members already")
-        members[client_id] = Member(client_id, tuple(topics), mode, interval_ms, now_ms, tuple(queues))
+        if joined and self.members_total >= MAX_MEMBERS_TOTAL:
+            raise MembershipError(f"too many consumer group members (limit {MAX_MEMBERS_TOTAL})")
+        held = tuple(queues)
+        if self.held_total - (len(old.queues) if old else 0) + len(held) > MAX_HELD_QUEUES_TOTAL:
+            held = ()
+        self._forget(old)
+        members[client_id] = Member(client_id, tuple(topics), mode, interval_ms, now_ms, held)
+        self.held_total += len(held)
+        self.members_total += 1
         return joined
+
+    def _forget(self, member: Member | None) -> None:
+        if member is not None:
+            self.held_total -= len(member.queues)
+            self.members_total -= 1
 
     def unregister(self, group: str, client_id: str) -> bool:
         """A member leaving cleanly. Returns True if it was a member."""
         members = self.groups.get(group)
-        if members is None or members.pop(client_id, None) is None:
+        gone = members.pop(client_id, None) if members is not None else None
+        if gone is None:
             return False
+        self._forget(gone)
         if not members:
             del self.groups[group]
         return True
@@ -97,7 +120,7 @@ class ConsumerTable:
         for group in list(self.groups):
             members = self.groups[group]
             for client_id in [c for c, m in members.items() if now_ms >= m.expires_ms]:
-                del members[client_id]
+                self._forget(members.pop(client_id))
                 dropped.append((group, client_id))
             if not members:
                 del self.groups[group]

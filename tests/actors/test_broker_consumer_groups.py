@@ -258,9 +258,14 @@ def lock(n, client_id, *queue_ids, renew=False):
 def test_a_master_locks_orderly_queues_for_one_member_until_it_unlocks_them(node):
     n = node()
     n.ok(proto.CREATE_TOPIC, proto.CreateTopic("Orders", 4, 4).to_dict())
+    assert lock(n, "c1", 0, renew=True)[1] == {"locked": []}  # not a member of g yet: nothing
+    for member in ("c1", "c2"):
+        heartbeat(n, member)
     assert lock(n, "c1", 0, 1)[1] == {"locked": []}  # just started: the grace for an old master's grants
     assert lock(n, "c1", 0, renew=True)[1] == {"locked": [["Orders", 0]]}  # a holder keeps its queue
     n.mono.now_ms += queue_locks.GRACE_MS
+    for member in ("c1", "c2"):
+        heartbeat(n, member)  # still members, after the grace
     assert lock(n, "c1", 1)[1] == {"locked": [["Orders", 1]]}
     assert lock(n, "c2", 0, 1, 2)[1] == {"locked": [["Orders", 2]]}
     n.ok(proto.UNLOCK_BATCH_MQ, proto.UnlockBatchMQ("g", "c1", (("Orders", 0),)).to_dict())
@@ -277,6 +282,7 @@ def test_a_master_locks_only_queues_that_exist(node):
     n = node()
     n.ok(proto.CREATE_TOPIC, proto.CreateTopic("Orders", 4, 4).to_dict())
     n.mono.now_ms += queue_locks.GRACE_MS
+    heartbeat(n, "c1")
     body = proto.LockBatchMQ("g", "c1", (("Orders", 0), ("Orders", 999), ("Invented", 0))).to_dict()
     assert n.ok(proto.LOCK_BATCH_MQ, body) == {"locked": [["Orders", 0]]}
 
@@ -640,3 +646,39 @@ def test_a_replicated_send_back_does_not_make_the_slave_copy_all_metadata(tmp_pa
     finally:
         master.stop()
         slave.stop()
+
+
+# ---- found in the security review -------------------------------------------------------------
+
+
+def test_a_send_back_for_a_group_past_the_limit_is_refused_and_makes_no_topic(node, monkeypatch):
+    from rmqz.actors.broker import base
+    monkeypatch.setattr(base, "MAX_SUBSCRIPTION_GROUPS", 1)
+    n = node()
+    heartbeat(n, "c1")  # group g: the one the broker holds
+    n.send("Orders", b"a")
+    [msg] = n.pull("Orders")
+    header, reply = n.ask(proto.SEND_BACK, proto.SendBack("other", "Orders", msg["physical_offset"]).to_dict())
+    assert header.kind == "error" and "limit" in reply["reason"]
+    assert n.ref.proxy().topics.get().get("%RETRY%other") is None
+    assert n.send_back(msg)[0].kind == "reply"  # the group it holds goes on
+
+
+def test_a_send_back_naming_the_wrong_topic_does_not_say_which_topic_the_offset_holds(node):
+    n = node()
+    n.send("Secret", b"s")
+    [msg] = n.pull("Secret")
+    header, reply = n.send_back(msg, topic="Orders")
+    assert header.kind == "error" and "Secret" not in reply["reason"]
+
+
+@pytest.mark.parametrize(("user", "auto", "allowed"), [("client:app", False, False), ("client:app", True, True),
+                                                       ("cluster:cluster", False, True), ("", False, True)])
+def test_without_an_acl_a_client_key_may_not_make_a_topic_by_hand(node, user, auto, allowed):
+    """CURVE without an ACL: no client key is an admin, yet one could set a topic's perm to 0."""
+    n = node()
+    header = Header(kind="request", src="client-1", dst="broker", type=proto.CREATE_TOPIC, cid=next(n.cids))
+    n.ref.tell(Inbound(header, pack_body(proto.CreateTopic("Orders", 4, 4, 0, auto).to_dict()), b"token", None,
+                       user=user))
+    got, body = n.agent.wait_reply(header.cid)
+    assert (got.kind == "reply") == allowed, body

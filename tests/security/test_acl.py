@@ -49,6 +49,9 @@ def req(type_, **fields):
     ("client:stranger", proto.TOPIC_STATUS, {"topic": "Orders"}, False),
     ("cluster:cluster", proto.GET_METADATA, {}, True),
     ("", proto.TOPIC_STATUS, {"topic": "Orders"}, False),
+    # found in review: a send-back copies a message of its topic into the group's retry topic
+    ("client:app", proto.SEND_BACK, {"group": "billing", "topic": "Orders", "physical_offset": 0}, True),
+    ("client:app", proto.SEND_BACK, {"group": "billing", "topic": "Audit", "physical_offset": 0}, False),
 ])
 def test_permissions_follow_the_users_table(acl, user, type_, fields, allowed):
     assert (acl.check(user, type_, req(type_, **fields)) is None) == allowed
@@ -69,6 +72,7 @@ def test_denial_says_who_lacks_what_on_which_resource(acl):
     ('[[user]]\nname = "client:a"\n[[user]]\nname = "client:a"', "listed twice"),
     ("users = 1", "unknown top-level keys"),
     ("[[user", "not TOML"),
+    ("user = " + "[" * 2000 + "]" * 2000, "nested too deeply"),  # a RecursionError traceback before
 ])
 def test_a_bad_acl_file_is_a_clear_error(text, why):
     with pytest.raises(AclError, match=why):

@@ -182,3 +182,20 @@ def test_a_client_key_may_not_send_raft_or_ha_tells_to_a_peer_channels_own_name(
                        ("broker-1a2b3c4d", "HAReport")):
         assert not sec.allows("client:app", dst, type_), (dst, type_)
         assert sec.allows("cluster:cluster", dst, type_)
+
+
+def test_cluster_only_requests_stay_so_for_admin_keys_and_delete_topic_is_one(keys):
+    """Found in review: an admin client key passed the admin check before the cluster-only one
+    (GetMetadata dumps every offset and pushes any group's forward), and any client key could
+    delete topic routes on a CURVE NameServer."""
+    from rmqz.cli.node_security import BROKER_CLUSTER_ONLY_TYPES, NAMESRV_CLUSTER_ONLY_TYPES
+    from rmqz.actors.broker.acl import ADMIN_TYPES
+
+    root, allowed = keys
+    broker = security(root, allowed, cluster_only_types=BROKER_CLUSTER_ONLY_TYPES, admin_types=ADMIN_TYPES,
+                      admin_users=frozenset({"client:app"}))
+    assert not broker.allows("client:app", "broker", "GetMetadata")
+    assert broker.allows("client:app", "broker", "UpdateBrokerConfig")  # still an admin for admin work
+    namesrv = security(root, allowed, cluster_only_types=NAMESRV_CLUSTER_ONLY_TYPES)
+    assert not namesrv.allows("client:app", "namesrv", "DeleteTopic")
+    assert namesrv.allows("cluster:cluster", "namesrv", "DeleteTopic")

@@ -135,3 +135,23 @@ def test_after_max_reconsume_times_the_message_goes_to_the_dead_letter_topic_at_
 def test_a_scheduled_message_without_a_real_topic_is_reported_damaged():
     assert rc.unschedule({"REAL_TOPIC": "T"}) is None
     assert rc.unschedule({"REAL_QID": "0"}) is None
+
+
+def test_members_held_queues_are_kept_within_one_budget_for_all_groups(monkeypatch):
+    """Found in review: joining needs only SUB on a group, and the per-member caps allowed
+    gigabytes of held-queue lists. Past the budget a member's list is not kept; it is still
+    a member."""
+    from rmqz.actors.broker import consumer_manager as cm
+    monkeypatch.setattr(cm, "MAX_HELD_QUEUES_TOTAL", 5)
+    table = ConsumerTable()
+    three = [("T", "b", q) for q in range(3)]
+    table.heartbeat("g1", "c1", ["T"], "CLUSTERING", 1_000, now_ms=0, queues=three)
+    table.heartbeat("g2", "c2", ["T"], "CLUSTERING", 1_000, now_ms=0, queues=three)  # would be 6
+    assert [len(m.queues) for m in table.details("g1", 1) + table.details("g2", 1)] == [3, 0]
+    assert table.members("g2", 1) == ["c2"]
+    table.heartbeat("g1", "c1", ["T"], "CLUSTERING", 1_000, now_ms=1, queues=three[:1])  # its own list shrinks
+    table.heartbeat("g2", "c2", ["T"], "CLUSTERING", 1_000, now_ms=1, queues=three)
+    assert table.held_total == 4
+    table.unregister("g2", "c2")
+    table.expire(now_ms=10_000)
+    assert (table.held_total, table.members_total) == (0, 0)
