@@ -12,6 +12,8 @@ row. Either way the summary is printed, then one line on stderr.
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -140,23 +142,35 @@ def send(namesrv: str, topic: str, count: int, size: int | None, body: str | Non
         _check_utf8(name, value)
     make_body = _body_maker(size, body)
     tally = _Tally(count)
-    with Producer(namesrv, send_timeout_ms=timeout_ms, retry_times=retries) as producer:
-        try:
-            _send_all(producer, topic, count, batch, make_body, key, tag, tally)
-        except KeyboardInterrupt:
-            print_json(tally.summary(topic))  # the last stdout line is the summary, either way
-            raise
-    print_json(tally.summary(topic))
+    stop = threading.Event()
+    restore = _stop_on_sigint(stop)
+    try:
+        with Producer(namesrv, send_timeout_ms=timeout_ms, retry_times=retries) as producer:
+            _send_all(producer, topic, count, batch, make_body, key, tag, tally, stop)
+    finally:
+        restore()
+    print_json(tally.summary(topic))  # the last stdout line is the summary, either way
+    if stop.is_set():
+        raise KeyboardInterrupt  # "interrupted", exit 130 (cli/main.py)
     if tally.failed:
         raise CliError(f"{tally.failed} of {tally.attempted} messages failed; last error: {tally.last_error}")
 
 
+def _stop_on_sigint(stop: threading.Event):
+    """Ctrl-C ends the loop between sends: a KeyboardInterrupt raised inside the producer
+    could leave it waiting at close (seen in CI)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return lambda: signal.signal(signal.SIGINT, previous)
+
+
 def _send_all(producer: Producer, topic: str, count: int, batch: int, make_body: Any, key: str | None,
-              tag: str | None, tally: _Tally) -> None:
+              tag: str | None, tally: _Tally, stop: threading.Event) -> None:
     consecutive = 0
     next_progress = time.monotonic() + PROGRESS_INTERVAL_S
     i = 0
-    while i < count:
+    while i < count and not stop.is_set():
         n = min(batch, count - i)
         try:
             if batch == 1:

@@ -68,7 +68,9 @@ def test_ctrl_c_stops_consume_cleanly_and_send_with_its_summary_and_130(make_clu
     assert committed(cluster) == 1
     sender = subprocess.Popen([*RMQZ, "send", "-n", cluster.namesrv_addr, "-t", "Topic1", "--count", "1000000"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    time.sleep(1.5)
+    deadline = time.monotonic() + WAIT_S
+    while len(cluster.broker("broker-a").store.queue("Topic1", 0)) < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)  # sending now (a SIGINT during Python's start-up is no test of ours)
     sender.send_signal(signal.SIGINT)
     out, err = sender.communicate(timeout=WAIT_S)
     assert sender.returncode == 130, err.decode()
