@@ -375,17 +375,11 @@ class BrokerMaster(TailFill, HAStreams, HAChannel, FastChannel, BrokerBase):
 
     def _on_get_metadata(self, req: proto.GetMetadata, reply: ReplyTo) -> None:
         # Offsets consumers committed on the slave while we were away: take the ones ahead
-        # of ours (RocketMQ loses them, and consumers go back when the master returns). Not
-        # after an unclean stop of an ASYNC_MASTER: its log may have lost a tail the slave had,
-        # and new messages now sit at the queue offsets those commits passed; taken, they
-        # skipped them (found by chaos, 2m-2s-async with power loss). Consumers go back instead.
-        took_back = self.store.opened_clean or self.config.broker_role == "SYNC_MASTER"  # SYNC: tail filled
-        merged = sum(self.offsets.commit_if_ahead(c.group, c.topic, c.queue_id, c.offset)
-                     for c in req.committed) if took_back else 0
+        # of ours (RocketMQ loses them, and consumers go back when the master returns).
+        merged = sum(self.offsets.commit_if_ahead(c.group, c.topic, c.queue_id, c.offset) for c in req.committed)
         if merged:
             logger.info("broker {}: took back {} consumer offsets committed on a slave", self.node_id, merged)
         self._reply(reply, {
-            "took_back": took_back,
             "topics": {t: self.topics.encode_entry(c) for t, c in self.topics.table.items()},
             "offsets": {k: self.offsets.encode_entry(v) for k, v in self.offsets.table.items()},
             "delay_offsets": dict(self.delay_offsets.table),

@@ -301,8 +301,6 @@ class BrokerSlave(HAChannel, BrokerBase):
             self.topics.data_version += 1
             self.topics.persist()
             self._register_all()
-        if meta.get("took_back") is False:
-            self.committed_here.clear()  # the master will not take them: its log may differ from ours
         for key, queues in meta["offsets"].items():
             topic, _, group = key.partition("@")
             for qid, offset in self.offsets.decode_entry(key, queues).items():
