@@ -44,7 +44,8 @@ from rmqz.client.push import (
     PushConsumer,
 )
 
-from .output import CliError, command, namesrv_option, print_json, progress, stdout_gone, timeout_option
+from .output import (CliError, command, namesrv_option, print_json, progress, stdout_gone, stop_on_signals,
+                     timeout_option)
 
 __all__ = ["consume", "message_json"]
 
@@ -144,7 +145,9 @@ def consume(namesrv: str, topic: str, group: str, start_from: str, count: int | 
     except ValueError as exc:
         raise MQClientError(str(exc)) from None
     stop = threading.Event()
-    restore = _stop_on_sigterm(stop)
+    # SIGINT and SIGTERM end the command cleanly: commit what was printed, leave the group,
+    # exit 0 (a KeyboardInterrupt would have skipped the commit of the last messages).
+    restore = stop_on_signals(stop, signal.SIGINT, signal.SIGTERM)
     try:
         with consumer:
             while not (stop.is_set() or printer.done.is_set()):
@@ -161,10 +164,3 @@ def consume(namesrv: str, topic: str, group: str, start_from: str, count: int | 
         progress(f"consumed {printer.printed} of {count} messages (no new message for {idle_timeout_s:g} s)")
 
 
-def _stop_on_sigterm(stop: threading.Event):
-    """SIGINT and SIGTERM end the command cleanly: commit what was printed, leave the group,
-    exit 0 (a KeyboardInterrupt would have skipped the commit of the last messages)."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-    return lambda: [signal.signal(s, h) for s, h in previous.items()]

@@ -32,7 +32,7 @@ from rmqz.client.errors import BrokerError, InvalidMessage, MQClientError, Names
 from rmqz.client.model import MAX_MESSAGE_BYTES, SendResult, check_topic
 from rmqz.client.producer import DEFAULT_RETRY_TIMES, MAX_RETRY_TIMES, Producer
 
-from .output import CliError, command, namesrv_option, print_json, progress, timeout_option
+from .output import CliError, command, namesrv_option, print_json, progress, stop_on_signals, timeout_option
 
 MAX_COUNT = 1_000_000_000
 MAX_CONSECUTIVE_FAILURES = 5  # a dead cluster should not cost count x timeout
@@ -143,7 +143,9 @@ def send(namesrv: str, topic: str, count: int, size: int | None, body: str | Non
     make_body = _body_maker(size, body)
     tally = _Tally(count)
     stop = threading.Event()
-    restore = _stop_on_sigint(stop)
+    # Ctrl-C ends the loop between sends: a KeyboardInterrupt raised inside the producer
+    # could leave it waiting at close (seen in CI).
+    restore = stop_on_signals(stop, signal.SIGINT)
     try:
         with Producer(namesrv, send_timeout_ms=timeout_ms, retry_times=retries) as producer:
             _send_all(producer, topic, count, batch, make_body, key, tag, tally, stop)
@@ -154,15 +156,6 @@ def send(namesrv: str, topic: str, count: int, size: int | None, body: str | Non
         raise KeyboardInterrupt  # "interrupted", exit 130 (cli/main.py)
     if tally.failed:
         raise CliError(f"{tally.failed} of {tally.attempted} messages failed; last error: {tally.last_error}")
-
-
-def _stop_on_sigint(stop: threading.Event):
-    """Ctrl-C ends the loop between sends: a KeyboardInterrupt raised inside the producer
-    could leave it waiting at close (seen in CI)."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
-    return lambda: signal.signal(signal.SIGINT, previous)
 
 
 def _send_all(producer: Producer, topic: str, count: int, batch: int, make_body: Any, key: str | None,

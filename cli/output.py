@@ -12,7 +12,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn, TypeVar
 
@@ -192,6 +194,19 @@ def print_json(obj: Any) -> None:
     if sys.stdout is None:
         raise BrokenPipeError("stdout is closed")
     click.echo(json.dumps(obj, ensure_ascii=False, default=_json_default))
+
+
+def stop_on_signals(stop: threading.Event, *signums: int) -> Callable[[], None]:
+    """Let these signals set `stop` (main thread only) instead of raising; returns what puts
+    the previous handlers back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in signums}
+
+    def restore() -> None:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return restore
 
 
 def stdout_gone() -> None:

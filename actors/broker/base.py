@@ -365,12 +365,7 @@ class BrokerBase(RmqzActor):
 
     def _on_heartbeat_consumer(self, req: proto.HeartbeatConsumer, reply: ReplyTo) -> None:
         now = self.clock_ms()
-        if req.group not in self.groups.table and len(self.groups.table) >= MAX_SUBSCRIPTION_GROUPS:
-            # Each new group name leaves a subscription group and a retry topic behind, long
-            # after its members are gone (found in review: heartbeats with new names grew
-            # both tables, and the time to save them, without bound).
-            raise Refusal(proto.BAD_REQUEST, f"this broker holds {len(self.groups.table)} subscription groups, "
-                                             f"the limit; {req.group} is not one of them")
+        self._check_group_room(req.group)
         try:
             joined = self.consumers.heartbeat(req.group, req.client_id, req.topics, req.mode,
                                               req.heartbeat_interval_ms, now, req.queues)
@@ -394,6 +389,14 @@ class BrokerBase(RmqzActor):
         if self.consumers.unregister(req.group, req.client_id):
             logger.info("broker {}: consumer {} left group {}", self.node_id, req.client_id, req.group)
         self._reply(reply, {})
+
+    def _check_group_room(self, group: str) -> None:
+        """Each new group name leaves a subscription group and a retry topic behind, long
+        after its members are gone (found in review: heartbeats, then send-backs, with new
+        names grew both tables, and the time to save them, without bound)."""
+        if group not in self.groups.table and len(self.groups.table) >= MAX_SUBSCRIPTION_GROUPS:
+            raise Refusal(proto.BAD_REQUEST, f"this broker holds {len(self.groups.table)} subscription groups, "
+                                             f"the limit; {group} is not one of them")
 
     # ---- orderly queue locks (registered by the roles that serve them) --------------------
 
@@ -440,11 +443,7 @@ class BrokerBase(RmqzActor):
         return msg
 
     def send_back_copy(self, req: proto.SendBack, original: StoredMessage) -> tuple[retry_core.SendBackPlan, Message]:
-        if req.group not in self.groups.table and len(self.groups.table) >= MAX_SUBSCRIPTION_GROUPS:
-            # A send-back makes the group's retry or dead-letter topic: the same limit as a
-            # heartbeat's (found in review: send-backs made topics past it).
-            raise Refusal(proto.BAD_REQUEST, f"this broker holds {len(self.groups.table)} subscription groups, "
-                                             f"the limit; {req.group} is not one of them")
+        self._check_group_room(req.group)  # a send-back makes the group's retry or dead-letter topic
         if len(req.group) > retry_core.MAX_GROUP_TOPIC_GROUP_CHARS:
             raise Refusal(proto.BAD_REQUEST, f"group name longer than {retry_core.MAX_GROUP_TOPIC_GROUP_CHARS} "
                                              "chars has no retry topic")

@@ -48,7 +48,7 @@ MAX_PROPOSAL_BYTES = 6 * 1024 * 1024
 DEFAULT_TOPIC_QUEUE_NUMS = BrokerConfig.__dataclass_fields__["default_topic_queue_nums"].default
 assert isinstance(DEFAULT_TOPIC_QUEUE_NUMS, int)
 assert MAX_PROPOSAL_BYTES < 8 * 1024 * 1024
-MAX_AUTO_TOPICS_REMEMBERED = 10_000
+MAX_TOPICS_REMEMBERED = 10_000  # topics whose entry was proposed lately (the gap above)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +126,7 @@ class BrokerDLedger(FastChannel, BrokerBase):
         # Schedule progress is replicated state: it comes from the applied point, not delayOffset.json.
         self.delay_offsets.table = dict(applied.delay)
         self._schedule_in_flight: set[int] = set()  # levels with a delivery proposed, not yet applied
-        self._retry_topics_proposed: dict[str, int] = {}
-        self._auto_topics_proposed: dict[str, int] = {}
+        self._topics_proposed: dict[str, int] = {}  # topic -> when its entry was last proposed
         self._applied_own_term = False  # an entry of this leader's term was applied (Raft's read rule)
         self._offsets_file_index = load_offsets_point(self.store.fs, dledger_dir)
         # A deposed leader that lost its quorum serves locks until check-quorum makes it step
@@ -220,14 +219,18 @@ class BrokerDLedger(FastChannel, BrokerBase):
     def _propose_auto_topic(self, cfg: TopicConfig) -> None:
         """A send to a new topic: its config goes into the log before the message, so every
         node makes it with the leader's queue count (found in review: each node took its own
-        defaultTopicQueueNums, and a message in queue 12 of 16 was lost on a node with 8).
-        Once per gap, not once per send while the first is in flight."""
+        defaultTopicQueueNums, and a message in queue 12 of 16 was lost on a node with 8)."""
+        self._propose_topic_once(cfg)
+
+    def _propose_topic_once(self, cfg: TopicConfig) -> None:
+        """Once per RETRY_TOPIC_PROPOSE_GAP_MS per topic, not once per send or heartbeat while
+        the first entry is in flight."""
         now = self.clock_ms()
-        if now - self._auto_topics_proposed.get(cfg.topic, now - RETRY_TOPIC_PROPOSE_GAP_MS) < RETRY_TOPIC_PROPOSE_GAP_MS:
+        if now - self._topics_proposed.get(cfg.topic, now - RETRY_TOPIC_PROPOSE_GAP_MS) < RETRY_TOPIC_PROPOSE_GAP_MS:
             return
-        if len(self._auto_topics_proposed) >= MAX_AUTO_TOPICS_REMEMBERED:
-            self._auto_topics_proposed.clear()
-        self._auto_topics_proposed[cfg.topic] = now
+        if len(self._topics_proposed) >= MAX_TOPICS_REMEMBERED:
+            self._topics_proposed.clear()
+        self._topics_proposed[cfg.topic] = now
         self.dledger.tell(Propose(de.encode_topic(cfg), None))
 
     def _check_topic_room(self, topic: str) -> None:
@@ -289,11 +292,7 @@ class BrokerDLedger(FastChannel, BrokerBase):
     def on_clustering_heartbeat(self, retry_topic: str) -> None:
         if not self.is_leader or self.dledger is None or self.topics.get(retry_topic) is not None:
             return
-        now = self.clock_ms()
-        if now - self._retry_topics_proposed.get(retry_topic, now - RETRY_TOPIC_PROPOSE_GAP_MS) < RETRY_TOPIC_PROPOSE_GAP_MS:
-            return
-        self._retry_topics_proposed[retry_topic] = now
-        self.dledger.tell(Propose(de.encode_topic(TopicConfig(retry_topic, 1, 1)), None))
+        self._propose_topic_once(TopicConfig(retry_topic, 1, 1))
 
     def _propose_deliveries(self) -> None:
         now_wall = self.store.clock_ms()
@@ -456,7 +455,7 @@ class BrokerDLedger(FastChannel, BrokerBase):
         self.term = msg.term
         self.config.broker_id = 0 if self.is_leader else self.follower_id
         self._schedule_in_flight.clear()  # proposals of an old term fail or are applied; a scan proposes again
-        self._auto_topics_proposed.clear()  # a topic entry lost with the old term is proposed again
+        self._topics_proposed.clear()  # a topic entry lost with the old term is proposed again
         self._applied_own_term = False
         if self.is_leader != was:
             self.queue_locks.reset(self.clock_ms())  # a new leader knows no lock; an old one's lapse
