@@ -17,6 +17,7 @@ from loguru import logger
 from rmqz.actors.broker.base import AgentReady, BrokerDeps, PrepareStop
 from rmqz.actors.broker.config import BrokerConfig, ConfigError, config_warnings, from_properties, parse_properties
 from rmqz.actors.broker.dledger_broker import load_applied
+from rmqz.actors.broker.log_epoch import begin_log_epoch
 from rmqz.actors.dledger.actor import PeerDown
 from rmqz.storage import record as rec
 from rmqz.storage.dir_lock import DirectoryInUseError, lock_directory
@@ -226,6 +227,9 @@ class BrokerNode:
         save_json(self.store.fs, os.path.join(self.config.store_path_root_dir, "config", ROLE_FILE), {"broker_role": role})
         old_id = self.config.broker_id
         self.stop_role()
+        # The old master's tail past our end is gone: consumers that read it go back
+        # (a crash before this is an unclean stop, which begins an epoch at the next start).
+        begin_log_epoch(self.store, self.deps.offsets, self.deps.delay_offsets, "promoted")
         self.agent.unregister("haclient")
         self.config.broker_id, self.config.broker_role = 0, role
         self.start_role()
@@ -267,6 +271,10 @@ def run_broker(config: BrokerConfig, repair: bool = False) -> int:
             raft_log.crash()
         raise UserError(str(exc)) from None
     try:
+        if config.is_master and not config.enable_dledger and not store.opened_clean:
+            # What was past the recovered end may have been read (a slave served it, or it
+            # was in the page cache): consumers that read it go back (actors/broker/log_epoch.py).
+            begin_log_epoch(store, offsets, delay_offsets, "back from an unclean stop")
         node = BrokerNode(config, store, topics, offsets, delay_offsets)
     except BaseException:
         store.crash()

@@ -36,9 +36,10 @@ from rmqz.actors.broker.messages import (
     SearchOffset,
 )
 from rmqz.actors.namesrv.messages import MASTER_ID
+from rmqz.storage.epochs import MAX_EPOCH
 
 from .errors import BrokerError, ClientTimeout, MQClientError, NoRouteError
-from .model import MessageQueue, PullResult, check_group, check_topic, parse_pull_reply
+from .model import MessageQueue, PullResult, check_group, check_topic, parse_epoch, parse_pull_reply
 from .namesrv import NamesrvClient
 from .pool import DEFAULT_TIMEOUT_MS, ClientPool, check_timeout_ms
 from .route import DEFAULT_ROUTE_REFRESH_MS, RouteCache, RouteSnapshot
@@ -63,6 +64,9 @@ class PullConsumer:
         self._routes: RouteCache | None = None
         self._pool: ClientPool | None = None
         self._suggested: dict[MessageQueue, int] = {}  # queue -> broker id for its next pull
+        # Queue -> the log epoch its broker group last named (storage/epochs.py): sent with each
+        # pull, so an offset read before a master lost its log's tail is sent back, not used.
+        self._epochs: dict[MessageQueue, int] = {}
         self._state_lock = threading.Lock()
         self._state = "created"
 
@@ -105,23 +109,30 @@ class PullConsumer:
         return list(snapshot.read_queues)
 
     def pull(self, mq: MessageQueue, offset: int, max_messages: int = DEFAULT_MAX_MESSAGES,
-             suspend_ms: int = 0) -> PullResult:
+             suspend_ms: int = 0, epoch: int | None = None) -> PullResult:
         """Up to ``max_messages`` from ``offset``. With ``suspend_ms`` the broker holds the
-        request that long when there is nothing new (long polling)."""
-        return self.pull_async(mq, offset, max_messages, suspend_ms).result()
+        request that long when there is nothing new (long polling).
+
+        ``epoch``: the log epoch ``offset`` was read under (``PullResult.epoch``); by default
+        the last one this consumer saw for the queue. A result with ``truncated`` says the
+        broker group's log was cut below ``offset`` since (a master back from an unclean
+        stop): read again from ``next_offset``, or new messages there are skipped."""
+        return self.pull_async(mq, offset, max_messages, suspend_ms, epoch).result()
 
     def pull_async(self, mq: MessageQueue, offset: int, max_messages: int = DEFAULT_MAX_MESSAGES,
-                   suspend_ms: int = 0) -> Future:
+                   suspend_ms: int = 0, epoch: int | None = None) -> Future:
         """A Future of PullResult (callbacks may run on an internal I/O thread)."""
         _check_range("offset", offset, 0, MAX_OFFSET)
         _check_range("max_messages", max_messages, 1, MAX_PULL_MESSAGES)
         _check_range("suspend_ms", suspend_ms, 0, MAX_SUSPEND_MS)
+        epoch = self._epochs.get(mq, -1) if epoch is None else epoch
+        _check_range("epoch", epoch, -1, MAX_EPOCH)
         outer: Future = Future()
         try:
             snapshot = self._snapshot(mq.topic)
             addr = self._addr(snapshot, mq, self._suggested.get(mq, MASTER_ID))
             body = PullMessage(self.group, mq.topic, mq.queue_id, offset, max_messages,
-                               suspend_ms=suspend_ms, raw=True).to_dict()
+                               suspend_ms=suspend_ms, raw=True, epoch=epoch).to_dict()
             inner = self._running_pool().request_async(addr, BROKER, PULL_MESSAGE, body,
                                                        self.timeout_ms + suspend_ms)
         except MQClientError as exc:
@@ -130,10 +141,13 @@ class PullConsumer:
         inner.add_done_callback(lambda f: self._on_pulled_safely(f, outer, mq, snapshot))
         return outer
 
-    def commit_offset(self, mq: MessageQueue, offset: int) -> None:
-        """Store the group's next offset to consume on this queue (on the master)."""
+    def commit_offset(self, mq: MessageQueue, offset: int, epoch: int | None = None) -> None:
+        """Store the group's next offset to consume on this queue (on the master). ``epoch``:
+        as in ``pull`` (an offset past where its history was cut is stored cut back)."""
         _check_range("offset", offset, 0, MAX_OFFSET)
-        self._call(mq, COMMIT_OFFSET, CommitOffset(self.group, mq.topic, mq.queue_id, offset).to_dict())
+        epoch = self._epochs.get(mq, -1) if epoch is None else epoch
+        _check_range("epoch", epoch, -1, MAX_EPOCH)
+        self._call(mq, COMMIT_OFFSET, CommitOffset(self.group, mq.topic, mq.queue_id, offset, epoch).to_dict())
 
     def query_offset(self, mq: MessageQueue, zero_if_young: bool = False) -> int:
         """The group's committed offset on this queue, -1 if it never committed (0 instead,
@@ -142,7 +156,16 @@ class PullConsumer:
         offset = reply.get("offset")
         if type(offset) is not int or offset < -1:
             raise MQClientError("malformed QueryOffset reply: 'offset' must be an int >= -1")
+        self._note_epoch(mq, parse_epoch(reply, "QueryOffset"))
         return offset
+
+    def epoch(self, mq: MessageQueue) -> int:
+        """The log epoch the queue's broker group last named to this consumer (-1: none)."""
+        return self._epochs.get(mq, -1)
+
+    def _note_epoch(self, mq: MessageQueue, epoch: int | None) -> None:
+        if epoch is not None:
+            self._epochs[mq] = epoch
 
     def search_offset(self, mq: MessageQueue, timestamp_ms: int) -> int:
         """The first offset of the queue stored at or after ``timestamp_ms`` (wall clock,
@@ -218,6 +241,7 @@ class PullConsumer:
         except MQClientError as bad:
             outer.set_exception(bad)
             return
+        self._note_epoch(mq, result.epoch)
         bd = snapshot.brokers.get(mq.broker_name)
         wanted = result.suggest_which_broker_id
         if wanted != MASTER_ID and bd is not None and wanted in bd.broker_addrs:

@@ -34,6 +34,7 @@ from rmqz.storage.record import (
     encode_properties,
     verify_queue_record,
 )
+from rmqz.storage.epochs import MAX_EPOCH
 from rmqz.storage.record_batch import encode_batch
 
 from .errors import InvalidMessage, MQClientError
@@ -126,6 +127,12 @@ class PullResult:
     min_offset: int
     max_offset: int
     suggest_which_broker_id: int = 0
+    # The broker group's log epoch (storage/epochs.py); None when it names none (DLedger, or a
+    # slave that has not caught up with its master's epochs).
+    epoch: int | None = None
+    # OFFSET_ILLEGAL because the log was cut below the offset since it was read (a master
+    # back from an unclean stop): read again from next_offset.
+    truncated: bool = False
 
 
 # ---------------------------------------------------------------------- validation
@@ -348,4 +355,13 @@ def parse_pull_reply(reply: Mapping[str, Any], mq: MessageQueue) -> PullResult:
                       next_offset=_field(reply, "next_offset", int, where),
                       min_offset=_field(reply, "min_offset", int, where, 0),
                       max_offset=_field(reply, "max_offset", int, where, 0),
-                      suggest_which_broker_id=_field(reply, "suggest_which_broker_id", int, where, 0))
+                      suggest_which_broker_id=_field(reply, "suggest_which_broker_id", int, where, 0),
+                      epoch=parse_epoch(reply, where),
+                      truncated=_field(reply, "truncated", bool, where, False))
+
+
+def parse_epoch(reply: Mapping[str, Any], where: str) -> int | None:
+    epoch = reply.get("epoch")
+    if epoch is not None and (type(epoch) is not int or not 0 <= epoch <= MAX_EPOCH):
+        raise MQClientError(f"malformed {where} reply: 'epoch' must be an int in 0..{MAX_EPOCH}")
+    return epoch

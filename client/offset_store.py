@@ -38,10 +38,12 @@ class OffsetStore:
         self._lock = threading.Lock()
         self._offsets: dict[MessageQueue, int] = {}
         self._persisted: dict[MessageQueue, int] = {}
+        self._epochs: dict[MessageQueue, int] = {}  # the log epoch each offset was read under
 
-    def update(self, mq: MessageQueue, offset: int) -> None:
+    def update(self, mq: MessageQueue, offset: int, epoch: int = -1) -> None:
         with self._lock:
             self._offsets[mq] = offset
+            self._epochs[mq] = epoch
 
     def read(self, mq: MessageQueue) -> int | None:
         """The offset known for the queue (memory, else the store); None: never committed."""
@@ -62,13 +64,15 @@ class OffsetStore:
         with self._lock:
             self._offsets.pop(mq, None)
             self._persisted.pop(mq, None)
+            self._epochs.pop(mq, None)
 
     def close(self) -> None:
         """Release what the store holds (the broadcasting lock)."""
 
-    def _changed(self, queues: Iterable[MessageQueue]) -> list[tuple[MessageQueue, int]]:
+    def _changed(self, queues: Iterable[MessageQueue]) -> list[tuple[MessageQueue, int, int]]:
+        """(queue, offset, epoch) of the queues whose offset changed since it was persisted."""
         with self._lock:
-            return [(mq, self._offsets[mq]) for mq in queues
+            return [(mq, self._offsets[mq], self._epochs.get(mq, -1)) for mq in queues
                     if mq in self._offsets and self._persisted.get(mq) != self._offsets[mq]]
 
     def _mark(self, mq: MessageQueue, offset: int) -> None:
@@ -93,12 +97,12 @@ class RemoteOffsetStore(OffsetStore):
     def persist(self, queues: Iterable[MessageQueue]) -> list[str]:
         failed = []
         unreachable: set[str] = set()  # one timeout per hung broker, not one per queue
-        for mq, offset in self._changed(queues):
+        for mq, offset, epoch in self._changed(queues):
             if mq.broker_name in unreachable:
                 failed.append(f"{mq.broker_name}/{mq.topic}/{mq.queue_id}: not tried (its broker just failed)")
                 continue
             try:
-                self._consumer.commit_offset(mq, offset)
+                self._consumer.commit_offset(mq, offset, epoch)
                 self._mark(mq, offset)
             except MQClientError as exc:
                 unreachable.add(mq.broker_name)
@@ -162,7 +166,7 @@ class LocalOffsetStore(OffsetStore):
         changed = self._changed(queues)
         if not changed:
             return []
-        for mq, offset in changed:
+        for mq, offset, _epoch in changed:
             self._stored[_key(mq)] = offset
         tmp = self.path + ".tmp"
         try:
@@ -178,7 +182,7 @@ class LocalOffsetStore(OffsetStore):
                 os.close(dir_fd)
         except OSError as exc:
             return [f"{self.path}: {exc.strerror}"]
-        for mq, offset in changed:
+        for mq, offset, _epoch in changed:
             self._mark(mq, offset)
         return []
 

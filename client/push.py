@@ -184,9 +184,12 @@ class _ProcessQueue:
         self.lock_valid_until_ms = 0
         self.consume_lock = threading.Lock()
         self.failures: dict[int, int] = {}  # offset -> local failures (orderly, broadcasting)
+        self.epoch = -1  # the log epoch its offsets were read under (storage/epochs.py); -1: unknown
 
-    def add(self, msgs: list[MessageExt], next_offset: int) -> list[MessageExt]:
+    def add(self, msgs: list[MessageExt], next_offset: int, epoch: int | None = None) -> list[MessageExt]:
         with self.lock:
+            if epoch is not None:
+                self.epoch = epoch
             fresh = [m for m in msgs if m.queue_offset not in self.msgs]
             unordered = bool(fresh) and fresh[0].queue_offset <= self.max_seen
             for m in fresh:
@@ -366,7 +369,7 @@ class PushConsumer(OrderlyLocks):
         self.last_error: MQClientError | None = None
         self.reached_broker = False  # some broker answered (a pull, a heartbeat)
         self.stats = {"consumed": 0, "failed": 0, "sent_back": 0, "pulls": 0, "pull_errors": 0,
-                      "flow_control": 0, "rebalances": 0}
+                      "flow_control": 0, "rebalances": 0, "read_again": 0}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -606,6 +609,7 @@ class PushConsumer(OrderlyLocks):
             self._note_error(exc, f"start offset of {mq.broker_name}/{mq.topic}/{mq.queue_id}")
             return False  # tried again at the next rebalance
         pq = _ProcessQueue(mq, offset)
+        pq.epoch = self._pull.epoch(mq)  # as its broker group named it with the start offset
         pq.lock_valid_until_ms = lock_valid_until_ms
         with self._pqs_lock:
             self._pqs[mq] = pq
@@ -699,7 +703,7 @@ class PushConsumer(OrderlyLocks):
             return self._later(FLOW_CONTROL_DELAY_MS, pq)
         started = now_ms()
         self.stats["pulls"] += 1
-        future = self._pull.pull_async(pq.mq, pq.next_offset, self.pull_batch_size, LONG_POLL_MS)
+        future = self._pull.pull_async(pq.mq, pq.next_offset, self.pull_batch_size, LONG_POLL_MS, pq.epoch)
         future.add_done_callback(lambda f: self._on_pulled(pq, f, started))
         return None
 
@@ -714,17 +718,43 @@ class PushConsumer(OrderlyLocks):
             return self._later(PULL_ERROR_DELAY_MS, pq)
         self.reached_broker = True
         result: PullResult = future.result()
+        if result.truncated:
+            return self._read_again(pq, result)
         if result.status == FOUND and result.messages:
-            fresh = pq.add(result.messages, result.next_offset)
+            fresh = pq.add(result.messages, result.next_offset, result.epoch)
             self._dispatch(pq, fresh)
             self._ready.put(pq)
             return None
-        pq.add([], result.next_offset)  # NO_NEW_MSG keeps it; OFFSET_ILLEGAL corrects it
+        pq.add([], result.next_offset, result.epoch)  # NO_NEW_MSG keeps it; OFFSET_ILLEGAL corrects it
         if not pq.msgs:
-            self._offsets.update(pq.mq, pq.commit_point())
+            self._offsets.update(pq.mq, pq.commit_point(), pq.epoch)
         if now_ms() - started_ms < QUICK_EMPTY_PULL_MS:
             return self._later(EMPTY_PULL_DELAY_MS, pq)
         self._ready.put(pq)
+        return None
+
+    def _read_again(self, pq: _ProcessQueue, result: PullResult) -> None:
+        """The broker group's log was cut below our offset since we read it (a master back
+        from an unclean stop; storage/epochs.py), and new messages take those offsets. What
+        we hold past the cut is from the old history: the queue starts afresh from the cut
+        (RocketMQ drops the process queue on OFFSET_ILLEGAL too), so held messages neither
+        hide new ones at the same offsets nor commit past them. Re-reads, never skips."""
+        fresh = _ProcessQueue(pq.mq, result.next_offset)
+        fresh.epoch = pq.epoch if result.epoch is None else result.epoch
+        fresh.lock_valid_until_ms = pq.lock_valid_until_ms
+        fresh.consume_lock = pq.consume_lock  # orderly: a handler still running on the old one ends first
+        with self._pqs_lock:
+            if self._pqs.get(pq.mq) is not pq:
+                return None  # released meanwhile
+            with pq.lock:  # a consume finishing now either committed already or sees the drop
+                pq.dropped = True
+            self._pqs[pq.mq] = fresh
+        self._offsets.update(pq.mq, result.next_offset, fresh.epoch)
+        self.stats["read_again"] += 1
+        self._warn("read_again", "push consumer {}: {}/{}/{} was cut below offset {} (its master lost its log's "
+                   "tail); reading again from {}", self.client_id, pq.mq.broker_name, pq.mq.topic, pq.mq.queue_id,
+                   pq.next_offset, result.next_offset)
+        self._ready.put(fresh)
         return None
 
     # ------------------------------------------------------------------ consuming
@@ -770,7 +800,7 @@ class PushConsumer(OrderlyLocks):
         return RECONSUME_LATER
 
     def _done(self, pq: _ProcessQueue, msg: MessageExt) -> None:
-        pq.remove(msg.queue_offset, self._offsets.update)
+        pq.remove(msg.queue_offset, lambda mq, offset: self._offsets.update(mq, offset, pq.epoch))
         self.stats["consumed"] += 1
 
     def _retry_later(self, pq: _ProcessQueue, msg: MessageExt) -> None:

@@ -21,6 +21,7 @@ from . import record as rec
 from .checkpoint import ABORT_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from .commit_log import CommitLog
 from .consume_queue import DEFAULT_UNITS_PER_SEGMENT, ConsumeQueue, CqUnit
+from .epochs import EpochFileCache
 from .errors import CorruptStoreError, OffsetError, StorageError
 from .fs import FileSystem, OsFileSystem
 from .queue_index import (  # noqa: F401  (re-exported: callers import them from here)
@@ -80,6 +81,7 @@ class MessageStore(QueueIndex):
         self.dispatched_offset = 0
         self._opened = False
         self.opened_clean = True  # set by open(): a master restarted uncleanly may be behind its slave
+        self.epochs = EpochFileCache(self.fs, self.root)  # where the log's history was cut (storage/epochs.py)
 
     # ---- open / close --------------------------------------------------------------------
 
@@ -91,6 +93,7 @@ class MessageStore(QueueIndex):
         abort_path = os.path.join(self.root, ABORT_FILE)
         unclean = self.fs.exists(abort_path)
         cp = load_checkpoint(self.fs, self.root)
+        self.epochs.load()
         self.commit_log.load()
         self._load_queues(cp.queue_ends if cp else {})
         if not unclean and cp is None and not self.commit_log.files.segments:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from . import record as rec
 from .consume_queue import DEFAULT_UNITS_PER_SEGMENT, ConsumeQueue, CqUnit
@@ -75,6 +76,7 @@ class QueueIndex:
     units_per_segment: int = DEFAULT_UNITS_PER_SEGMENT
 
     PLACED = True  # records carry their own queue and physical offsets
+    epochs: Any = None  # storage/epochs.EpochFileCache where the log can be cut under readers
 
     def read_unit(self, cq: ConsumeQueue, unit: CqUnit) -> rec.StoredMessage:
         raise NotImplementedError
@@ -186,6 +188,12 @@ class QueueIndex:
     def max_offset(self, topic: str, queue_id: int) -> int:
         cq = self.queues.get((topic, queue_id))
         return cq.max_offset if cq else 0
+
+    def queue_offset_at(self, topic: str, queue_id: int, log_offset: int) -> int:
+        """The queue offset of the first message at or past log_offset in the commit log
+        (where a consumer reading from there goes on)."""
+        cq = self.queues.get((topic, queue_id))
+        return cq.units_within(log_offset) if cq else 0
 
     def min_offset(self, topic: str, queue_id: int) -> int:
         cq = self.queues.get((topic, queue_id))

@@ -103,7 +103,7 @@ class BrokerBase(RmqzActor):
         self.node_id = f"{self.config.broker_name}-{self.config.broker_id}@{self.config.address}"
         self.holds = PullHolds()
         self.registered_with: set[str] = set()
-        self.stats = {"sent": 0, "pulled": 0, "bad_requests": 0, "stray_answers": 0}
+        self.stats = {"sent": 0, "pulled": 0, "truncated_pulls": 0, "bad_requests": 0, "stray_answers": 0}
         self._cids = itertools.count(1)
         self._last: dict[str, int] = {}
         self._offsets_saved_version = self.offsets.data_version
@@ -256,6 +256,8 @@ class BrokerBase(RmqzActor):
             raise Refusal(proto.TOPIC_NOT_EXIST, f"topic {req.topic} does not exist on {self.config.broker_name}")
         if req.queue_id >= cfg.read_queue_nums or not cfg.perm & PERM_READ:
             raise Refusal(proto.BAD_REQUEST, f"queue {req.queue_id} of {req.topic} is not readable here")
+        if self._pull_diverged(req, reply):
+            return None
         res = self.store.get_messages(req.topic, req.queue_id, req.offset, req.max_messages, req.max_bytes, req.raw)
         if res.status == ms.FOUND and res.raw is not None:
             self.stats["pulled"] += len(res.raw.physical_offsets)
@@ -274,16 +276,58 @@ class BrokerBase(RmqzActor):
             return self._pull_reply(reply, proto.NO_NEW_MSG, req.offset, res.min_offset, res.max_offset, [], suggest)
         return self._pull_reply(reply, proto.OFFSET_ILLEGAL, res.next_offset, res.min_offset, res.max_offset, [])
 
+    def _pull_diverged(self, req: proto.PullMessage, reply: ReplyTo) -> bool:
+        """Answered here when the consumer's offset was read under another log history
+        (storage/epochs.py): past where it parted from ours, go back there ("truncated");
+        read under a history we do not have yet (a slave behind its master's epochs), ask
+        the master (no epoch in the answer: the consumer keeps its own)."""
+        epochs = self.store.epochs
+        if epochs is None or req.epoch < 0 or req.epoch == epochs.current:
+            return False
+        if req.epoch > epochs.current:
+            if self.ROLE == "MASTER":
+                return False  # not ours to judge (a store made anew): serve, the reply names our epoch
+            lo, hi = self.store.min_offset(req.topic, req.queue_id), self.store.max_offset(req.topic, req.queue_id)
+            self._reply(reply, {"status": proto.NO_NEW_MSG, "next_offset": req.offset, "min_offset": lo,
+                                "max_offset": hi, "suggest_which_broker_id": 0, "messages": []})
+            return True
+        floor = self._epoch_floor(req.topic, req.queue_id, req.epoch)
+        if floor is None or req.offset <= floor:
+            return False
+        self.stats["truncated_pulls"] += 1
+        if self.due("truncated_pull_log", self.clock_ms(), 10_000, at_once=True):
+            logger.warning("broker {}: a consumer of {}/{} read up to {} under epoch {}, past where that history "
+                           "was cut; sent back to {} (once per 10 s)", self.node_id, req.topic, req.queue_id,
+                           req.offset, req.epoch, floor)
+        self._pull_reply(reply, proto.OFFSET_ILLEGAL, floor, self.store.min_offset(req.topic, req.queue_id),
+                         self.store.max_offset(req.topic, req.queue_id), [], truncated=True)
+        return True
+
+    def _epoch_floor(self, topic: str, queue_id: int, epoch: int) -> int | None:
+        """The queue offset where the history read under epoch parts from ours, or None
+        (the same history, an unknown epoch, or a store without epochs: DLedger's log is
+        never cut under a reader)."""
+        epochs = self.store.epochs
+        if epochs is None or epoch < 0 or epoch >= epochs.current:
+            return None
+        at = epochs.divergence(epoch)
+        return None if at is None else self.store.queue_offset_at(topic, queue_id, at)
+
+    def _epoch_fields(self) -> dict:
+        epochs = self.store.epochs
+        return {} if epochs is None else {"epoch": epochs.current}
+
     def suggest_broker(self, last_physical_offset: int | None, queue_offset: int) -> int:
         """Which broker id the consumer should pull from next (role hook)."""
         return self.config.broker_id
 
     def _pull_reply(self, reply: ReplyTo, status: str, next_offset: int, lo: int, hi: int, messages: list,
-                    suggest: int | None = None) -> None:
+                    suggest: int | None = None, *, truncated: bool = False) -> None:
         name = self.config.broker_name
         self._reply(reply, {
             "status": status, "next_offset": next_offset, "min_offset": lo, "max_offset": hi,
             "suggest_which_broker_id": self.config.broker_id if suggest is None else suggest,
+            **self._epoch_fields(), **({"truncated": True} if truncated else {}),
             "messages": [{"msg_id": proto.msg_id(name, m.physical_offset), "queue_offset": m.queue_offset,
                           "physical_offset": m.physical_offset, "body": m.body, "properties": m.properties,
                           "born_ms": m.born_timestamp_ms, "store_ms": m.store_timestamp_ms,
@@ -295,6 +339,7 @@ class BrokerBase(RmqzActor):
         self._reply(reply, {
             "status": proto.FOUND, "next_offset": res.next_offset, "min_offset": res.min_offset,
             "max_offset": res.max_offset, "suggest_which_broker_id": suggest, "records": raw.data,
+            **self._epoch_fields(),
             "queue_offset": raw.first_queue_offset, "physical_offsets": raw.physical_offsets,
             "unplaced": raw.unplaced,
         })
@@ -312,6 +357,9 @@ class BrokerBase(RmqzActor):
         if self.offsets.query(req.group, req.topic, req.queue_id) is None and \
                 len(self.offsets.table) >= MAX_TABLE_ENTRIES and f"{req.topic}@{req.group}" not in self.offsets.table:
             raise Refusal(proto.BAD_REQUEST, f"too many topic@group offsets (limit {MAX_TABLE_ENTRIES})")
+        floor = self._epoch_floor(req.topic, req.queue_id, req.epoch)
+        if floor is not None and req.offset > floor:
+            req.offset = floor  # read under a history cut since: what lies past floor was not read
         self.offsets.commit(req.group, req.topic, req.queue_id, req.offset)
         self._reply(reply, {})
 
@@ -320,7 +368,7 @@ class BrokerBase(RmqzActor):
         if found is None and req.zero_if_young and self.store.first_message_within(req.topic, req.queue_id,
                                                                                       self.cold_bytes):
             found = 0
-        self._reply(reply, {"offset": -1 if found is None else found})
+        self._reply(reply, {"offset": -1 if found is None else found, **self._epoch_fields()})
 
     @property
     def cold_bytes(self) -> int:
@@ -343,6 +391,7 @@ class BrokerBase(RmqzActor):
             "broker_id": self.config.broker_id, "role": self.role_name(),
             "address": self.config.address, "pid": os.getpid(), "flush_disk_type": self.config.flush_disk_type,
             "commit_log": {"min": log.min_offset, "max": log.wrote_offset, "flushed": log.flushed_offset},
+            "log_epochs": [] if self.store.epochs is None else [list(e) for e in self.store.epochs.entries],
             "topics": len(self.topics.table), "held_pulls": len(self.holds),
             "registered_with": sorted(self.registered_with), "stats": dict(self.stats), **self.status_extra(),
         })

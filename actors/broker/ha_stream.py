@@ -203,7 +203,8 @@ class HAStreams:
             if not data:
                 return
             inbox = stream.way.own_name(self.ha_inbox)
-            self._send_transfer(stream, proto.HATransfer(rng[0], data, available, inbox=inbox))
+            self._send_transfer(stream, proto.HATransfer(rng[0], data, available, inbox=inbox,
+                                                         epochs=tuple(self.store.epochs.entries)))
             stream.window.sent(rng[0], len(data))
             self.stats["ha_sent_bytes"] += len(data)
 

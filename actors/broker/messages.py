@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rmqz.actors.broker.queue_locks import MAX_LOCK_REQUEST_QUEUES
+from rmqz.storage.epochs import MAX_EPOCH, valid_entries
 
 BROKER = "broker"
 
@@ -237,18 +238,25 @@ class PullMessage:
     # The records as stored ("records" in the reply), verified and decoded by the consumer:
     # the broker only reads them. Without it the broker decodes them into "messages".
     raw: bool = False
+    # The log epoch the offset was read under (storage/epochs.py); -1: not known (no check).
+    # An offset past where that history parted from the broker's is answered "truncated".
+    epoch: int = -1
 
     def to_dict(self) -> dict:
         return {"group": self.group, "topic": self.topic, "queue_id": self.queue_id, "offset": self.offset,
                 "max_messages": self.max_messages, "max_bytes": self.max_bytes, "suspend_ms": self.suspend_ms,
-                "raw": self.raw}
+                "raw": self.raw, "epoch": self.epoch}
 
     @classmethod
     def from_dict(cls, d: Any) -> PullMessage:
         d = _map(d)
         return cls(_group(d), _topic(d), _int(d, "queue_id", 0, MAX_QUEUE_ID), _int(d, "offset", 0, 2**63 - 1),
                    _int(d, "max_messages", 1, MAX_PULL_MESSAGES, 32), _int(d, "max_bytes", 1, 64 * 1024 * 1024, 4 * 1024 * 1024),
-                   _int(d, "suspend_ms", 0, MAX_SUSPEND_MS, 0), _get(d, "raw", bool, False))
+                   _int(d, "suspend_ms", 0, MAX_SUSPEND_MS, 0), _get(d, "raw", bool, False), _epoch(d))
+
+
+def _epoch(d: dict) -> int:
+    return _int(d, "epoch", -1, MAX_EPOCH, -1)
 
 
 @dataclass(slots=True)
@@ -276,14 +284,19 @@ class CommitOffset:
     topic: str
     queue_id: int
     offset: int
+    epoch: int = -1  # as in PullMessage: an offset past where its history parted is cut to there
 
     def to_dict(self) -> dict:
-        return {"group": self.group, "topic": self.topic, "queue_id": self.queue_id, "offset": self.offset}
+        d = {"group": self.group, "topic": self.topic, "queue_id": self.queue_id, "offset": self.offset}
+        if self.epoch >= 0:
+            d["epoch"] = self.epoch
+        return d
 
     @classmethod
     def from_dict(cls, d: Any) -> CommitOffset:
         d = _map(d)
-        return cls(_group(d), _topic(d), _int(d, "queue_id", 0, MAX_QUEUE_ID), _int(d, "offset", 0, 2**63 - 1))
+        return cls(_group(d), _topic(d), _int(d, "queue_id", 0, MAX_QUEUE_ID), _int(d, "offset", 0, 2**63 - 1),
+                   _epoch(d))
 
 
 @dataclass(slots=True)
@@ -666,12 +679,17 @@ class HATransfer:
     # slave's bytes from here: the slave answers with HAFill.
     send_back_from: int | None = None
     inbox: str | None = None  # on the stream: the master broker actor's own socket, for the acks
+    # On the stream: the master's log epochs (storage/epochs.py). The slave takes them before
+    # the bytes: only an in-step slave is streamed to, so its log is a prefix of the master's.
+    epochs: tuple[tuple[int, int], ...] = ()
 
     def to_dict(self) -> dict:
         d = {"offset": self.offset, "data": self.data, "master_max": self.master_max, "diverged_at": self.diverged_at,
              "send_back_from": self.send_back_from}
         if self.inbox is not None:
             d["inbox"] = self.inbox
+        if self.epochs:
+            d["epochs"] = [list(e) for e in self.epochs]
         return d
 
     @classmethod
@@ -680,8 +698,12 @@ class HATransfer:
         data = _get(d, "data", bytes)
         if len(data) > MAX_HA_DATA_BYTES:
             raise ProtocolError(f"HA transfer of {len(data)} bytes exceeds {MAX_HA_DATA_BYTES}")
+        epochs = d.get("epochs", [])
+        if epochs and not valid_entries(epochs):
+            raise ProtocolError("epochs must be [epoch, start offset] pairs, epochs rising")
         return cls(_int(d, "offset", 0, 2**63 - 1), data, _int(d, "master_max", 0, 2**63 - 1),
-                   _opt_offset(d, "diverged_at"), _opt_offset(d, "send_back_from"), _opt_inbox(d))
+                   _opt_offset(d, "diverged_at"), _opt_offset(d, "send_back_from"), _opt_inbox(d),
+                   tuple((e, s) for e, s in epochs))
 
 
 def _opt_inbox(d: dict) -> str | None:

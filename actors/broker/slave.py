@@ -56,7 +56,8 @@ class BrokerSlave(HAChannel, BrokerBase):
         self.committed_here.load()
         self._warned_full = False
         self._pending_delays: tuple[int, dict] | None = None  # (master's log end, its delay offsets)
-        self.stats.update({"replicated_bytes": 0, "out_of_order": 0, "truncations": 0, "bad_transfers": 0})
+        self.stats.update({"replicated_bytes": 0, "out_of_order": 0, "truncations": 0, "bad_transfers": 0,
+                           "stale_transfers": 0})
         self.handlers[proto.PROMOTE] = self._on_promote
 
     def role_name(self) -> str:
@@ -119,6 +120,8 @@ class BrokerSlave(HAChannel, BrokerBase):
         log = self.store.commit_log
         if t.diverged_at is not None:
             return self._cut_to(t.diverged_at)
+        if t.epochs and not self._stream_epochs_ok(list(t.epochs)):
+            return None
         expected = log.wrote_offset + len(self.pending)
         if log.wrote_offset <= t.offset < expected:
             # A resend from inside the partial record we hold: our acks name our log's end,
@@ -195,6 +198,43 @@ class BrokerSlave(HAChannel, BrokerBase):
         self._appended_untold = None
         tell_quietly(self.ha_client, msg)
 
+    def _stream_epochs_ok(self, epochs: list[tuple[int, int]]) -> bool:
+        """The master's log epochs come with its stream (storage/epochs.py). Older than ours:
+        bytes an earlier master sent before it died, still queued here; appended, they put
+        its lost history into our log (found by chaos: a consume queue gap stopped the slave
+        for good). Newer: a master back from an unclean stop. What we hold past where its
+        history parts from ours goes first (earlier stale bytes, say), then we take its
+        epochs; offsets committed here under the old one are forgotten (the master's own are
+        back within its log), so consumers re-read rather than skip."""
+        mine = self.store.epochs
+        if epochs[-1][0] < mine.current:
+            self.stats["stale_transfers"] += 1
+            if self.due("stale_transfer_log", self.clock_ms(), 10_000, at_once=True):
+                logger.warning("slave {}: dropped bytes from a master at log epoch {}, older than ours ({}): "
+                               "an earlier master's stream ({} so far)", self.node_id, epochs[-1][0], mine.current,
+                               self.stats["stale_transfers"])
+            return False
+        if epochs[-1][0] == mine.current:
+            return True
+        log = self.store.commit_log
+        parted = min(s for e, s in epochs if e > mine.current)
+        cut = log.wrote_offset > parted
+        if log.wrote_offset >= parted:
+            self.pending.clear()  # the start of a record past the parting point
+        if cut:
+            logger.warning("slave {}: cutting {} bytes the master's log no longer has (its history parts from "
+                           "ours at {})", self.node_id, log.wrote_offset - parted, parted)
+            self.stats["truncations"] += 1
+            self.store.truncate(max(parted, log.min_offset))  # first: a crash now leaves the old epoch
+        old = mine.current
+        mine.adopt(epochs)
+        logger.warning("slave {}: master's log epoch {} -> {} (from {}); {} offsets committed here forgotten",
+                       self.node_id, old, mine.current, parted, len(self.committed_here.table))
+        self.committed_here.clear()
+        if cut:
+            self._ack()  # the master resends from our new end
+        return not cut
+
     def _cut_to(self, offset: int) -> None:
         log = self.store.commit_log
         self.pending.clear()
@@ -203,6 +243,7 @@ class BrokerSlave(HAChannel, BrokerBase):
                            self.node_id, log.wrote_offset - offset, offset)
             self.stats["truncations"] += 1
             self.store.truncate(max(offset, log.min_offset))
+        self.store.epochs.forget_after(log.wrote_offset)  # its master may be on an older one
         self._ack()
 
     def _on_promote(self, req: proto.PromoteToMaster, reply: Any) -> None:
@@ -264,7 +305,7 @@ class BrokerSlave(HAChannel, BrokerBase):
 
     def _sync_metadata(self) -> None:
         if self.master_addr:
-            committed = tuple(self.committed_here.to_hand_back())
+            committed = tuple(self.committed_here.to_hand_back(self.store.epochs.current))
             self.send_request(self.master_addr, proto.BROKER, proto.GET_METADATA, proto.GetMetadata(committed).to_dict())
 
     def _on_commit_offset(self, req: proto.CommitOffset, reply: Any) -> None:

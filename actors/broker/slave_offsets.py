@@ -44,13 +44,15 @@ class CommittedHere:
                 require(self.path, False, f"bad row {str(row)[:80]}: {exc}")
             self.table[(c.group, c.topic, c.queue_id)] = c.offset
 
-    def to_hand_back(self) -> list[proto.CommitOffset]:
-        """What the next metadata sync hands back (the rest goes with the following ones)."""
+    def to_hand_back(self, epoch: int) -> list[proto.CommitOffset]:
+        """What the next metadata sync hands back (the rest goes with the following ones),
+        labelled with our log epoch: all were read under it (a newer one clears them)."""
         batch = list(self.table.items())[:proto.MAX_MERGED_OFFSETS]
-        return [proto.CommitOffset(g, t, q, o) for (g, t, q), o in batch]
+        return [proto.CommitOffset(g, t, q, o, epoch) for (g, t, q), o in batch]
 
     def clear(self) -> None:
-        """This node stops being a slave (promoted): what it holds is the master's now."""
+        """This node stops being a slave (promoted): what it holds is the master's now. Or
+        it took a newer log epoch from its master: what was read here may be gone there."""
         if self.table:
             self.table.clear()
             self.dirty = True

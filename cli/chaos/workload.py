@@ -154,6 +154,12 @@ class ConsumerClient:
         except MQClientError as exc:
             self._failed(mq, process, f"{type(exc).__name__}: {exc}")
             return
+        if result.truncated:
+            # The log was cut below our offset since we read it (a master back from an unclean
+            # stop): new messages take those offsets, so read them (re-reads show as duplicates).
+            self.history.write(process, "ok", "dequeue", [])
+            self.offsets[mq] = result.next_offset
+            return
         if result.status == "OFFSET_ILLEGAL" and result.next_offset != offset:
             # Never jump: forward would skip messages, backward would re-read them. The queue
             # is retried at the same offset (a lagging replica catches up; a real gap shows as lost).

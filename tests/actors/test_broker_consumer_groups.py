@@ -549,7 +549,7 @@ def test_a_slave_whose_master_comes_back_stops_searching_and_hands_back_its_offs
         slave.ref.tell(MasterBack("127.0.0.1:10911"))
         slave.ref.ask(Ping())
         [metadata] = [body for endpoint, t, body in sent if t == proto.GET_METADATA]
-        assert metadata["committed"] == [{"group": "g", "topic": "Orders", "queue_id": 0, "offset": 42}]
+        assert metadata["committed"] == [{"group": "g", "topic": "Orders", "queue_id": 0, "offset": 42, "epoch": 0}]
         sent.clear()
         for _ in range(3):
             slave.tick(advance_mono_ms=1_000)

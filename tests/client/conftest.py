@@ -94,6 +94,29 @@ class FakeStore:
     data_version: int = 0
     physical: int = 0
     lock: threading.RLock = field(default_factory=threading.RLock)
+    # The log epoch (storage/epochs.py) and, per queue, where the last cut left it: a pull or
+    # commit read under an older epoch past that point is sent back (as the real broker).
+    epoch: int = 0
+    cut_at: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def cut(self, topic: str, queue_id: int, keep: int, then: list[bytes] = (), broker: str = "broker-a") -> None:
+        """A master back from an unclean stop: the queue's tail past keep is lost, and (in
+        the same step, so no pull comes between) ``then`` are written at its offsets."""
+        with self.lock:
+            queue = self.queue(topic, queue_id)
+            del queue[keep:]
+            self.epoch += 1
+            self.cut_at[(topic, queue_id)] = keep
+            for body in then:
+                self.physical += 100
+                queue.append({"msg_id": bm.msg_id(broker, self.physical), "queue_offset": len(queue),
+                              "physical_offset": self.physical, "body": body, "properties": {},
+                              "born_ms": 0, "store_ms": int(time.time() * 1000), "reconsume_times": 0})
+
+    def floor(self, topic: str, queue_id: int, epoch: int) -> int | None:
+        if 0 <= epoch < self.epoch and (topic, queue_id) in self.cut_at:
+            return self.cut_at[(topic, queue_id)]
+        return None
 
     def add_topic(self, topic: str, queues: int) -> bool:
         with self.lock:
@@ -191,7 +214,11 @@ class FakeBroker:
 
     def _pull_result(self, req: bm.PullMessage) -> dict:
         queue = self.store.queue(req.topic, req.queue_id)
-        base = {"min_offset": 0, "max_offset": len(queue), "suggest_which_broker_id": self.suggest}
+        base = {"min_offset": 0, "max_offset": len(queue), "suggest_which_broker_id": self.suggest,
+                "epoch": self.store.epoch}
+        floor = self.store.floor(req.topic, req.queue_id, req.epoch)
+        if floor is not None and req.offset > floor:
+            return {**base, "status": bm.OFFSET_ILLEGAL, "next_offset": floor, "messages": [], "truncated": True}
         if req.offset > len(queue):
             return {**base, "status": bm.OFFSET_ILLEGAL, "next_offset": len(queue), "messages": []}
         found = queue[req.offset:req.offset + req.max_messages]
@@ -225,14 +252,16 @@ class FakeBroker:
         return {"topic": req.topic, "created": created}
 
     def _on_CommitOffset(self, req: bm.CommitOffset, inbound: Inbound) -> Any:
-        self.store.offsets[(req.group, req.topic, req.queue_id)] = req.offset
+        floor = self.store.floor(req.topic, req.queue_id, req.epoch)
+        offset = req.offset if floor is None else min(req.offset, floor)
+        self.store.offsets[(req.group, req.topic, req.queue_id)] = offset
         return {}
 
     def _on_QueryOffset(self, req: bm.QueryOffset, inbound: Inbound) -> Any:
         found = self.store.offsets.get((req.group, req.topic, req.queue_id), -1)
         if found < 0 and req.zero_if_young and (req.topic, req.queue_id) in self.store.young:
             found = 0
-        return {"offset": found}
+        return {"offset": found, "epoch": self.store.epoch}
 
     def _on_LockBatchMQ(self, req: bm.LockBatchMQ, inbound: Inbound) -> Any:
         if self.broker_id != 0:
