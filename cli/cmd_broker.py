@@ -271,9 +271,10 @@ def run_broker(config: BrokerConfig, repair: bool = False) -> int:
             raft_log.crash()
         raise UserError(str(exc)) from None
     try:
-        if config.is_master and not config.enable_dledger and not store.opened_clean:
+        if config.broker_role == "ASYNC_MASTER" and not config.enable_dledger and not store.opened_clean:
             # What was past the recovered end may have been read (a slave served it, or it
             # was in the page cache): consumers that read it go back (actors/broker/log_epoch.py).
+            # A SYNC_MASTER begins its epoch after it took its tail back (tail_fill.py).
             begin_log_epoch(store, offsets, delay_offsets, "back from an unclean stop")
         node = BrokerNode(config, store, topics, offsets, delay_offsets)
     except BaseException:

@@ -45,6 +45,11 @@ class OffsetStore:
             self._offsets[mq] = offset
             self._epochs[mq] = epoch
 
+    def epoch_of(self, mq: MessageQueue) -> int | None:
+        """The log epoch the queue's offset was read under, if this store knows it."""
+        with self._lock:
+            return self._epochs.get(mq)
+
     def read(self, mq: MessageQueue) -> int | None:
         """The offset known for the queue (memory, else the store); None: never committed."""
         with self._lock:
@@ -91,6 +96,8 @@ class RemoteOffsetStore(OffsetStore):
         offset = self._consumer.query_offset(mq)  # raises MQClientError when the broker is away
         if offset >= 0:
             self._mark(mq, offset)
+            with self._lock:
+                self._epochs[mq] = self._consumer.epoch(mq)  # as the broker named it with the offset
             return offset
         return None
 
@@ -132,15 +139,15 @@ class LocalOffsetStore(OffsetStore):
             os.close(self._lock_fd)
             raise MQClientError(f"offset directory {self.path_dir} is in use by another broadcasting consumer; "
                                 "give each member its own directory") from None
-        self._stored = self._load()
+        self._stored, self._stored_epochs = self._load()
         self._write_lock = threading.Lock()  # one writer of the file at a time
 
-    def _load(self) -> dict[str, int]:
+    def _load(self) -> tuple[dict[str, int], dict[str, int]]:
         try:
             with open(self.path, "rb") as f:
                 raw = f.read(MAX_OFFSETS_FILE_BYTES + 1)
         except FileNotFoundError:
-            return {}
+            return {}, {}
         except OSError as exc:
             raise MQClientError(f"cannot read {self.path}: {exc.strerror}") from None
         try:
@@ -148,14 +155,19 @@ class LocalOffsetStore(OffsetStore):
             offsets = data["offsets"]
             if not (isinstance(offsets, dict) and all(isinstance(v, int) and v >= 0 for v in offsets.values())):
                 raise ValueError("offsets must map queues to non-negative integers")
-        except (ValueError, KeyError, TypeError) as exc:
+            epochs = data.get("epochs", {})  # the log epoch each was read under (storage/epochs.py)
+            if not (isinstance(epochs, dict) and all(isinstance(v, int) and v >= -1 for v in epochs.values())):
+                raise ValueError("epochs must map queues to integers >= -1")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise MQClientError(f"{self.path} is damaged ({exc}); move it away to start over") from None
-        return offsets
+        return offsets, epochs
 
     def read_stored(self, mq: MessageQueue) -> int | None:
         offset = self._stored.get(_key(mq))
         if offset is not None:
             self._mark(mq, offset)
+            with self._lock:
+                self._epochs[mq] = self._stored_epochs.get(_key(mq), -1)
         return offset
 
     def persist(self, queues: Iterable[MessageQueue]) -> list[str]:
@@ -166,12 +178,13 @@ class LocalOffsetStore(OffsetStore):
         changed = self._changed(queues)
         if not changed:
             return []
-        for mq, offset, _epoch in changed:
+        for mq, offset, epoch in changed:
             self._stored[_key(mq)] = offset
+            self._stored_epochs[_key(mq)] = epoch
         tmp = self.path + ".tmp"
         try:
             with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({"offsets": self._stored}, f, sort_keys=True)
+                json.dump({"offsets": self._stored, "epochs": self._stored_epochs}, f, sort_keys=True)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)

@@ -609,7 +609,8 @@ class PushConsumer(OrderlyLocks):
             self._note_error(exc, f"start offset of {mq.broker_name}/{mq.topic}/{mq.queue_id}")
             return False  # tried again at the next rebalance
         pq = _ProcessQueue(mq, offset)
-        pq.epoch = self._pull.epoch(mq)  # as its broker group named it with the start offset
+        known = self._offsets.epoch_of(mq)  # the epoch the stored offset was read under
+        pq.epoch = self._pull.epoch(mq) if known is None else known
         pq.lock_valid_until_ms = lock_valid_until_ms
         with self._pqs_lock:
             self._pqs[mq] = pq
@@ -619,7 +620,8 @@ class PushConsumer(OrderlyLocks):
     def _start_offset(self, mq: MessageQueue) -> int:
         stored = self._offsets.read_stored(mq)
         if stored is not None:
-            self._offsets.update(mq, stored)
+            known = self._offsets.epoch_of(mq)
+            self._offsets.update(mq, stored, -1 if known is None else known)
             return stored
         if mq.topic == self.retry_topic or self.start_from == "first":
             offset = self._pull.min_offset(mq)
@@ -739,7 +741,10 @@ class PushConsumer(OrderlyLocks):
         we hold past the cut is from the old history: the queue starts afresh from the cut
         (RocketMQ drops the process queue on OFFSET_ILLEGAL too), so held messages neither
         hide new ones at the same offsets nor commit past them. Re-reads, never skips."""
-        fresh = _ProcessQueue(pq.mq, result.next_offset)
+        # Held messages below the cut are good in both histories: still to be consumed (one
+        # in a handler now may be consumed twice), so the queue starts at the first of them.
+        start = min(result.next_offset, pq.commit_point())
+        fresh = _ProcessQueue(pq.mq, start)
         fresh.epoch = pq.epoch if result.epoch is None else result.epoch
         fresh.lock_valid_until_ms = pq.lock_valid_until_ms
         fresh.consume_lock = pq.consume_lock  # orderly: a handler still running on the old one ends first
@@ -749,11 +754,11 @@ class PushConsumer(OrderlyLocks):
             with pq.lock:  # a consume finishing now either committed already or sees the drop
                 pq.dropped = True
             self._pqs[pq.mq] = fresh
-        self._offsets.update(pq.mq, result.next_offset, fresh.epoch)
+        self._offsets.update(pq.mq, start, fresh.epoch)
         self.stats["read_again"] += 1
         self._warn("read_again", "push consumer {}: {}/{}/{} was cut below offset {} (its master lost its log's "
                    "tail); reading again from {}", self.client_id, pq.mq.broker_name, pq.mq.topic, pq.mq.queue_id,
-                   pq.next_offset, result.next_offset)
+                   pq.next_offset, start)
         self._ready.put(fresh)
         return None
 

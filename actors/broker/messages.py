@@ -699,7 +699,7 @@ class HATransfer:
         if len(data) > MAX_HA_DATA_BYTES:
             raise ProtocolError(f"HA transfer of {len(data)} bytes exceeds {MAX_HA_DATA_BYTES}")
         epochs = d.get("epochs", [])
-        if epochs and not valid_entries(epochs):
+        if epochs != [] and not valid_entries(epochs):  # null, 0 or a bad list alike
             raise ProtocolError("epochs must be [epoch, start offset] pairs, epochs rising")
         return cls(_int(d, "offset", 0, 2**63 - 1), data, _int(d, "master_max", 0, 2**63 - 1),
                    _opt_offset(d, "diverged_at"), _opt_offset(d, "send_back_from"), _opt_inbox(d),

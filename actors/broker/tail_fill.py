@@ -26,6 +26,7 @@ from rmqz.actors.base import tell_quietly
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.base import Refusal
 from rmqz.actors.broker.ha_service import Filling, ReplicaFill, RequestFill
+from rmqz.actors.broker.log_epoch import begin_log_epoch
 from rmqz.storage import record as rec
 from rmqz.storage.errors import CorruptStoreError
 
@@ -35,14 +36,17 @@ assert 0 < FILL_SETTLE_MARGIN_MS < FILL_WAIT_MS <= 60_000
 
 
 class TailFill:
-    """Mixin for BrokerMaster (needs store, config, ha_ref, clock_ms, stats, wake_pulls)."""
+    """Mixin for BrokerMaster (needs store, config, ha_ref, clock_ms, stats, wake_pulls, offsets,
+    delay_offsets)."""
 
     filling: bool = False
     fill_deadline_ms: int = 0
 
     def start_fill_gate(self) -> None:
-        if self.config.broker_role != "SYNC_MASTER" or self.store.opened_clean or self.ha_ref is None:
+        if self.config.broker_role != "SYNC_MASTER" or self.store.opened_clean or self.config.enable_dledger:
             return
+        if self.ha_ref is None:
+            return self._begin_epoch("back from an unclean stop")
         self.filling = True
         self.fill_deadline_ms = self.clock_ms() + FILL_WAIT_MS
         self.fill_reports: dict[int, int] = {}  # slave id -> its log's end, as reported
@@ -125,6 +129,13 @@ class TailFill:
         return self.store.commit_log.wrote_offset + len(self.fill_pending)
 
     def _open_writes(self, why: str) -> None:
+        # The log epoch begins where the fill ended, before any write: what the slaves gave
+        # back is the same history, so neither they nor consumers that read it go back.
+        self._begin_epoch(f"back from an unclean stop; {why}")
         self.filling = False
         tell_quietly(self.ha_ref, Filling(False))
         logger.warning("broker {}: taking writes again ({})", self.node_id, why)
+
+    def _begin_epoch(self, why: str) -> None:
+        if self.store.epochs is not None:
+            begin_log_epoch(self.store, self.offsets, self.delay_offsets, why)

@@ -13,9 +13,10 @@ from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.ha_client import ReplicaData
 from rmqz.actors.broker.log_epoch import begin_log_epoch
 from rmqz.actors.broker.master import BrokerMaster
-from rmqz.actors.broker.slave import AttachHAClient, BrokerSlave
+from rmqz.actors.broker.slave import STALE_GIVE_UP_MS, AttachHAClient, BrokerSlave
 from rmqz.storage.message_store import MessageStore, StoreConfig
 from rmqz.storage.metadata import ConsumerOffsetStore, DelayOffsetStore, TopicConfig, TopicConfigStore
+from rmqz.transport.envelope import Header, Inbound, pack_body
 
 from .test_broker_consumer_groups import Node, Sink, Wire, q
 
@@ -114,7 +115,7 @@ def test_a_slave_takes_its_masters_epochs_with_the_stream_and_forgets_offsets_re
         commit(slave, 50, 0)
         assert slave.store.epochs.current == 0
         slave.ref.tell(ReplicaData(proto.HATransfer(0, b"", 0, epochs=((0, 0), (1, 0)))))
-        assert q(slave) == 50  # its table is the master's copy; only what it hands back goes
+        assert q(slave) == 0  # set back to where the histories part (it holds nothing yet)
         assert slave.store.epochs.current == 1 and slave.store.epochs.entries == [(0, 0), (1, 0)]
         slave.restart()
         assert slave.store.epochs.current == 1  # kept in <store>/epochFileCheckpoint
@@ -187,6 +188,77 @@ def test_a_slave_told_to_cut_its_log_forgets_epochs_that_began_past_the_cut(tmp_
         assert slave.store.epochs.current == 2
         slave.ref.tell(ReplicaData(proto.HATransfer(0, b"", 0, diverged_at=0)))
         slave.ref.ask(Ping())
-        assert slave.store.epochs.entries == [(0, 0), (1, 0)]
+        assert slave.store.epochs.entries == [(0, 0)]  # (1, 0) began at the cut: nothing of it is left
     finally:
         slave.stop()
+
+
+@pytest.mark.parametrize("bad", [None, 0, False, [[0, 0], [0, 1]]])
+def test_a_transfer_with_malformed_epochs_is_counted_and_the_slave_keeps_serving(tmp_path, bad):
+    """Found in review: null epochs raised TypeError out of the decoder and killed the slave."""
+    slave = Node(tmp_path / "s", cls=BrokerSlave, ha_master_address="127.0.0.1:10911")
+    try:
+        body = pack_body({"offset": 0, "data": b"", "master_max": 0, "epochs": bad})
+        slave.ref.tell(Inbound(Header(kind="tell", src="x", dst="broker", type=proto.HA_TRANSFER), body))
+        assert slave.ref.proxy().stats.get()["bad_transfers"] == 1 and slave.ref.is_alive()
+    finally:
+        slave.stop()
+
+
+def test_a_slave_answers_no_offset_past_the_cut_once_it_took_the_new_epoch(tmp_path):
+    """Found in review: the slave forgot what it was to hand back but kept the offset in its
+    own table, and answered QueryOffset with it labelled with the new epoch: a consumer
+    starting there skipped b6..b9."""
+    master = Node(tmp_path / "m", cls=BrokerMaster)
+    slave = Node(tmp_path / "s", cls=BrokerSlave, ha_master_address="127.0.0.1:10911")
+    slave.ref.tell(AttachHAClient(Sink()))
+    try:
+        master.send("Orders", *[f"a{i}".encode() for i in range(10)])
+        log = master.store.commit_log
+        old = log.read_committed(0, log.committed_offset)
+        slave.ref.tell(ReplicaData(proto.HATransfer(0, old, len(old), epochs=((0, 0),))))
+        commit(slave, 10, 0)  # the master is away: read from the slave, committed there
+        lose_tail_and_restart(master, keep=6)
+        master.send("Orders", *[f"b{i}".encode() for i in range(6, 10)])
+        log = master.store.commit_log
+        parted = master.store.epochs.entries[-1][1]
+        new = log.read_committed(parted, log.committed_offset - parted)
+        for _ in range(2):  # cut back to `parted`, then the new bytes
+            slave.ref.tell(ReplicaData(proto.HATransfer(parted, new, log.committed_offset,
+                                                        epochs=tuple(master.store.epochs.entries))))
+        slave.ref.ask(Ping())
+        assert slave.store.epochs.current == 1 and slave.store.max_offset("Orders", 0) == 10
+        reply = slave.ok(proto.QUERY_OFFSET, proto.QueryOffset("g", "Orders", 0).to_dict())
+        assert reply["offset"] <= 6 and reply["epoch"] == 1
+    finally:
+        for n in (master, slave):
+            n.stop()
+
+
+def test_a_slave_whose_master_keeps_streaming_an_older_epoch_takes_that_history(tmp_path):
+    """Bytes of an older epoch are dropped (an earlier master's, queued). But a master that
+    streams an older history for STALE_GIVE_UP_MS is the one the slave follows (a promotion
+    undone by hand): dropping them forever would leave the slave stuck (found in review)."""
+    master = Node(tmp_path / "m", cls=BrokerMaster)
+    slave = Node(tmp_path / "s", cls=BrokerSlave, ha_master_address="127.0.0.1:10911")
+    slave.ref.tell(AttachHAClient(Sink()))
+    try:
+        master.send("Orders", *[f"a{i}".encode() for i in range(10)])
+        log = master.store.commit_log
+        data = log.read_committed(0, log.committed_offset)
+        half = master.store.get_messages("Orders", 0, 5, 1).messages[0].physical_offset
+        slave.ref.tell(ReplicaData(proto.HATransfer(0, data[:half], half, epochs=((0, 0), (1, 0), (2, half)))))
+        slave.ref.ask(Ping())
+        assert slave.store.epochs.current == 2 and slave.store.commit_log.wrote_offset == half
+        stale = proto.HATransfer(half, data[half:], len(data), epochs=((0, 0), (1, 0)))
+        slave.ref.tell(ReplicaData(stale))
+        slave.ref.ask(Ping())
+        assert slave.store.commit_log.wrote_offset == half  # dropped: maybe a dead master's
+        slave.mono.now_ms += STALE_GIVE_UP_MS
+        slave.ref.tell(ReplicaData(stale))  # taken: the histories part at `half`, where we are
+        slave.ref.ask(Ping())
+        assert slave.store.epochs.entries == [(0, 0), (1, 0)]
+        assert slave.store.commit_log.wrote_offset == len(data)
+    finally:
+        for n in (master, slave):
+            n.stop()

@@ -154,3 +154,16 @@ def test_writes_open_when_no_slave_reports_at_all(restarted):
     assert ref.proxy().filling.get()
     tick(ref, clock, 1)
     assert not ref.proxy().filling.get()
+
+
+def test_the_log_epoch_begins_where_the_fill_ended_so_the_slave_keeps_what_it_gave_back(restarted):
+    """storage/epochs.py: begun at the recovered end, the epoch made the slave cut the
+    acknowledged tail it had just handed back (it then lived only in the master's page
+    cache), and sent consumers of that tail back (found in review)."""
+    ref, store, agent, ha, clock, data, prefix = restarted([b"a" * 100] * 3, [b"acked by slave 1" * 10] * 5)
+    assert store.epochs.current == 0  # no epoch while the tail is still coming back
+    report(ref, 1, len(data))
+    tick(ref, clock, SETTLE_MS)
+    answer(ref, 1, data, fill_requests(ha)[-1], proto.MAX_HA_DATA_BYTES)
+    assert not ref.proxy().filling.get()
+    assert store.epochs.entries == [(0, 0), (1, len(data))]
