@@ -29,7 +29,7 @@ BROKER_CLUSTER_ONLY_TARGETS = frozenset({proto.HA_SERVICE, proto.HA_CLIENT, DLED
 BROKER_CLUSTER_ONLY_TYPES = frozenset({proto.HA_REPORT, proto.HA_TRANSFER, proto.GET_METADATA, RAFT})
 # DeleteTopic too: the NameServer has no ACL, and a deleted route stays deleted until the
 # topic's broker changes its topic table (found in review: any client key could delete).
-NAMESRV_CLUSTER_ONLY_TYPES = frozenset({"RegisterBroker", "UnregisterBroker", "DeleteTopic"})
+NAMESRV_CLUSTER_ONLY_TYPES = frozenset({"RegisterBroker", "BrokerHeartbeat", "UnregisterBroker", "DeleteTopic"})
 MAX_ACL_FILE_BYTES = 4 * 1024 * 1024
 
 

@@ -177,6 +177,8 @@ class BrokerBase(RmqzActor):
     def on_answer(self, inbound: Inbound) -> None:
         if inbound.header.type == "RegisterBroker":
             self._on_register_answer(inbound)
+        elif inbound.header.type == "BrokerHeartbeat":
+            self._on_heartbeat_answer(inbound)
 
     def on_tell(self, inbound: Inbound) -> None:
         logger.debug("broker {}: unexpected tell {}", self.node_id, inbound.header.type)
@@ -584,13 +586,23 @@ class BrokerBase(RmqzActor):
 
     # ---- NameServer registration ---------------------------------------------------------
 
-    def _register_all(self) -> None:
+    def _register_all(self, addrs: list[str] | None = None) -> None:
         configs = {t: ns.TopicConfig(c.read_queue_nums, c.write_queue_nums, c.perm) for t, c in self.topics.table.items()}
         body = ns.RegisterBroker(self.config.broker_cluster_name, self.config.broker_name, self.config.address,
                                  self.config.broker_id, None, configs, self.topics.data_version,
-                                 self.master_epoch()).to_dict()
-        for addr in self.config.namesrv_addr:
+                                 self.master_epoch(), self._heartbeat_timeout_ms()).to_dict()
+        for addr in addrs or self.config.namesrv_addr:
             self._send_namesrv(addr, "RegisterBroker", body)
+
+    def _heartbeat_timeout_ms(self) -> int:
+        return self.config.broker_not_active_timeout_ms if self.config.broker_heartbeat_interval_ms else 0
+
+    def _heartbeat_namesrvs(self) -> None:
+        """Between registrations: alive, without the topics (actors/namesrv BrokerHeartbeat)."""
+        body = ns.BrokerHeartbeat(self.config.broker_cluster_name, self.config.address, self.config.broker_name,
+                                  self.config.broker_id, self.topics.data_version).to_dict()
+        for addr in self.config.namesrv_addr:
+            self._send_namesrv(addr, "BrokerHeartbeat", body)
 
     def master_epoch(self) -> int:
         """Role hook: what fences a master claim at the NameServer (a DLedger leader's term)."""
@@ -624,6 +636,22 @@ class BrokerBase(RmqzActor):
             logger.info("broker {} registered with namesrv {}", self.node_id, src)
         self.on_registered(result)
 
+    def _on_heartbeat_answer(self, inbound: Inbound) -> None:
+        """known False: that NameServer lost our registration (it restarted, expired us after
+        a pause) or holds older topics: register with it now, not at the next 30 s round."""
+        addr = inbound.peer[len("tcp://"):] if inbound.peer else ""
+        if addr not in self.config.namesrv_addr or inbound.header.kind != "reply":
+            return
+        try:
+            known = unpack_body(inbound.body, 1 << 10).get("known")
+        except (EnvelopeError, AttributeError):
+            return
+        if known is False and self.due(f"reregister {addr}", self.clock_ms(), self.config.broker_heartbeat_interval_ms,
+                                       at_once=True):
+            logger.info("broker {}: namesrv {} does not hold our registration; registering again", self.node_id,
+                        inbound.header.src)
+            self._register_all([addr])
+
     def on_registered(self, result: Any) -> None:
         """Role hook: the NameServer's answer (a slave learns its master's address here)."""
 
@@ -643,6 +671,9 @@ class BrokerBase(RmqzActor):
             self._persist_offsets()
         if self.due("register", now, self.config.register_broker_interval_ms):
             self._register_all()
+        elif self.config.broker_heartbeat_interval_ms and \
+                self.due("namesrv_heartbeat", now, self.config.broker_heartbeat_interval_ms):
+            self._heartbeat_namesrvs()
 
     def on_tick(self, now_ms: int) -> None:
         """Role hook for periodic work."""

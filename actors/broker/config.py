@@ -46,6 +46,11 @@ class BrokerConfig:
     mapped_file_size_commit_log: int = 1 << 30
     max_message_size: int = 4 * 1024 * 1024
     register_broker_interval_ms: int = 30_000
+    # Between the registrations, a BrokerHeartbeat without the topics (RocketMQ 5's
+    # brokerHeartbeatInterval, brokerNotActiveTimeoutMillis): a paused or cut-off broker leaves
+    # the routes after the timeout, not after the NameServer's 120 s. 0: no heartbeats.
+    broker_heartbeat_interval_ms: int = 1_000
+    broker_not_active_timeout_ms: int = 10_000
     flush_interval_commit_log_ms: int = 500
     sync_flush_timeout_ms: int = 5_000
     checkpoint_interval_ms: int = 1_000
@@ -117,6 +122,8 @@ class BrokerConfig:
 ALIASES = {
     "flushIntervalCommitLog": "flush_interval_commit_log_ms",
     "registerBrokerTimeoutMills": "register_broker_interval_ms",
+    "brokerHeartbeatInterval": "broker_heartbeat_interval_ms",
+    "brokerNotActiveTimeoutMillis": "broker_not_active_timeout_ms",
     "syncFlushTimeout": "sync_flush_timeout_ms",
     "flushConsumerOffsetInterval": "flush_consumer_offset_interval_ms",
     "defaultTopicQueueNums": "default_topic_queue_nums",
@@ -132,6 +139,7 @@ INT_LIMITS = {
     "broker_id": (0, 1023), "listen_port": (1, 65535), "ha_listen_port": (0, 65535), "fast_listen_port": (0, 65535), "dledger_listen_port": (0, 65535), "default_topic_queue_nums": (1, 1024),
     "mapped_file_size_commit_log": (MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES),
     "max_message_size": (1, 64 * 1024 * 1024), "register_broker_interval_ms": (100, 600_000),
+    "broker_heartbeat_interval_ms": (0, 60_000), "broker_not_active_timeout_ms": (1_000, 3_600_000),
     "flush_interval_commit_log_ms": (1, 60_000), "sync_flush_timeout_ms": (1, 600_000),
     "checkpoint_interval_ms": (10, 600_000), "flush_consumer_offset_interval_ms": (10, 600_000),
     "long_polling_check_interval_ms": (5, 10_000),
@@ -231,6 +239,9 @@ def _check(cfg: BrokerConfig) -> None:
         _check_dledger(cfg)
     if cfg.max_message_size + 4096 > cfg.mapped_file_size_commit_log:
         raise ConfigError("mappedFileSizeCommitLog must exceed maxMessageSize by at least 4 KiB")
+    if cfg.broker_heartbeat_interval_ms and cfg.broker_not_active_timeout_ms < 3 * cfg.broker_heartbeat_interval_ms:
+        raise ConfigError("brokerNotActiveTimeoutMillis must be at least 3 brokerHeartbeatInterval: "
+                          "one late heartbeat must not drop the broker from the routes")
 
 
 def _own_ports(cfg: BrokerConfig) -> list[tuple[str, int]]:

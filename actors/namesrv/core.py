@@ -28,6 +28,7 @@ from rmqz.actors.namesrv.messages import (
     MASTER_ID,
     MAX_INT64,
     BrokerData,
+    BrokerHeartbeat,
     BrokerLiveInfo,
     ClusterInfo,
     InvalidNameError,
@@ -99,6 +100,7 @@ class _Live:
     data_version: int
     ha_addr: str | None
     master_epoch: int = 0
+    timeout_ms: int = 0  # the broker's heartbeat timeout; 0: the table's expiry
 
 
 @dataclass(slots=True)
@@ -200,7 +202,8 @@ class RouteInfoManager:
         if apply:
             self._replace_queue_datas(req.broker_name, req.topic_configs)
         self._live[req.broker_addr] = _Live(
-            req.cluster, req.broker_name, req.broker_id, now_ms, req.data_version, req.ha_addr, req.master_epoch
+            req.cluster, req.broker_name, req.broker_id, now_ms, req.data_version, req.ha_addr, req.master_epoch,
+            req.heartbeat_timeout_ms,
         )
         if req.broker_id == MASTER_ID and req.master_epoch > 0:
             self._max_epoch.pop(req.broker_name, None)  # re-inserted last: the newest
@@ -294,10 +297,22 @@ class RouteInfoManager:
         self._remove_addr(req.broker_addr)
         return True
 
+    def heartbeat(self, req: BrokerHeartbeat, now_ms: int) -> bool:
+        """A registered broker is alive: True when this registration (address, group, id,
+        data version) is the one held, and its clock is reset. False: it must register."""
+        live = self._live.get(req.broker_addr)
+        if live is None or (live.cluster, live.broker_name, live.broker_id, live.data_version) != (
+                req.cluster, req.broker_name, req.broker_id, req.data_version):
+            return False
+        live.last_update_ms = max(live.last_update_ms, _now(now_ms))
+        return True
+
     def scan_not_active(self, now_ms: int) -> list[ExpiredBroker]:
-        """Remove brokers without a heartbeat for more than ``broker_expiry_ms``."""
+        """Remove brokers silent for longer than ``broker_expiry_ms``, or than their own
+        heartbeat timeout when they asked for a shorter one."""
         now_ms = _now(now_ms)
-        stale = [a for a, li in self._live.items() if now_ms - li.last_update_ms > self._expiry_ms]
+        stale = [a for a, li in self._live.items()
+                 if now_ms - li.last_update_ms > min(self._expiry_ms, li.timeout_ms or self._expiry_ms)]
         return [self._remove_addr(addr) for addr in stale]
 
     def _remove_addr(self, broker_addr: str) -> ExpiredBroker:

@@ -41,6 +41,7 @@ __all__ = [
     "TopicConfig",
     "TopicRoute",
     "UnregisterBroker",
+    "BrokerHeartbeat",
     "check_addr",
     "check_name",
     "check_topic",
@@ -62,6 +63,7 @@ NAME_MAX_LENGTH = 127  # cluster and broker names
 ADDR_MAX_LENGTH = 255
 MAX_TOPIC_CONFIGS = 65_536  # topics in one registration
 MAX_INT64 = 2**63 - 1
+MAX_HEARTBEAT_TIMEOUT_MS = 86_400_000
 MAX_ENTRIES = 65_536  # entries of any decoded table (ClusterInfo, a route's lists)
 assert MAX_BROKER_ID >= 1 and PERM_MAX == 0xF and DEFAULT_PERM == 6
 assert 1 <= MAX_QUEUES <= 65_536
@@ -410,12 +412,16 @@ class RegisterBroker:
     # master claim with a lower epoch than the live master's is stale: a paused old leader
     # waking up must not push the real one out of the routes.
     master_epoch: int = 0
+    # A broker that sends BrokerHeartbeat every second asks to be dropped after this much
+    # silence (RocketMQ 5's heartbeatTimeoutMillis); 0: the NameServer's broker expiry.
+    heartbeat_timeout_ms: int = 0
 
     def __post_init__(self) -> None:
         check_name("cluster name", self.cluster)
         check_name("broker name", self.broker_name)
         check_addr("broker address", self.broker_addr)
         _int("RegisterBroker.broker_id", self.broker_id, 0, MAX_BROKER_ID)
+        _int("RegisterBroker.heartbeat_timeout_ms", self.heartbeat_timeout_ms, 0, MAX_HEARTBEAT_TIMEOUT_MS)
         _opt_addr("HA address", self.ha_addr)
         _dict("RegisterBroker.topic_configs", self.topic_configs, MAX_TOPIC_CONFIGS)
         for topic, config in self.topic_configs.items():
@@ -435,18 +441,50 @@ class RegisterBroker:
             "topic_configs": {t: c.to_dict() for t, c in self.topic_configs.items()},
             "data_version": self.data_version,
             "master_epoch": self.master_epoch,
+            "heartbeat_timeout_ms": self.heartbeat_timeout_ms,
         }
 
     @classmethod
     def from_dict(cls, data: object) -> RegisterBroker:
         keys = ("cluster", "broker_name", "broker_addr", "broker_id", "ha_addr")
-        # master_epoch is optional on the wire: brokers from before it register as epoch 0.
-        optional = ("master_epoch",) if type(data) is dict and "master_epoch" in data else ()
+        # master_epoch and heartbeat_timeout_ms are optional on the wire: brokers from before
+        # them register as epoch 0, with the NameServer's expiry.
+        optional = tuple(k for k in ("master_epoch", "heartbeat_timeout_ms") if type(data) is dict and k in data)
         d = _fields(cls, data, *keys, "topic_configs", "data_version", *optional)
         raw = _dict("RegisterBroker.topic_configs", d["topic_configs"], MAX_TOPIC_CONFIGS)
         configs = {check_topic(t): TopicConfig.from_dict(c) for t, c in raw.items()}
         return cls(**{k: d[k] for k in keys}, topic_configs=configs, data_version=d["data_version"],
-                   master_epoch=d.get("master_epoch", 0))
+                   master_epoch=d.get("master_epoch", 0), heartbeat_timeout_ms=d.get("heartbeat_timeout_ms", 0))
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerHeartbeat:
+    """A registered broker says it is alive, without its topics (RocketMQ 5's
+    BROKER_HEARTBEAT): every second, so a silent broker (paused, cut off) leaves the routes
+    after its heartbeat timeout, not after the 120 s expiry. Reply ``{"known": bool}``:
+    False when the NameServer does not hold this registration with this data version (it
+    restarted, expired the broker, or the topics changed): the broker registers at once."""
+
+    cluster: str
+    broker_addr: str
+    broker_name: str
+    broker_id: int
+    data_version: int
+
+    def __post_init__(self) -> None:
+        check_name("cluster name", self.cluster)
+        check_addr("broker address", self.broker_addr)
+        check_name("broker name", self.broker_name)
+        _int("BrokerHeartbeat.broker_id", self.broker_id, 0, MAX_BROKER_ID)
+        _int("BrokerHeartbeat.data_version", self.data_version, 0, MAX_INT64)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cluster": self.cluster, "broker_addr": self.broker_addr, "broker_name": self.broker_name,
+                "broker_id": self.broker_id, "data_version": self.data_version}
+
+    @classmethod
+    def from_dict(cls, data: object) -> BrokerHeartbeat:
+        return cls(**_fields(cls, data, "cluster", "broker_addr", "broker_name", "broker_id", "data_version"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,7 +547,7 @@ class GetClusterInfo:
 
 
 REQUEST_TYPES: dict[str, type] = {
-    cls.__name__: cls for cls in (RegisterBroker, UnregisterBroker, GetRouteInfo, GetClusterInfo)
+    cls.__name__: cls for cls in (RegisterBroker, BrokerHeartbeat, UnregisterBroker, GetRouteInfo, GetClusterInfo)
 }
 
 

@@ -370,6 +370,30 @@ def test_broker_registers_with_every_namesrv_and_again_when_a_topic_is_created(b
     assert "NewTopic" in regs[-1][1]["topic_configs"]
 
 
+def test_between_registrations_a_broker_heartbeats_and_registers_again_with_a_namesrv_that_lost_it(broker):
+    """A paused or cut-off broker leaves the routes after brokerNotActiveTimeoutMillis (10 s),
+    not RocketMQ's 120 s: it heartbeats every second without its topics, and a NameServer
+    that answers it does not know it (restarted, or expired it) gets a registration at once."""
+    ref, agent, flush, watch, clock, store = broker(namesrv_addr=["127.0.0.1:1", "127.0.0.1:2"])
+    ref.tell(AgentReady())
+    ref.ask(Ping())
+    for _ in range(4):  # the first tick starts the period
+        clock.now_ms += 1_000
+        ref.tell(Tick(clock.now_ms))
+        ref.ask(Ping())
+    beats = [(e, b) for e, h, b in agent.sent if h.type == "BrokerHeartbeat"]
+    assert len(beats) == 6 and {e for e, _ in beats} == {"tcp://127.0.0.1:1", "tcp://127.0.0.1:2"}
+    assert "topic_configs" not in beats[0][1]
+    regs = [b for _, h, b in agent.sent if h.type == "RegisterBroker"]
+    assert len(regs) == 2 and regs[0]["heartbeat_timeout_ms"] == 10_000
+    answer = Inbound(Header(kind="reply", src="namesrv-1", dst="broker", type="BrokerHeartbeat", cid=1),
+                     pack_body({"known": False}), None, "tcp://127.0.0.1:2")
+    ref.tell(answer)
+    ref.ask(Ping())
+    regs = [e for e, h, _ in agent.sent if h.type == "RegisterBroker"]
+    assert regs[2:] == ["tcp://127.0.0.1:2"]  # that one only
+
+
 def pykka_wait(cond, timeout=WAIT_S):
     import time
     deadline = time.monotonic() + timeout

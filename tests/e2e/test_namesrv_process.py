@@ -20,6 +20,8 @@ from rmqz.actors.namesrv.messages import (
 from rmqz.transport.client import RemoteError, RpcClient
 from rmqz.transport.envelope import pack_body, unpack_body
 
+from .conftest import find_free_port
+
 pytestmark = pytest.mark.e2e
 
 EXIT_WAIT_S = 10.0
@@ -123,3 +125,38 @@ def test_bad_option_exits_2_with_one_line(start_rmqz, args):
     assert proc.popen.wait(timeout=EXIT_WAIT_S) == 2
     lines = proc.stderr_text().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error:"), lines
+
+
+def test_a_paused_broker_leaves_the_routes_in_seconds_and_returns_when_it_wakes(start_rmqz, free_port, tmp_path):
+    """RocketMQ keeps a silent broker in the routes for 120 s (30 s registrations). Ours
+    heartbeats every second and asks to go after 10 s of silence (brokerNotActiveTimeoutMillis);
+    awake again, its next heartbeat hears it is unknown and it registers at once."""
+    ns_endpoint = f"tcp://127.0.0.1:{free_port}"
+    start_rmqz("namesrv", "--listen", f"127.0.0.1:{free_port}", endpoint=ns_endpoint)
+    broker_port = find_free_port()
+    conf = tmp_path / "broker.conf"
+    conf.write_text(f"brokerName=broker-a\nbrokerId=0\nbrokerRole=ASYNC_MASTER\nnamesrvAddr=127.0.0.1:{free_port}\n"
+                    f"listenPort={broker_port}\nstorePathRootDir={tmp_path / 'store'}\n"
+                    "mappedFileSizeCommitLog=1048576\nmaxMessageSize=65536\n")
+    broker = start_rmqz("broker", "-c", str(conf), endpoint=f"tcp://127.0.0.1:{broker_port}")
+    client = RpcClient(ns_endpoint, timeout_ms=5_000, retries=0)
+
+    def live() -> bool:
+        return bool(ClusterInfo.from_dict(call(client, "GetClusterInfo", {})).broker_live_table)
+
+    def wait_until(want: bool, within_s: float) -> float:
+        started = time.monotonic()
+        while live() != want:
+            assert time.monotonic() - started < within_s, f"broker live={not want} after {within_s} s"
+            time.sleep(0.2)
+        return time.monotonic() - started
+
+    try:
+        wait_until(True, 10)
+        broker.popen.send_signal(signal.SIGSTOP)
+        wait_until(False, 40)  # 10 s timeout + 1 s scan; generous for a loaded CI host
+        broker.popen.send_signal(signal.SIGCONT)
+        wait_until(True, 15)
+    finally:
+        broker.popen.send_signal(signal.SIGCONT)
+        client.close()

@@ -23,6 +23,7 @@ from rmqz.actors.namesrv.core import (
 )
 from rmqz.actors.namesrv.messages import (
     BrokerData,
+    BrokerHeartbeat,
     BrokerLiveInfo,
     ClusterInfo,
     GetClusterInfo,
@@ -118,6 +119,38 @@ def test_master_stops_heartbeating_and_expires_the_slave_stays():
     assert rim.topics() == []
     assert rim.cluster_info() == ClusterInfo({}, {}, {})
     rim.check_invariants()
+
+
+def test_a_heartbeating_master_that_goes_silent_leaves_the_routes_after_its_own_timeout():
+    """RocketMQ keeps a silent broker 120 s (30 s registrations); ours heartbeat every second
+    without their topics and ask to go after 10 s: a paused master stops taking sends."""
+    rim = RouteInfoManager(broker_expiry_ms=120_000)
+    rim.register(RegisterBroker(CLUSTER, "broker-a", A_MASTER, 0, None, {"TopicA": EIGHT}, 1,
+                                heartbeat_timeout_ms=10_000), 0)
+    register(rim, A_SLAVE, now_ms=0, broker_id=1)  # an older broker: the table's 120 s
+    beat = BrokerHeartbeat(CLUSTER, A_MASTER, "broker-a", 0, 1)
+    for t in range(1_000, 20_001, 1_000):  # alive: heartbeats keep it
+        assert rim.heartbeat(beat, t)
+        assert rim.scan_not_active(t) == []
+    # t=20 s: paused. 10 s of silence is not yet "more than"; just past it, it is gone.
+    assert rim.scan_not_active(30_000) == []
+    assert [e.broker_addr for e in rim.scan_not_active(30_001)] == [A_MASTER]
+    assert addrs(rim.pick_topic_route("TopicA"), "broker-a") == {1: A_SLAVE}
+    # Its next heartbeat is not enough: the NameServer says so, and it registers again.
+    assert not rim.heartbeat(beat, 31_000)
+    rim.check_invariants()
+
+
+def test_a_heartbeat_with_another_data_version_or_identity_asks_for_a_registration():
+    rim = RouteInfoManager()
+    register(rim, A_MASTER, now_ms=0, topics={"TopicA": EIGHT}, version=3)
+    assert rim.heartbeat(BrokerHeartbeat(CLUSTER, A_MASTER, "broker-a", 0, 3), 1_000)
+    assert not rim.heartbeat(BrokerHeartbeat(CLUSTER, A_MASTER, "broker-a", 0, 4), 2_000)  # topics changed
+    assert not rim.heartbeat(BrokerHeartbeat(CLUSTER, A_MASTER, "broker-a", 1, 3), 2_000)  # now a slave
+    assert not rim.heartbeat(BrokerHeartbeat(CLUSTER, B_MASTER, "broker-b", 0, 1), 2_000)  # never registered
+    assert rim.broker_live(A_MASTER).last_update_ms == 1_000  # only the matching one counted
+    with pytest.raises(MessageError):
+        request_from_dict("BrokerHeartbeat", {"cluster": CLUSTER, "broker_addr": A_MASTER})
 
 
 def test_master_expiry_removes_queues_when_configured_to_drop_them():
