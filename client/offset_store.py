@@ -37,7 +37,7 @@ class OffsetStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._offsets: dict[MessageQueue, int] = {}
-        self._persisted: dict[MessageQueue, int] = {}
+        self._persisted: dict[MessageQueue, tuple[int, int]] = {}  # (offset, epoch) as last persisted
         self._epochs: dict[MessageQueue, int] = {}  # the log epoch each offset was read under
 
     def update(self, mq: MessageQueue, offset: int, epoch: int = -1) -> None:
@@ -78,11 +78,11 @@ class OffsetStore:
         """(queue, offset, epoch) of the queues whose offset changed since it was persisted."""
         with self._lock:
             return [(mq, self._offsets[mq], self._epochs.get(mq, -1)) for mq in queues
-                    if mq in self._offsets and self._persisted.get(mq) != self._offsets[mq]]
+                    if mq in self._offsets and self._persisted.get(mq) != (self._offsets[mq], self._epochs.get(mq, -1))]
 
-    def _mark(self, mq: MessageQueue, offset: int) -> None:
+    def _mark(self, mq: MessageQueue, offset: int, epoch: int) -> None:
         with self._lock:
-            self._persisted[mq] = offset
+            self._persisted[mq] = (offset, epoch)
 
 
 class RemoteOffsetStore(OffsetStore):
@@ -95,9 +95,10 @@ class RemoteOffsetStore(OffsetStore):
     def read_stored(self, mq: MessageQueue) -> int | None:
         offset = self._consumer.query_offset(mq)  # raises MQClientError when the broker is away
         if offset >= 0:
-            self._mark(mq, offset)
+            epoch = self._consumer.epoch(mq)  # as the broker named it with the offset
+            self._mark(mq, offset, epoch)
             with self._lock:
-                self._epochs[mq] = self._consumer.epoch(mq)  # as the broker named it with the offset
+                self._epochs[mq] = epoch
             return offset
         return None
 
@@ -110,7 +111,7 @@ class RemoteOffsetStore(OffsetStore):
                 continue
             try:
                 self._consumer.commit_offset(mq, offset, epoch)
-                self._mark(mq, offset)
+                self._mark(mq, offset, epoch)
             except MQClientError as exc:
                 unreachable.add(mq.broker_name)
                 failed.append(f"{mq.broker_name}/{mq.topic}/{mq.queue_id}: {exc}")
@@ -165,9 +166,10 @@ class LocalOffsetStore(OffsetStore):
     def read_stored(self, mq: MessageQueue) -> int | None:
         offset = self._stored.get(_key(mq))
         if offset is not None:
-            self._mark(mq, offset)
+            epoch = self._stored_epochs.get(_key(mq), -1)
+            self._mark(mq, offset, epoch)
             with self._lock:
-                self._epochs[mq] = self._stored_epochs.get(_key(mq), -1)
+                self._epochs[mq] = epoch
         return offset
 
     def persist(self, queues: Iterable[MessageQueue]) -> list[str]:
@@ -195,8 +197,8 @@ class LocalOffsetStore(OffsetStore):
                 os.close(dir_fd)
         except OSError as exc:
             return [f"{self.path}: {exc.strerror}"]
-        for mq, offset, _epoch in changed:
-            self._mark(mq, offset)
+        for mq, offset, epoch in changed:
+            self._mark(mq, offset, epoch)
         return []
 
     def close(self) -> None:

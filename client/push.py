@@ -610,7 +610,7 @@ class PushConsumer(OrderlyLocks):
             return False  # tried again at the next rebalance
         pq = _ProcessQueue(mq, offset)
         known = self._offsets.epoch_of(mq)  # the epoch the stored offset was read under
-        pq.epoch = self._pull.epoch(mq) if known is None else known
+        pq.epoch = known if known is not None and known >= 0 else self._pull.epoch(mq)
         pq.lock_valid_until_ms = lock_valid_until_ms
         with self._pqs_lock:
             self._pqs[mq] = pq
@@ -634,7 +634,7 @@ class PushConsumer(OrderlyLocks):
         else:
             offset = self._pull.search_offset(mq, self.start_timestamp_ms)
         # Commit the start point now: a member taking the queue over goes on from here.
-        self._offsets.update(mq, offset)
+        self._offsets.update(mq, offset, self._pull.epoch(mq))
         self._offsets.persist([mq])
         return offset
 

@@ -62,11 +62,6 @@ class EpochFileCache:
         self._save(list(entries))
         return True
 
-    def replace(self, entries: list[Entry]) -> None:
-        """A slave takes its master's history even though it is older than ours (the master
-        it follows kept streaming it); the caller cut its log where the two part."""
-        self._save(list(entries))
-
     def forget_after(self, offset: int) -> bool:
         """A slave told to cut its log to offset: epochs that began past it describe history
         it no longer holds any of (its master may be on an older one: a store made anew)."""

@@ -638,7 +638,11 @@ class BrokerBase(RmqzActor):
 
     def _on_heartbeat_answer(self, inbound: Inbound) -> None:
         """known False: that NameServer lost our registration (it restarted, expired us after
-        a pause) or holds older topics: register with it now, not at the next 30 s round."""
+        a pause) or holds older topics: register with it now, not at the next 30 s round. At
+        most once per heartbeat timeout: a registration it keeps refusing (a route conflict,
+        the topic limit), or another broker on our id (a promoted slave while we are back as
+        master), must not cost a full registration each second, nor swap the route's master
+        each second (found in review)."""
         addr = inbound.peer[len("tcp://"):] if inbound.peer else ""
         if addr not in self.config.namesrv_addr or inbound.header.kind != "reply":
             return
@@ -646,7 +650,7 @@ class BrokerBase(RmqzActor):
             known = unpack_body(inbound.body, 1 << 10).get("known")
         except (EnvelopeError, AttributeError):
             return
-        if known is False and self.due(f"reregister {addr}", self.clock_ms(), self.config.broker_heartbeat_interval_ms,
+        if known is False and self.due(f"reregister {addr}", self.clock_ms(), self.config.broker_not_active_timeout_ms,
                                        at_once=True):
             logger.info("broker {}: namesrv {} does not hold our registration; registering again", self.node_id,
                         inbound.header.src)

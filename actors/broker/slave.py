@@ -27,10 +27,6 @@ from rmqz.transport.peer_inbox import inbox_route
 
 FIND_MASTER_INTERVAL_MS = 1_000
 TOPIC_SYNC_GAP_MS = 1_000  # a topic new to the slave: its config is copied at most this often
-# Dropping an older log epoch's transfers this long means our master streams that history:
-# a dead master's queued bytes (at most one HA window) are drained well within it.
-STALE_GIVE_UP_MS = 5_000
-assert STALE_GIVE_UP_MS >= 2 * FIND_MASTER_INTERVAL_MS
 assert TOPIC_SYNC_GAP_MS > 0
 
 
@@ -60,7 +56,6 @@ class BrokerSlave(HAChannel, BrokerBase):
         self.committed_here.load()
         self._warned_full = False
         self._pending_delays: tuple[int, dict] | None = None  # (master's log end, its delay offsets)
-        self._stale_since_ms: int | None = None  # dropping transfers of an older log epoch since
         self.stats.update({"replicated_bytes": 0, "out_of_order": 0, "truncations": 0, "bad_transfers": 0,
                            "stale_transfers": 0})
         self.handlers[proto.PROMOTE] = self._on_promote
@@ -205,47 +200,31 @@ class BrokerSlave(HAChannel, BrokerBase):
 
     def _stream_epochs_ok(self, epochs: list[tuple[int, int]]) -> bool:
         """The master's log epochs come with its stream (storage/epochs.py). Older than ours:
-        bytes an earlier master sent before it died, still queued here; appended, they put
-        its lost history into our log (found by chaos: a consume queue gap stopped the slave
-        for good). Newer: a master back from an unclean stop; we take its history."""
+        bytes an earlier master sent before it died, still queued here, or a deposed master
+        still streaming; appended, they put a lost history into our log (found by chaos: a
+        consume queue gap stopped the slave for good). Never taken, whoever sends them: a
+        history older than ours is never followed by itself (found in review: taking it
+        after a while let a deposed master's resends cut the promoted master's bytes).
+        Newer: a master back from an unclean stop; we take its history."""
         mine = self.store.epochs
         if epochs[-1][0] < mine.current:
-            return self._stale_transfer(epochs)
-        self._stale_since_ms = None
+            self.stats["stale_transfers"] += 1
+            if self.due("stale_transfer_log", self.clock_ms(), 10_000, at_once=True):
+                logger.warning("slave {}: dropped bytes from a master at log epoch {}, older than ours ({}); {} so "
+                               "far. Expected briefly after a master restarts or is replaced. If this master is "
+                               "the one to follow (a promotion undone by hand), stop this slave and remove "
+                               "{}: it then copies that master's log", self.node_id, epochs[-1][0], mine.current,
+                               self.stats["stale_transfers"], mine.path)
+            return False
         if epochs[-1][0] == mine.current:
             return True
         return self._take_history(epochs, min(s for e, s in epochs if e > mine.current))
 
-    def _stale_transfer(self, epochs: list[tuple[int, int]]) -> bool:
-        """Dropped. A dead master's queued bytes are gone within a window's worth; a master
-        still sending an older history after STALE_GIVE_UP_MS is the one we follow (a
-        promotion undone by hand, say): its history is taken, and ours past where they part
-        is cut."""
-        now = self.clock_ms()
-        mine = self.store.epochs
-        self.stats["stale_transfers"] += 1
-        if self._stale_since_ms is None:
-            self._stale_since_ms = now
-        if now - self._stale_since_ms >= STALE_GIVE_UP_MS:
-            self._stale_since_ms = None
-            same = 0
-            while same < min(len(epochs), len(mine.entries)) and epochs[same] == mine.entries[same]:
-                same += 1
-            parted = min((s for _, s in mine.entries[max(same, 1):]), default=0)
-            logger.warning("slave {}: our master has streamed log epoch {} for {} ms, older than ours ({}); "
-                           "taking its history", self.node_id, epochs[-1][0], STALE_GIVE_UP_MS, mine.current)
-            return self._take_history(epochs, parted, replace=True)
-        if self.due("stale_transfer_log", now, 10_000, at_once=True):
-            logger.warning("slave {}: dropped bytes from a master at log epoch {}, older than ours ({}): "
-                           "an earlier master's stream ({} so far)", self.node_id, epochs[-1][0], mine.current,
-                           self.stats["stale_transfers"])
-        return False
-
-    def _take_history(self, epochs: list[tuple[int, int]], parted: int, *, replace: bool = False) -> bool:
+    def _take_history(self, epochs: list[tuple[int, int]], parted: int) -> bool:
         """What we hold past `parted` goes first (a crash after it leaves the old epoch,
-        and the next transfer does this again), then what was committed here under the old
-        history (the master's offsets are back within its log; set back here too, so this
-        slave never answers an offset past the cut with the new epoch), then the epochs."""
+        and the next transfer does this again), then every consumer offset past it, so this
+        slave never answers one with the new epoch (found in review; the next metadata sync
+        brings the master's own back), then the epochs."""
         log = self.store.commit_log
         mine = self.store.epochs
         cut = log.wrote_offset > parted
@@ -256,23 +235,26 @@ class BrokerSlave(HAChannel, BrokerBase):
                            "ours at {})", self.node_id, log.wrote_offset - parted, parted)
             self.stats["truncations"] += 1
             self.store.truncate(max(parted, log.min_offset))
+        set_back = self._offsets_back_to(parted)
         forgotten = len(self.committed_here.table)
-        for (group, topic, queue_id), offset in self.committed_here.table.items():
-            floor = self.store.queue_offset_at(topic, queue_id, parted)
-            if offset > floor and (self.offsets.query(group, topic, queue_id) or 0) > floor:
-                self.offsets.commit(group, topic, queue_id, floor)
-        self.offsets.persist()
         self.committed_here.clear()
         old = mine.current
-        if replace:
-            mine.replace(epochs)
-        else:
-            mine.adopt(epochs)
-        logger.warning("slave {}: master's log epoch {} -> {} (from {}); {} offsets committed here forgotten",
-                       self.node_id, old, mine.current, parted, forgotten)
+        mine.adopt(epochs)
+        logger.warning("slave {}: master's log epoch {} -> {} (from {}); {} consumer offsets set back, {} committed "
+                       "here forgotten", self.node_id, old, mine.current, parted, set_back, forgotten)
         if cut:
             self._ack()  # the master resends from our new end
         return not cut
+
+    def _offsets_back_to(self, parted: int) -> int:
+        past = [(key.split("@", 1), qid, floor) for key, queues in self.offsets.table.items()
+                for qid, offset in queues.items()
+                if offset > (floor := self.store.queue_offset_at(key.split("@", 1)[0], qid, parted))]
+        for (topic, group), qid, floor in past:
+            self.offsets.commit(group, topic, qid, floor)
+        if past:
+            self.offsets.persist()
+        return len(past)
 
     def _cut_to(self, offset: int) -> None:
         log = self.store.commit_log

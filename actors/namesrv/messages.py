@@ -441,7 +441,10 @@ class RegisterBroker:
             "topic_configs": {t: c.to_dict() for t, c in self.topic_configs.items()},
             "data_version": self.data_version,
             "master_epoch": self.master_epoch,
-            "heartbeat_timeout_ms": self.heartbeat_timeout_ms,
+            # Only when set: a NameServer from before BrokerHeartbeat refuses unknown keys, so a
+            # broker with brokerHeartbeatInterval=0 still registers with it (upgrade the
+            # NameServers first).
+            **({"heartbeat_timeout_ms": self.heartbeat_timeout_ms} if self.heartbeat_timeout_ms else {}),
         }
 
     @classmethod

@@ -392,6 +392,17 @@ def test_between_registrations_a_broker_heartbeats_and_registers_again_with_a_na
     ref.ask(Ping())
     regs = [e for e, h, _ in agent.sent if h.type == "RegisterBroker"]
     assert regs[2:] == ["tcp://127.0.0.1:2"]  # that one only
+    # It keeps answering so (it refuses us, or another broker holds our id): at most one full
+    # registration per heartbeat timeout, not one a second (found in review).
+    for _ in range(9):
+        clock.now_ms += 1_000
+        ref.tell(answer)
+        ref.ask(Ping())
+    assert len([h for _, h, _ in agent.sent if h.type == "RegisterBroker"]) == 3
+    clock.now_ms += 1_000
+    ref.tell(answer)
+    ref.ask(Ping())
+    assert len([h for _, h, _ in agent.sent if h.type == "RegisterBroker"]) == 4
 
 
 def pykka_wait(cond, timeout=WAIT_S):

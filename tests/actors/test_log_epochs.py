@@ -13,7 +13,7 @@ from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker.ha_client import ReplicaData
 from rmqz.actors.broker.log_epoch import begin_log_epoch
 from rmqz.actors.broker.master import BrokerMaster
-from rmqz.actors.broker.slave import STALE_GIVE_UP_MS, AttachHAClient, BrokerSlave
+from rmqz.actors.broker.slave import AttachHAClient, BrokerSlave
 from rmqz.storage.message_store import MessageStore, StoreConfig
 from rmqz.storage.metadata import ConsumerOffsetStore, DelayOffsetStore, TopicConfig, TopicConfigStore
 from rmqz.transport.envelope import Header, Inbound, pack_body
@@ -235,30 +235,66 @@ def test_a_slave_answers_no_offset_past_the_cut_once_it_took_the_new_epoch(tmp_p
             n.stop()
 
 
-def test_a_slave_whose_master_keeps_streaming_an_older_epoch_takes_that_history(tmp_path):
-    """Bytes of an older epoch are dropped (an earlier master's, queued). But a master that
-    streams an older history for STALE_GIVE_UP_MS is the one the slave follows (a promotion
-    undone by hand): dropping them forever would leave the slave stuck (found in review)."""
-    master = Node(tmp_path / "m", cls=BrokerMaster)
+def test_a_deposed_masters_resends_never_reach_a_slave_of_the_promoted_one(tmp_path):
+    """The old master (epoch 0), paused then resumed, resends its window every 2 s while the
+    promoted one (epoch 1 from P) is idle. Found in review: after 5 s of them the slave took
+    the older history, cut the promoted master's c6..c9 and appended the lost a6..a9."""
+    m = Node(tmp_path / "m", cls=BrokerMaster)
     slave = Node(tmp_path / "s", cls=BrokerSlave, ha_master_address="127.0.0.1:10911")
     slave.ref.tell(AttachHAClient(Sink()))
     try:
+        m.send("Orders", *[f"a{i}".encode() for i in range(10)])
+        log = m.store.commit_log
+        old = log.read_committed(0, log.committed_offset)  # the old master's history, epoch 0
+        lose_tail_and_restart(m, keep=6)  # stands in for the promoted one: epoch 1 from P
+        m.send("Orders", *[f"c{i}".encode() for i in range(6, 10)])
+        log = m.store.commit_log
+        parted = m.store.epochs.entries[-1][1]
+        new = log.read_committed(parted, log.committed_offset - parted)
+        slave.ref.tell(ReplicaData(proto.HATransfer(0, old[:parted], parted, epochs=((0, 0),))))
+        slave.ref.tell(ReplicaData(proto.HATransfer(parted, new, log.committed_offset,
+                                                    epochs=tuple(m.store.epochs.entries))))
+        stale = proto.HATransfer(parted, old[parted:], len(old), epochs=((0, 0),))
+        for _ in range(10):  # 20 s of resends
+            slave.ref.tell(ReplicaData(stale))
+            slave.ref.ask(Ping())
+            slave.mono.now_ms += 2_000
+        assert slave.store.epochs.current == 1
+        assert [m_.body for m_ in slave.store.get_messages("Orders", 0, 6, 10).messages] == \
+            [f"c{i}".encode() for i in range(6, 10)]
+    finally:
+        for n in (m, slave):
+            n.stop()
+
+
+def test_a_slave_answers_no_copied_offset_past_the_cut_once_it_took_the_new_epoch(tmp_path):
+    """Found in review: only offsets committed on the slave were set back; one copied from the
+    master (metadata sync) was answered with the new epoch until the next sync."""
+    master = Node(tmp_path / "m", cls=BrokerMaster)
+    slave = Node(tmp_path / "s", cls=BrokerSlave, ha_master_address="127.0.0.1:10911")
+    try:
         master.send("Orders", *[f"a{i}".encode() for i in range(10)])
         log = master.store.commit_log
-        data = log.read_committed(0, log.committed_offset)
-        half = master.store.get_messages("Orders", 0, 5, 1).messages[0].physical_offset
-        slave.ref.tell(ReplicaData(proto.HATransfer(0, data[:half], half, epochs=((0, 0), (1, 0), (2, half)))))
+        old = log.read_committed(0, log.committed_offset)
+        slave.stop()  # as a metadata sync leaves it: the master's offset in the slave's table
+        offsets = ConsumerOffsetStore(slave.store.fs, str(slave.root / "store" / "config"))
+        offsets.load()
+        offsets.commit("g", "Orders", 0, 10)
+        offsets.persist()
+        slave._open()
+        slave.ref.tell(AttachHAClient(Sink()))
+        slave.ref.tell(ReplicaData(proto.HATransfer(0, old, len(old), epochs=((0, 0),))))
+        lose_tail_and_restart(master, keep=6)
+        master.send("Orders", *[f"b{i}".encode() for i in range(6, 10)])
+        log = master.store.commit_log
+        parted = master.store.epochs.entries[-1][1]
+        new = log.read_committed(parted, log.committed_offset - parted)
+        for _ in range(2):  # cut back to `parted`, then the new bytes
+            slave.ref.tell(ReplicaData(proto.HATransfer(parted, new, log.committed_offset,
+                                                        epochs=tuple(master.store.epochs.entries))))
         slave.ref.ask(Ping())
-        assert slave.store.epochs.current == 2 and slave.store.commit_log.wrote_offset == half
-        stale = proto.HATransfer(half, data[half:], len(data), epochs=((0, 0), (1, 0)))
-        slave.ref.tell(ReplicaData(stale))
-        slave.ref.ask(Ping())
-        assert slave.store.commit_log.wrote_offset == half  # dropped: maybe a dead master's
-        slave.mono.now_ms += STALE_GIVE_UP_MS
-        slave.ref.tell(ReplicaData(stale))  # taken: the histories part at `half`, where we are
-        slave.ref.ask(Ping())
-        assert slave.store.epochs.entries == [(0, 0), (1, 0)]
-        assert slave.store.commit_log.wrote_offset == len(data)
+        reply = slave.ok(proto.QUERY_OFFSET, proto.QueryOffset("g", "Orders", 0).to_dict())
+        assert reply["offset"] == 6 and reply["epoch"] == 1
     finally:
         for n in (master, slave):
             n.stop()

@@ -479,3 +479,22 @@ def test_a_restarted_broadcasting_consumer_is_sent_back_past_a_cut_it_read_befor
     store.cut("TopicA", 0, 6, then=[f"b{i}".encode() for i in range(6, 11)])
     with PushConsumer(cluster.namesrv_addr, "g", "TopicA", got, **kw):
         assert wait(lambda: all(f"b{i}".encode() in got.got for i in range(6, 11))), sorted(got.got)
+
+
+def test_an_idle_broadcasting_queue_keeps_the_epoch_of_its_offset_across_a_restart(make_cluster, wait, tmp_path):
+    """Found in review: the start offset was stored with no epoch and, the offset never moving,
+    the epoch the broker named later was never saved: after a cut and a restart the first
+    pull was not checked and b6..b9 were skipped."""
+    cluster = make_cluster({"broker-a": {"TopicA": 1}})
+    store = cluster.broker("broker-a").store
+    with Producer(cluster.namesrv_addr) as producer:
+        for i in range(10):
+            producer.send("TopicA", f"a{i}")
+    got = Collector()
+    kw = dict(mode=BROADCASTING, offset_store_dir=str(tmp_path), start_from="last", **FAST)
+    with PushConsumer(cluster.namesrv_addr, "g", "TopicA", got, **kw) as consumer:
+        assert wait(lambda: consumer.stats["pulls"] >= 2)
+    assert got.total() == 0  # "last": it starts at 10
+    store.cut("TopicA", 0, 6, then=[f"b{i}".encode() for i in range(6, 11)])
+    with PushConsumer(cluster.namesrv_addr, "g", "TopicA", got, **kw):
+        assert wait(lambda: all(f"b{i}".encode() in got.got for i in range(6, 11))), sorted(got.got)
