@@ -395,16 +395,21 @@ def test_a_handler_returning_reconsume_later_is_a_failure_too(two_brokers, wait)
 # ---------------------------------------------------------------------------- log epochs
 
 
+def one_queue_with_ten(make_cluster):
+    """broker-a with TopicA on one queue holding a0..a9 (read before its master lost a6..a9)."""
+    cluster = make_cluster({"broker-a": {"TopicA": 1}})
+    with Producer(cluster.namesrv_addr) as producer:
+        for i in range(10):
+            producer.send("TopicA", f"a{i}")
+    return cluster, cluster.broker("broker-a").store
+
+
 def test_a_consumer_that_read_a_lost_tail_reads_the_new_messages_at_those_offsets(make_cluster, wait):
     """storage/epochs.py: a master back from an unclean stop lost a tail the consumer had
     read (a6..a9), and new messages took those queue offsets (b6..b9). The consumer's pull
     at its old offset 10 found the queue there again and went on: b6..b9 were never read
     (found by chaos, 2m-2s-async). Now it is sent back to 6 and reads them."""
-    cluster = make_cluster({"broker-a": {"TopicA": 1}})
-    store = cluster.broker("broker-a").store
-    with Producer(cluster.namesrv_addr) as producer:
-        for i in range(10):
-            producer.send("TopicA", f"a{i}")
+    cluster, store = one_queue_with_ten(make_cluster)
     got = Collector()
     with PushConsumer(cluster.namesrv_addr, "g", "TopicA", got, start_from="first", **FAST) as consumer:
         assert wait(lambda: got.total() == 10)
@@ -416,11 +421,7 @@ def test_a_consumer_that_read_a_lost_tail_reads_the_new_messages_at_those_offset
 
 
 def test_a_commit_read_under_an_older_epoch_is_stored_cut_back(make_cluster):
-    cluster = make_cluster({"broker-a": {"TopicA": 1}})
-    store = cluster.broker("broker-a").store
-    with Producer(cluster.namesrv_addr) as producer:
-        for i in range(10):
-            producer.send("TopicA", f"a{i}")
+    cluster, store = one_queue_with_ten(make_cluster)
     with PullConsumer(cluster.namesrv_addr, "g") as consumer:
         mq = MessageQueue("TopicA", "broker-a", 0)
         result = consumer.pull(mq, 0, 32)
@@ -441,11 +442,7 @@ def test_messages_held_below_the_cut_are_still_consumed_after_reading_again(make
     """Found in review: the read-again started the queue at the cut (6) and committed 6,
     while a4 and a5, held and not yet consumed (the handler was busy with a3), were
     dropped with the old queue: never consumed."""
-    cluster = make_cluster({"broker-a": {"TopicA": 1}})
-    store = cluster.broker("broker-a").store
-    with Producer(cluster.namesrv_addr) as producer:
-        for i in range(10):
-            producer.send("TopicA", f"a{i}")
+    cluster, store = one_queue_with_ten(make_cluster)
     gate, got = threading.Event(), Collector()
 
     def handler(msg):
@@ -470,11 +467,7 @@ def test_a_restarted_broadcasting_consumer_is_sent_back_past_a_cut_it_read_befor
     """Found in review: the local offsets file kept no epoch, so after a restart the pull
     named none, was not checked, and b6..b9 were skipped. Then, for a queue that stayed idle
     ("last": at 10 from the start), the epoch the broker named later was never saved."""
-    cluster = make_cluster({"broker-a": {"TopicA": 1}})
-    store = cluster.broker("broker-a").store
-    with Producer(cluster.namesrv_addr) as producer:
-        for i in range(10):
-            producer.send("TopicA", f"a{i}")
+    cluster, store = one_queue_with_ten(make_cluster)
     got = Collector()
     kw = dict(mode=BROADCASTING, offset_store_dir=str(tmp_path), start_from=start_from, **FAST)
     with PushConsumer(cluster.namesrv_addr, "g", "TopicA", got, **kw) as consumer:
