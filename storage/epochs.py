@@ -11,8 +11,9 @@ So every pull names the epoch its offset was read under, and the broker answers 
 past the point where the histories part with "truncated: go back to here" (Kafka's KIP-320
 does the same for its fetchers; RocketMQ 5's epochFileCheckpoint records the same
 entries for replication, and RocketMQ consumers skip). Entries are (epoch, start offset in
-the commit log); a slave takes its master's entries with the stream, once its log is known
-to be a prefix of the master's. Kept in <storePathRootDir>/epochFileCheckpoint.
+the commit log). A slave takes its master's entries with the stream, first cutting what it
+holds past the point where the two histories part, and drops bytes of an older epoch
+(actors/broker/slave.py). Kept in <storePathRootDir>/epochFileCheckpoint.
 """
 
 from __future__ import annotations

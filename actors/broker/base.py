@@ -21,6 +21,7 @@ from rmqz.actors.base import RmqzActor
 from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker import retry_core
 from rmqz.actors.broker.config import BrokerConfig, ConfigError, in_memory_max_bytes
+from rmqz.actors.broker.log_epoch import LogEpochChecks
 from rmqz.actors.broker.queue_locks import QueueLockTable
 from rmqz.actors.broker.config_update import apply_runtime_update  # security: allow-listed keys
 from rmqz.actors.broker.consumer_manager import CLUSTERING, ConsumerTable, MembershipError
@@ -88,7 +89,7 @@ class BrokerDeps:
     acl: Any = None  # security: actors/broker/acl.Acl, or None (no CURVE identities: no ACL)
 
 
-class BrokerBase(RmqzActor):
+class BrokerBase(LogEpochChecks, RmqzActor):
     ROLE = "?"
 
     def __init__(self, deps: BrokerDeps, *, name: str = "broker", supervisor: Any = None) -> None:
@@ -277,47 +278,6 @@ class BrokerBase(RmqzActor):
                 return None
             return self._pull_reply(reply, proto.NO_NEW_MSG, req.offset, res.min_offset, res.max_offset, [], suggest)
         return self._pull_reply(reply, proto.OFFSET_ILLEGAL, res.next_offset, res.min_offset, res.max_offset, [])
-
-    def _pull_diverged(self, req: proto.PullMessage, reply: ReplyTo) -> bool:
-        """Answered here when the consumer's offset was read under another log history
-        (storage/epochs.py): past where it parted from ours, go back there ("truncated");
-        read under a history we do not have yet (a slave behind its master's epochs), ask
-        the master (no epoch in the answer: the consumer keeps its own)."""
-        epochs = self.store.epochs
-        if epochs is None or req.epoch < 0 or req.epoch == epochs.current:
-            return False
-        if req.epoch > epochs.current:
-            if self.ROLE == "MASTER":
-                return False  # not ours to judge (a store made anew): serve, the reply names our epoch
-            lo, hi = self.store.min_offset(req.topic, req.queue_id), self.store.max_offset(req.topic, req.queue_id)
-            self._reply(reply, {"status": proto.NO_NEW_MSG, "next_offset": req.offset, "min_offset": lo,
-                                "max_offset": hi, "suggest_which_broker_id": 0, "messages": []})
-            return True
-        floor = self._epoch_floor(req.topic, req.queue_id, req.epoch)
-        if floor is None or req.offset <= floor:
-            return False
-        self.stats["truncated_pulls"] += 1
-        if self.due("truncated_pull_log", self.clock_ms(), 10_000, at_once=True):
-            logger.warning("broker {}: a consumer of {}/{} read up to {} under epoch {}, past where that history "
-                           "was cut; sent back to {} (once per 10 s)", self.node_id, req.topic, req.queue_id,
-                           req.offset, req.epoch, floor)
-        self._pull_reply(reply, proto.OFFSET_ILLEGAL, floor, self.store.min_offset(req.topic, req.queue_id),
-                         self.store.max_offset(req.topic, req.queue_id), [], truncated=True)
-        return True
-
-    def _epoch_floor(self, topic: str, queue_id: int, epoch: int) -> int | None:
-        """The queue offset where the history read under epoch parts from ours, or None
-        (the same history, an unknown epoch, or a store without epochs: DLedger's log is
-        never cut under a reader)."""
-        epochs = self.store.epochs
-        if epochs is None or epoch < 0 or epoch >= epochs.current:
-            return None
-        at = epochs.divergence(epoch)
-        return None if at is None else self.store.queue_offset_at(topic, queue_id, at)
-
-    def _epoch_fields(self) -> dict:
-        epochs = self.store.epochs
-        return {} if epochs is None else {"epoch": epochs.current}
 
     def suggest_broker(self, last_physical_offset: int | None, queue_offset: int) -> int:
         """Which broker id the consumer should pull from next (role hook)."""

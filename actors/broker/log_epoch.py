@@ -1,4 +1,7 @@
-"""A master starts a new log epoch where its history may have been cut (storage/epochs.py).
+"""Log epochs on the broker (storage/epochs.py): where a master begins one, and how pulls
+and commits read under an older one are sent back.
+
+A master starts a new log epoch where its history may have been cut.
 
 Called by the node (cli/cmd_broker.py) before the master's actors start: after an unclean
 stop (the tail past the recovered end may have been read, then lost), and at a promotion
@@ -17,6 +20,7 @@ from typing import Any
 
 from loguru import logger
 
+from rmqz.actors.broker import messages as proto
 from rmqz.actors.broker import retry_core
 
 
@@ -56,3 +60,49 @@ def _clamp_delay_offsets(store: Any, delay_offsets: Any) -> int:
             delay_offsets.set(int(level_key), end)
             moved += 1
     return moved
+
+
+class LogEpochChecks:
+    """Mixin for BrokerBase (needs store, ROLE, stats, due, clock_ms, node_id, _reply,
+    _pull_reply): the epoch checks of pulls, commits and handed-back offsets."""
+
+    def _pull_diverged(self, req: proto.PullMessage, reply: Any) -> bool:
+        """Answered here when the consumer's offset was read under another log history
+        (storage/epochs.py): past where it parted from ours, go back there ("truncated");
+        read under a history we do not have yet (a slave behind its master's epochs), ask
+        the master (no epoch in the answer: the consumer keeps its own)."""
+        epochs = self.store.epochs
+        if epochs is None or req.epoch < 0 or req.epoch == epochs.current:
+            return False
+        if req.epoch > epochs.current:
+            if self.ROLE == "MASTER":
+                return False  # not ours to judge (a store made anew): serve, the reply names our epoch
+            lo, hi = self.store.min_offset(req.topic, req.queue_id), self.store.max_offset(req.topic, req.queue_id)
+            self._reply(reply, {"status": proto.NO_NEW_MSG, "next_offset": req.offset, "min_offset": lo,
+                                "max_offset": hi, "suggest_which_broker_id": 0, "messages": []})
+            return True
+        floor = self._epoch_floor(req.topic, req.queue_id, req.epoch)
+        if floor is None or req.offset <= floor:
+            return False
+        self.stats["truncated_pulls"] += 1
+        if self.due("truncated_pull_log", self.clock_ms(), 10_000, at_once=True):
+            logger.warning("broker {}: a consumer of {}/{} read up to {} under epoch {}, past where that history "
+                           "was cut; sent back to {} (once per 10 s)", self.node_id, req.topic, req.queue_id,
+                           req.offset, req.epoch, floor)
+        self._pull_reply(reply, proto.OFFSET_ILLEGAL, floor, self.store.min_offset(req.topic, req.queue_id),
+                         self.store.max_offset(req.topic, req.queue_id), [], truncated=True)
+        return True
+
+    def _epoch_floor(self, topic: str, queue_id: int, epoch: int) -> int | None:
+        """The queue offset where the history read under epoch parts from ours, or None
+        (the same history, an unknown epoch, or a store without epochs: DLedger's log is
+        never cut under a reader)."""
+        epochs = self.store.epochs
+        if epochs is None or epoch < 0 or epoch >= epochs.current:
+            return None
+        at = epochs.divergence(epoch)
+        return None if at is None else self.store.queue_offset_at(topic, queue_id, at)
+
+    def _epoch_fields(self) -> dict:
+        epochs = self.store.epochs
+        return {} if epochs is None else {"epoch": epochs.current}
