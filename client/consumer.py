@@ -125,8 +125,7 @@ class PullConsumer:
         _check_range("offset", offset, 0, MAX_OFFSET)
         _check_range("max_messages", max_messages, 1, MAX_PULL_MESSAGES)
         _check_range("suspend_ms", suspend_ms, 0, MAX_SUSPEND_MS)
-        epoch = self._epochs.get(mq, -1) if epoch is None else epoch
-        _check_range("epoch", epoch, -1, MAX_EPOCH)
+        epoch = self._epoch_for(mq, epoch)
         outer: Future = Future()
         try:
             snapshot = self._snapshot(mq.topic)
@@ -145,8 +144,7 @@ class PullConsumer:
         """Store the group's next offset to consume on this queue (on the master). ``epoch``:
         as in ``pull`` (an offset past where its history was cut is stored cut back)."""
         _check_range("offset", offset, 0, MAX_OFFSET)
-        epoch = self._epochs.get(mq, -1) if epoch is None else epoch
-        _check_range("epoch", epoch, -1, MAX_EPOCH)
+        epoch = self._epoch_for(mq, epoch)
         self._call(mq, COMMIT_OFFSET, CommitOffset(self.group, mq.topic, mq.queue_id, offset, epoch).to_dict())
 
     def query_offset(self, mq: MessageQueue, zero_if_young: bool = False) -> int:
@@ -162,6 +160,12 @@ class PullConsumer:
     def epoch(self, mq: MessageQueue) -> int:
         """The log epoch the queue's broker group last named to this consumer (-1: none)."""
         return self._epochs.get(mq, -1)
+
+    def _epoch_for(self, mq: MessageQueue, epoch: int | None) -> int:
+        """The caller's epoch, checked, or the one the queue's broker group last named."""
+        epoch = self._epochs.get(mq, -1) if epoch is None else epoch
+        _check_range("epoch", epoch, -1, MAX_EPOCH)
+        return epoch
 
     def _note_epoch(self, mq: MessageQueue, epoch: int | None) -> None:
         if epoch is not None:

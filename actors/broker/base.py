@@ -319,9 +319,7 @@ class BrokerBase(LogEpochChecks, RmqzActor):
         if self.offsets.query(req.group, req.topic, req.queue_id) is None and \
                 len(self.offsets.table) >= MAX_TABLE_ENTRIES and f"{req.topic}@{req.group}" not in self.offsets.table:
             raise Refusal(proto.BAD_REQUEST, f"too many topic@group offsets (limit {MAX_TABLE_ENTRIES})")
-        floor = self._epoch_floor(req.topic, req.queue_id, req.epoch)
-        if floor is not None and req.offset > floor:
-            req.offset = floor  # read under a history cut since: what lies past floor was not read
+        req.offset = self._within_history(req.topic, req.queue_id, req.offset, req.epoch)
         self.offsets.commit(req.group, req.topic, req.queue_id, req.offset)
         self._reply(reply, {})
 

@@ -16,6 +16,7 @@ likewise: a scheduled retry written at a lost offset would never be delivered.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from loguru import logger
@@ -29,9 +30,7 @@ def begin_log_epoch(store: Any, offsets: Any, delay_offsets: Any, why: str) -> i
     how many offsets were set back."""
     end = store.commit_log.wrote_offset
     epoch = store.epochs.begin(end)
-    moved = _clamp_consumer_offsets(store, offsets)
-    if moved:
-        offsets.persist()
+    moved = set_offsets_back(offsets, store.max_offset)
     moved_delays = _clamp_delay_offsets(store, delay_offsets)
     if moved_delays:
         delay_offsets.persist()
@@ -40,13 +39,19 @@ def begin_log_epoch(store: Any, offsets: Any, delay_offsets: Any, why: str) -> i
     return moved + moved_delays
 
 
-def _clamp_consumer_offsets(store: Any, offsets: Any) -> int:
-    past = [(key, queue_id, store.max_offset(key.split("@", 1)[0], queue_id))
-            for key, queues in offsets.table.items() for queue_id, offset in queues.items()
-            if offset > store.max_offset(key.split("@", 1)[0], queue_id)]
-    for key, queue_id, end in past:
+def set_offsets_back(offsets: Any, floor_of: Callable[[str, int], int]) -> int:
+    """Every consumer offset past floor_of(topic, queue id) is set back to it, and the table
+    saved if any was; returns how many. A master's floor is its queue's end, a slave's the
+    queue offset where its master's history parts from its own (slave.py)."""
+    past = []
+    for key, queues in offsets.table.items():
         topic, group = key.split("@", 1)
-        offsets.commit(group, topic, queue_id, end)
+        past += [(group, topic, qid, floor) for qid, offset in queues.items()
+                 if offset > (floor := floor_of(topic, qid))]
+    for group, topic, qid, floor in past:
+        offsets.commit(group, topic, qid, floor)
+    if past:
+        offsets.persist()
     return len(past)
 
 
@@ -102,6 +107,12 @@ class LogEpochChecks:
             return None
         at = epochs.divergence(epoch)
         return None if at is None else self.store.queue_offset_at(topic, queue_id, at)
+
+    def _within_history(self, topic: str, queue_id: int, offset: int, epoch: int) -> int:
+        """A committed offset read under epoch, cut back to where that history parts from
+        ours (what lies past it was not read)."""
+        floor = self._epoch_floor(topic, queue_id, epoch)
+        return offset if floor is None else min(offset, floor)
 
     def _epoch_fields(self) -> dict:
         epochs = self.store.epochs

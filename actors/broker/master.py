@@ -376,7 +376,9 @@ class BrokerMaster(TailFill, HAStreams, HAChannel, FastChannel, BrokerBase):
     def _on_get_metadata(self, req: proto.GetMetadata, reply: ReplyTo) -> None:
         # Offsets consumers committed on the slave while we were away: take the ones ahead
         # of ours (RocketMQ loses them, and consumers go back when the master returns).
-        merged = sum(self.offsets.commit_if_ahead(c.group, c.topic, c.queue_id, self._within_history(c))
+        # Each read under the slave's epoch: cut back to where that history parts from ours.
+        merged = sum(self.offsets.commit_if_ahead(c.group, c.topic, c.queue_id,
+                                                  self._within_history(c.topic, c.queue_id, c.offset, c.epoch))
                      for c in req.committed)
         if merged:
             logger.info("broker {}: took back {} consumer offsets committed on a slave", self.node_id, merged)
@@ -390,12 +392,6 @@ class BrokerMaster(TailFill, HAStreams, HAChannel, FastChannel, BrokerBase):
             "groups": {g: self.groups.encode_entry(c) for g, c in self.groups.table.items()},
             "data_version": self.topics.data_version,
         })
-
-    def _within_history(self, c: proto.CommitOffset) -> int:
-        """A slave's offsets were read under its epoch: one past where that history was cut
-        (we came back from an unclean stop since) would skip what we wrote there."""
-        floor = self._epoch_floor(c.topic, c.queue_id, c.epoch)
-        return c.offset if floor is None else min(c.offset, floor)
 
     def on_group_seen(self, group: str) -> None:
         if group not in self.groups.table:

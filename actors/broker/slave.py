@@ -18,6 +18,7 @@ from rmqz.actors.broker.base import BrokerBase, BrokerDeps
 from rmqz.actors.broker.ha_channel import HAChannel
 from rmqz.actors.broker.ha_client import Appended, MasterAddress, MasterBack, MasterSilent, ReplicaData, send_report
 from rmqz.actors.broker.ha_decode import decode_transfer
+from rmqz.actors.broker.log_epoch import set_offsets_back
 from rmqz.actors.broker.slave_offsets import MAX_REMEMBERED, CommittedHere
 from rmqz.storage import record as rec
 from rmqz.storage.errors import CorruptStoreError
@@ -235,7 +236,7 @@ class BrokerSlave(HAChannel, BrokerBase):
                            "ours at {})", self.node_id, log.wrote_offset - parted, parted)
             self.stats["truncations"] += 1
             self.store.truncate(max(parted, log.min_offset))
-        set_back = self._offsets_back_to(parted)
+        set_back = set_offsets_back(self.offsets, lambda topic, qid: self.store.queue_offset_at(topic, qid, parted))
         forgotten = len(self.committed_here.table)
         self.committed_here.clear()
         old = mine.current
@@ -245,16 +246,6 @@ class BrokerSlave(HAChannel, BrokerBase):
         if cut:
             self._ack()  # the master resends from our new end
         return not cut
-
-    def _offsets_back_to(self, parted: int) -> int:
-        past = [(key.split("@", 1), qid, floor) for key, queues in self.offsets.table.items()
-                for qid, offset in queues.items()
-                if offset > (floor := self.store.queue_offset_at(key.split("@", 1)[0], qid, parted))]
-        for (topic, group), qid, floor in past:
-            self.offsets.commit(group, topic, qid, floor)
-        if past:
-            self.offsets.persist()
-        return len(past)
 
     def _cut_to(self, offset: int) -> None:
         log = self.store.commit_log

@@ -43,7 +43,7 @@ class TailFill:
     fill_deadline_ms: int = 0
 
     def start_fill_gate(self) -> None:
-        if self.config.broker_role != "SYNC_MASTER" or self.store.opened_clean or self.config.enable_dledger:
+        if self.config.broker_role != "SYNC_MASTER" or self.store.opened_clean:
             return
         if self.ha_ref is None:
             return self._begin_epoch("back from an unclean stop")
