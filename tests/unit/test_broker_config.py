@@ -87,3 +87,14 @@ def test_a_fast_listen_port_that_will_not_be_opened_is_said_at_start():
     slave = conf("listenPort=10911\nfastListenPort=10909\nbrokerId=1\nbrokerRole=SLAVE\n")
     assert "opened only once this slave is promoted" in config_warnings(slave)[0]
     assert config_warnings(conf(DLEDGER_N0 + "fastListenPort=40909\n")) == []  # any member may lead
+
+
+def test_a_heartbeat_timeout_shorter_than_three_heartbeats_is_one_clear_error():
+    base = {"brokerName": "broker-a", "brokerId": "0", "brokerRole": "ASYNC_MASTER"}
+    config = from_properties({**base, "brokerHeartbeatInterval": "2000", "brokerNotActiveTimeoutMillis": "10000"})
+    assert (config.broker_heartbeat_interval_ms, config.broker_not_active_timeout_ms) == (2_000, 10_000)
+    with pytest.raises(ConfigError, match="brokerNotActiveTimeoutMillis must be at least 3 brokerHeartbeatInterval"):
+        from_properties({**base, "brokerHeartbeatInterval": "5000", "brokerNotActiveTimeoutMillis": "10000"})
+    with pytest.raises(ConfigError, match="brokerNotActiveTimeoutMillis"):
+        from_properties({**base, "brokerNotActiveTimeoutMillis": "10"})  # below 1 s
+    assert from_properties({**base, "brokerHeartbeatInterval": "0"}).broker_heartbeat_interval_ms == 0  # off
